@@ -1,0 +1,68 @@
+"""Name -> constructor lookups for tasks, models and datasets.
+
+Configs name their parts with strings (`config.task = "rotation"`); the
+registries turn those names into constructors. A module registers itself with a
+decorator, and each package (`ssl_jax.tasks`, `ssl_jax.models`) imports all of
+its submodules on first use, so adding a file is enough: there is no import
+table to maintain.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import Any
+
+
+class UnknownNameError(KeyError):
+    """A config named a part that no module registered."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0])
+
+
+class Registry:
+    """A dict of named constructors that fills itself from one package."""
+
+    def __init__(self, kind: str, package: str):
+        self.kind = kind
+        self._package = package
+        self._entries: dict[str, Callable[..., Any]] = {}
+        self._loaded = False
+
+    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._entries and self._entries[name] is not fn:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = fn
+            return fn
+
+        return decorator
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        package = importlib.import_module(self._package)
+        for module in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{self._package}.{module.name}")
+        self._loaded = True
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._entries)
+
+    def get(self, name: str) -> Callable[..., Any]:
+        self._load()
+        if name not in self._entries:
+            close = difflib.get_close_matches(name, self._entries, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise UnknownNameError(
+                f"Unknown {self.kind} {name!r}.{hint} Known: {', '.join(self.names())}."
+            )
+        return self._entries[name]
+
+
+TASKS = Registry("task", "ssl_jax.tasks")
+MODELS = Registry("model", "ssl_jax.models")
