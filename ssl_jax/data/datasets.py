@@ -1,0 +1,483 @@
+"""Host-side datasets: decode every image once into memory, serve numpy arrays.
+
+`load_dataset(name, split, image_size=...)` returns an `ImageDataset` of uint8
+RGB images `[N, S, S, 3]` and int32 labels `[N]`; `ssl_jax.data.pipeline`
+turns it into sharded device batches. Accepted names:
+
+- `digits`: scikit-learn's 8x8 handwritten digits, shipped inside the
+  scikit-learn wheel, so it works offline. The embedded default.
+- `synthetic` or `synthetic:num_classes=10,train_size=512,test_size=256,seed=0`
+  (every option optional): generated shapes and textures, any size and
+  resolution, for tests and benchmarks.
+- `tfds:NAME`, `tfds:NAME/CONFIG`, `tfds:NAME:VERSION`: a TFDS dataset prepared
+  in ArrayRecord format under `data_dir`, read without TensorFlow.
+- `imagefolder:/path/to/root`: `root/train/<class>/<image>` and
+  `root/test/<class>/<image>` (or `root/val/...`).
+
+Decoded tfds and image-folder splits are cached as `.npz` under `cache_dir`
+(default: `$SSL_JAX_CACHE_DIR` or `~/.cache/ssl_jax`), keyed by the source
+files' names, sizes and mtimes, so a changed source is decoded again.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+SPLITS = ("train", "test")
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# Bump when the decoded content changes for the same key (e.g. a new resize).
+_CACHE_VERSION = 1
+# Every loader takes (argument after "name:", split, image_size, data_dir, cache_dir).
+Loader = Callable[[str, str, int, "str | None", "str | None"], "ImageDataset"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous; compare by identity.
+class ImageDataset:
+    images: np.ndarray  # uint8 [N, H, W, 3], RGB.
+    labels: np.ndarray  # int32 [N], in [0, num_classes).
+    num_classes: int
+    name: str  # e.g. "digits", "tfds:cifar10", "imagefolder:/x".
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        # Checked here once so no loader can hand the pipeline a malformed dataset.
+        images, labels = np.ascontiguousarray(self.images), np.ascontiguousarray(self.labels)
+        object.__setattr__(self, "images", images)  # Frozen: set the normalised arrays once.
+        object.__setattr__(self, "labels", labels)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(
+                f"images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}"
+            )
+        if labels.dtype != np.int32 or labels.shape != images.shape[:1]:
+            raise ValueError(
+                f"labels must be int32 [{len(images)}], got {labels.dtype} {labels.shape}"
+            )
+        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.num_classes})")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class DatasetError(ValueError):
+    """Bad dataset name, path or content; the message is one line: what is wrong, what to do."""
+
+
+def dataset_names() -> list[str]:
+    """The accepted forms of `name` for `load_dataset`."""
+    options = ",".join(f"{k}={v}" for k, v in _SYNTHETIC_DEFAULTS.items())
+    return [
+        "digits",
+        f"synthetic[:{options}]",
+        "tfds:NAME[/CONFIG][:VERSION]",
+        "imagefolder:/path/to/root",
+    ]
+
+
+def load_dataset(
+    name: str,
+    split: str,
+    *,
+    image_size: int,
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+) -> ImageDataset:
+    """Loads split "train" or "test" of `name` (see module docstring) at `image_size`^2 pixels."""
+    if split not in SPLITS:
+        raise DatasetError(f"Unknown split {split!r}: use one of {', '.join(SPLITS)}.")
+    if not isinstance(image_size, int) or image_size < 1:
+        raise DatasetError(f"image_size must be a positive int, got {image_size!r}.")
+    kind, _, arg = name.partition(":")
+    if kind not in _LOADERS:
+        raise DatasetError(f"Unknown dataset {name!r}. Valid forms: {'; '.join(dataset_names())}.")
+    return _LOADERS[kind](arg, split, image_size, data_dir, cache_dir)
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def _square(image: Image.Image, size: int) -> np.ndarray:
+    """Center-crops to a square and resizes to `size`, as RGB uint8 [size, size, 3].
+
+    Cropping the central square and resizing it is the same geometry as "resize
+    the shorter side, then center-crop", done in one resampling step. Both axes
+    get the same scale and the same filter, so resampling artefacts look alike
+    in every direction: a rotation pretext task cannot read the image's
+    orientation from them.
+    """
+    image = image.convert("RGB")  # Grey, palette, RGBA, CMYK -> 3 channels.
+    w, h = image.size
+    side = min(w, h)
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    if (w, h) != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _decode_image(source: str | bytes, size: int) -> np.ndarray:
+    """Decodes one image file (path) or encoded bytes to RGB uint8 [size, size, 3]."""
+    with Image.open(source if isinstance(source, str) else io.BytesIO(source)) as image:
+        return _square(image, size)
+
+
+def _decode_all(sources: Sequence[str | bytes], size: int, names: Sequence[str]) -> np.ndarray:
+    """Decodes many images on a thread pool (PIL releases the GIL while decoding)."""
+
+    def decode(i: int) -> np.ndarray:
+        try:
+            return _decode_image(sources[i], size)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            reason = " ".join(str(e).split())
+            raise DatasetError(
+                f"Cannot read image {names[i]}: {reason}. Remove or replace it."
+            ) from e
+
+    out = np.empty((len(sources), size, size, 3), np.uint8)
+    with concurrent.futures.ThreadPoolExecutor(min(32, (os.cpu_count() or 1) + 4)) as pool:
+        for i, image in enumerate(pool.map(decode, range(len(sources)))):
+            out[i] = image
+    return out
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def _cached(
+    cache_dir: str | None,
+    stem: str,
+    key: dict,
+    image_size: int,
+    build: Callable[[], tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (images, labels) from `<cache_dir>/<stem>-<hash(key)>.npz`, building it if needed."""
+    directory = os.path.expanduser(
+        cache_dir or os.environ.get("SSL_JAX_CACHE_DIR") or "~/.cache/ssl_jax"
+    )
+    blob = json.dumps({"version": _CACHE_VERSION, **key}, sort_keys=True).encode()
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)
+    path = os.path.join(directory, f"{stem}-{hashlib.sha256(blob).hexdigest()[:16]}.npz")
+    try:
+        with np.load(path) as f:
+            images, labels = f["images"], f["labels"]
+        if images.shape[1:] != (image_size, image_size, 3) or len(labels) != len(images):
+            raise ValueError("cached arrays have the wrong shape")
+        return images, labels
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass  # Missing, or corrupt (e.g. a killed writer on a non-atomic FS): (re)build it.
+
+    images, labels = build()
+    try:
+        os.makedirs(directory, exist_ok=True)
+        # Write then rename, so a concurrent reader or a killed run never sees half a file.
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, images=images, labels=labels)
+            os.replace(tmp, path)
+        except BaseException:
+            os.remove(tmp)
+            raise
+    except OSError as e:  # A read-only home should not stop training; it only costs a re-decode.
+        warnings.warn(f"Could not write dataset cache {path}: {e}", stacklevel=3)
+    return images, labels
+
+
+def _file_stats(directory: str, files: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime_ns) per file: the part of a cache key that sees edits."""
+    stats = []
+    for f in files:
+        s = os.stat(f)
+        stats.append((os.path.relpath(f, directory), s.st_size, s.st_mtime_ns))
+    return stats
+
+
+# ----------------------------------------------------------------------------- digits
+
+
+def _load_digits(
+    arg: str, split: str, image_size: int, data_dir: str | None, cache_dir: str | None
+) -> ImageDataset:
+    """scikit-learn's digits: 1797 images, 10 classes; train 1438 / test 359 images.
+
+    The split is class-stratified, 20% of each class (rounded) to test, drawn
+    with `np.random.RandomState(0)`, whose stream NumPy keeps fixed across
+    versions, so every machine gets the same split.
+    """
+    if arg:
+        raise DatasetError(f"'digits' takes no options, got 'digits:{arg}'.")
+    from sklearn.datasets import load_digits  # Lazy: only this loader needs scikit-learn.
+
+    digits = load_digits()
+    pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)  # Values 0..16 -> 0..255.
+    targets = digits.target.astype(np.int32)
+    rng = np.random.RandomState(0)
+    is_test = np.zeros(len(targets), bool)
+    for c in range(10):
+        members = np.flatnonzero(targets == c)
+        is_test[rng.permutation(members)[: round(0.2 * len(members))]] = True
+    keep = is_test if split == "test" else ~is_test
+    images = np.stack([_square(Image.fromarray(p, "L"), image_size) for p in pixels[keep]])
+    names = tuple(str(c) for c in range(10))
+    return ImageDataset(images, targets[keep], 10, "digits", names)
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+_SYNTHETIC_DEFAULTS = {"num_classes": 10, "train_size": 512, "test_size": 256, "seed": 0}
+
+# Shape masks over coordinates (u, v) in units of the object's radius, v pointing down.
+_SHAPES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "disc": lambda u, v: u * u + v * v <= 1.0,
+    "square": lambda u, v: np.maximum(np.abs(u), np.abs(v)) <= 0.8,
+    "ring": lambda u, v: np.abs(np.sqrt(u * u + v * v) - 0.75) <= 0.25,
+    "cross": lambda u, v: (
+        (np.minimum(np.abs(u), np.abs(v)) <= 0.3) & (np.maximum(np.abs(u), np.abs(v)) <= 1.0)
+    ),
+    "triangle": lambda u, v: (v <= 0.8) & (np.abs(u) <= (v + 1.0) * 0.55),
+    "diamond": lambda u, v: np.abs(u) + np.abs(v) <= 1.0,
+}
+# Fill patterns inside the shape; they scale with the object (coordinates are in radii).
+_TEXTURES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "solid": lambda u, v: np.ones_like(u, bool),
+    "hstripes": lambda u, v: np.sin(v * 2.5 * np.pi) > 0,
+    "vstripes": lambda u, v: np.sin(u * 2.5 * np.pi) > 0,
+    "checker": lambda u, v: np.sin(u * 2.0 * np.pi) * np.sin(v * 2.0 * np.pi) > 0,
+}
+_MAX_SYNTHETIC_CLASSES = len(_SHAPES) * len(_TEXTURES)
+
+
+def make_synthetic(
+    num_examples: int, num_classes: int, image_size: int, seed: int, stream: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draws (uint8 images [N, S, S, 3], int32 labels [N]) of class-specific patterns.
+
+    Class c is shape `c % 6` filled with texture `c // 6` (solid, h/v stripes, checker),
+    drawn at a random position and scale, in random foreground/background
+    colours, with pixel noise. Colour, position and scale carry no label, so a
+    model must read shape and texture: learnable, but not from one pixel.
+    Classes are balanced exactly. `stream` separates train and test draws.
+    """
+    rng = np.random.default_rng([seed, stream])
+    labels = rng.permutation(np.arange(num_examples) % num_classes).astype(np.int32)
+    radius = rng.uniform(0.2, 0.4, num_examples).astype(np.float32)
+    cx, cy = (rng.uniform(radius, 1.0 - radius).astype(np.float32) for _ in range(2))
+    background = rng.uniform(0.0, 1.0, (num_examples, 3)).astype(np.float32)
+    # Shifting each channel by 0.35..0.65 (mod 1) keeps the object at least 0.35 off the background.
+    foreground = (background + rng.uniform(0.35, 0.65, (num_examples, 3))).astype(np.float32) % 1
+    noise_seed = int(rng.integers(2**32))
+
+    grid = (np.arange(image_size, dtype=np.float32) + 0.5) / image_size
+    images = np.empty((num_examples, image_size, image_size, 3), np.uint8)
+    shapes, textures = list(_SHAPES.values()), list(_TEXTURES.values())
+    for c in range(num_classes):  # Vectorised over all images of one class at a time.
+        idx = np.flatnonzero(labels == c)
+        r = radius[idx, None, None]
+        u = (grid[None, None, :] - cx[idx, None, None]) / r
+        v = (grid[None, :, None] - cy[idx, None, None]) / r
+        inside = shapes[c % len(shapes)](u, v)
+        on = inside & textures[c // len(shapes)](u, v)
+        fg, bg = foreground[idx, None, None], background[idx, None, None]
+        # Texture gaps take the fg/bg midpoint, so a textured shape keeps its outline. The
+        # masks enter as float weights: much faster than np.where with broadcast colours.
+        mid = 0.5 * (fg + bg)
+        pixels = bg + inside[..., None].astype(np.float32) * (mid - bg)
+        pixels += on[..., None].astype(np.float32) * (fg - mid)
+        noise = np.random.default_rng([noise_seed, c]).standard_normal(pixels.shape, np.float32)
+        noise *= 0.06
+        pixels += noise
+        pixels *= 255.0
+        images[idx] = np.clip(pixels, 0.0, 255.0, out=pixels)  # Cast to uint8 on assignment.
+    return images, labels
+
+
+def _load_synthetic(
+    arg: str, split: str, image_size: int, data_dir: str | None, cache_dir: str | None
+) -> ImageDataset:
+    options = dict(_SYNTHETIC_DEFAULTS)
+    for item in filter(None, arg.split(",")):
+        key, _, value = item.partition("=")
+        if key not in options or not re.fullmatch(r"\d+", value.strip()):
+            raise DatasetError(
+                f"Bad synthetic option {item!r}: use synthetic:KEY=INT,... with KEY in "
+                f"{', '.join(options)}."
+            )
+        options[key] = int(value)
+    if not 2 <= options["num_classes"] <= _MAX_SYNTHETIC_CLASSES:
+        raise DatasetError(f"synthetic num_classes must be in [2, {_MAX_SYNTHETIC_CLASSES}].")
+    size = options[f"{split}_size"]
+    images, labels = make_synthetic(
+        size, options["num_classes"], image_size, options["seed"], SPLITS.index(split)
+    )
+    names = tuple(f"{s}-{t}" for t in _TEXTURES for s in _SHAPES)[: options["num_classes"]]
+    name = "synthetic:" + ",".join(f"{k}={v}" for k, v in options.items())
+    return ImageDataset(images, labels, options["num_classes"], name, names)
+
+
+# ----------------------------------------------------------------------------- tfds
+
+
+def _only_feature(features, kind: type, preferred: str, spec: str) -> str:
+    """The key of the feature of type `kind`: `preferred` if it is one, else the only one."""
+    keys = [k for k, f in features.items() if isinstance(f, kind)]
+    if preferred in keys:
+        return preferred
+    if len(keys) != 1:
+        raise DatasetError(
+            f"tfds:{spec} needs exactly one {kind.__name__} feature (or one named {preferred!r}), "
+            f"found {keys or 'none'} among {list(features)}."
+        )
+    return keys[0]
+
+
+def _load_tfds(
+    spec: str, split: str, image_size: int, data_dir: str | None, cache_dir: str | None
+) -> ImageDataset:
+    import tensorflow_datasets as tfds  # Lazy: importing tfds takes a moment.
+
+    try:
+        builder = tfds.builder(spec, data_dir=data_dir)
+    except ValueError as e:  # Includes tfds's DatasetNotFoundError.
+        where = data_dir or "the default tfds data_dir"
+        raise DatasetError(
+            f"tfds does not know {spec!r} and found no prepared copy in {where} "
+            f"({type(e).__name__}); check the name in the tfds catalog."
+        ) from e
+    # Most builders encode images through TensorFlow while preparing, so the one-off
+    # preparation needs it (and network); reading afterwards needs neither.
+    prepare = (
+        "Prepare it once (needs network and TensorFlow, e.g. in a separate env with "
+        f"`pip install tensorflow tensorflow-datasets`): tfds build {spec} "
+        f"--data_dir={builder.data_dir_root} --file_format=array_record"
+    )
+    if not builder.is_prepared():
+        raise DatasetError(f"tfds:{spec} is not prepared in {builder.data_dir_root}. {prepare}")
+
+    available = list(builder.info.splits)
+    # Datasets without a labelled test split (e.g. imagenette) evaluate on validation.
+    wanted = [split] if split == "train" else ["test", "validation"]
+    tfds_split = next((s for s in wanted if s in available), None)
+    if tfds_split is None:
+        raise DatasetError(f"tfds:{spec} has no split {' or '.join(wanted)}; it has {available}.")
+    features = builder.info.features
+    image_key = _only_feature(features, tfds.features.Image, "image", spec)
+    label_key = _only_feature(features, tfds.features.ClassLabel, "label", spec)
+    num_classes = features[label_key].num_classes
+
+    def build() -> tuple[np.ndarray, np.ndarray]:
+        try:  # Keep images encoded, so they are decoded (and resized) on our thread pool.
+            source = builder.as_data_source(
+                split=tfds_split, decoders={image_key: tfds.decode.SkipDecoding()}
+            )
+        except NotImplementedError as e:  # Prepared as TFRecord: needs TensorFlow to read.
+            raise DatasetError(f"tfds:{spec} is not in ArrayRecord format. {prepare}") from e
+        examples = source.__getitems__(range(len(source)))
+        labels = np.array([ex[label_key] for ex in examples], np.int64)
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise DatasetError(
+                f"tfds:{spec} split {tfds_split} has labels outside [0, {num_classes})."
+            )
+        names = [f"tfds:{spec}[{tfds_split}][{i}]" for i in range(len(examples))]
+        images = _decode_all([ex[image_key] for ex in examples], image_size, names)
+        return images, labels.astype(np.int32)
+
+    version_dir = builder.data_dir
+    files = sorted(os.path.join(version_dir, f) for f in os.listdir(version_dir))
+    key = {
+        "kind": "tfds",
+        "dir": os.path.abspath(version_dir),
+        "split": tfds_split,
+        "image_size": image_size,
+        "keys": [image_key, label_key],
+        "files": _file_stats(version_dir, files),
+    }
+    stem = f"tfds-{builder.info.full_name}-{tfds_split}-{image_size}"
+    images, labels = _cached(cache_dir, stem, key, image_size, build)
+    class_names = tuple(features[label_key].names)
+    return ImageDataset(images, labels, num_classes, f"tfds:{spec}", class_names)
+
+
+# ----------------------------------------------------------------------------- imagefolder
+
+
+def _visible_entries(directory: str) -> list[str]:
+    return sorted(e for e in os.listdir(directory) if not e.startswith("."))
+
+
+def _load_imagefolder(
+    path: str, split: str, image_size: int, data_dir: str | None, cache_dir: str | None
+) -> ImageDataset:
+    # A relative path is taken relative to data_dir, when one is given.
+    root = os.path.abspath(
+        os.path.join(os.path.expanduser(data_dir or ""), os.path.expanduser(path))
+    )
+    layout = f"expected {root}/train/<class>/<image> and {root}/test/<class>/<image> (or val/)"
+    if not path or not os.path.isdir(root):
+        raise DatasetError(f"Image folder {root} does not exist; {layout}.")
+    train_dir = os.path.join(root, "train")
+    if not os.path.isdir(train_dir):
+        raise DatasetError(f"Image folder has no {train_dir}; {layout}.")
+    # The train split defines the label mapping, so both splits agree on it.
+    classes = [c for c in _visible_entries(train_dir) if os.path.isdir(os.path.join(train_dir, c))]
+
+    names = ["train"] if split == "train" else ["test", "val"]
+    split_dir = next(
+        (os.path.join(root, n) for n in names if os.path.isdir(os.path.join(root, n))), None
+    )
+    if split_dir is None:
+        raise DatasetError(f"Image folder has no {root}/test or {root}/val; {layout}.")
+    files, labels = [], []
+    for c in _visible_entries(split_dir):
+        class_dir = os.path.join(split_dir, c)
+        if not os.path.isdir(class_dir):
+            continue
+        if c not in classes:
+            raise DatasetError(
+                f"Class directory {class_dir} has no counterpart in {train_dir}; "
+                "add it to train/ or remove it."
+            )
+        for f in _visible_entries(class_dir):
+            if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+                files.append(os.path.join(class_dir, f))
+                labels.append(classes.index(c))
+    if not files:
+        extensions = " ".join(sorted(IMAGE_EXTENSIONS))
+        raise DatasetError(f"No images ({extensions}) under {split_dir}/<class>/; {layout}.")
+
+    key = {
+        "kind": "imagefolder",
+        "root": root,
+        "split": split,
+        "image_size": image_size,
+        "classes": classes,
+        "files": _file_stats(root, files),
+    }
+    stem = f"imagefolder-{os.path.basename(root)}-{split}-{image_size}"
+    images, label_array = _cached(
+        cache_dir,
+        stem,
+        key,
+        image_size,
+        lambda: (_decode_all(files, image_size, files), np.array(labels, np.int32)),
+    )
+    return ImageDataset(images, label_array, len(classes), f"imagefolder:{root}", tuple(classes))
+
+
+_LOADERS: dict[str, Loader] = {
+    "digits": _load_digits,
+    "synthetic": _load_synthetic,
+    "tfds": _load_tfds,
+    "imagefolder": _load_imagefolder,
+}
