@@ -1,0 +1,83 @@
+"""Pieces shared by the convolutional encoders (`convnet.py`, `resnet.py`).
+
+Every encoder follows one contract, which the training loop and all tasks rely
+on:
+
+- `model(x, *, train)` maps float32 images `[B, H, W, C]` (NHWC, roughly in
+  [-1, 1]) to pooled features `[B, model.feature_dim]`; there is no classifier
+  head, tasks add their own.
+- `model.feature_map(x, *, train)` returns the last stage's map `[B, h, w, D]`
+  before pooling, for tasks that need spatial features.
+- Batch norm uses batch statistics when `train=True` (and updates its running
+  averages), and only the running averages when `train=False`, so evaluation is
+  per example. There is no `axis_name`: the loop jits over global sharded
+  arrays, so batch statistics already cover the global batch.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# He initialisation with fan_out, as in He et al. (2015) and torchvision: it
+# keeps the variance of the backward signal constant through ReLU layers.
+he_normal = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv(
+    in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, rngs: nnx.Rngs
+) -> nnx.Conv:
+    """A bias-free square convolution (a batch norm follows it) with He init.
+
+    Padding is explicit and symmetric (`kernel_size // 2` on each side), as in
+    the PyTorch reference models; "SAME" would pad stride-2 convolutions on
+    even inputs only at the bottom/right and shift the sampling grid.
+    """
+    pad = kernel_size // 2
+    return nnx.Conv(
+        in_channels,
+        out_channels,
+        (kernel_size, kernel_size),
+        strides=stride,
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        kernel_init=he_normal,
+        rngs=rngs,
+    )
+
+
+def batch_norm(features: int, *, rngs: nnx.Rngs, zero_scale: bool = False) -> nnx.BatchNorm:
+    """Batch norm with momentum 0.9 for the running averages (Flax's 0.99 is slow to settle)."""
+    return nnx.BatchNorm(
+        features,
+        momentum=0.9,
+        use_running_average=False,  # Overridden at every call from `train`.
+        scale_init=nnx.initializers.zeros if zero_scale else nnx.initializers.ones,
+        rngs=rngs,
+    )
+
+
+class ConvBN(nnx.Module):
+    """conv -> batch norm, no activation (the caller decides where ReLU goes)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        zero_scale: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        self.conv = conv(in_channels, out_channels, kernel_size, stride=stride, rngs=rngs)
+        self.bn = batch_norm(out_channels, zero_scale=zero_scale, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        return self.bn(self.conv(x), use_running_average=not train)
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+    """[B, H, W, D] -> [B, D]."""
+    return jnp.mean(x, axis=(1, 2))
