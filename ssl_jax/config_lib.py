@@ -1,0 +1,103 @@
+"""Shared pieces of the config files in `configs/`.
+
+A config file defines `get_config(arg)`; `arg` is the text after the colon in
+`--config=configs/rotation.py:dataset=tfds:cifar10,runlocal`. It is a
+comma-separated list of `key=value` options and bare flags.
+"""
+
+from __future__ import annotations
+
+from ml_collections import ConfigDict
+
+from ssl_jax import optim
+
+
+def parse_arg(arg: str | None, **defaults) -> ConfigDict:
+    """`"dataset=tfds:cifar10,runlocal"` -> {dataset: "tfds:cifar10", runlocal: True}.
+
+    Only keys present in `defaults` are accepted, so a misspelt option fails
+    instead of being silently ignored. Values keep the type of their default.
+    """
+    options = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(
+                f"Unknown config option {key!r} in {arg!r}; known options: {sorted(defaults)}."
+            )
+        default = defaults[key]
+        if not sep:
+            options[key] = True
+        elif isinstance(default, bool):
+            options[key] = value.lower() in ("1", "true", "yes")
+        elif isinstance(default, int):
+            options[key] = int(value)
+        elif isinstance(default, float):
+            options[key] = float(value)
+        else:
+            options[key] = value
+    return ConfigDict(options)
+
+
+def base_config() -> ConfigDict:
+    """Every field the shared loop, the evaluator and `main` read.
+
+    Config files start from this and change what they need; the result is
+    locked by `main`, so `--config.typo=1` is an error.
+    """
+    config = ConfigDict()
+    config.task = "rotation"
+    config.task_kwargs = ConfigDict()
+    config.model = "convnet"
+    config.model_kwargs = ConfigDict()
+
+    config.dataset = "digits"
+    config.data_dir = ""  # tfds data_dir; "" = tfds' default (~/tensorflow_datasets)
+    config.image_size = 32
+    config.seed = 0
+
+    config.batch_size = 256  # global, over all devices and processes
+    config.train_steps = 1000
+    config.optimizer = optim.default_config()
+
+    config.log_every = 50
+    config.checkpoint_every = 500
+    config.keep_checkpoints = 3
+
+    config.probe = ConfigDict()
+    config.probe.dataset = ""  # "" = the pretraining dataset
+    config.probe.batch_size = 256
+    config.probe.l2_grid = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+    config.probe.holdout_fraction = 0.2
+    config.probe.steps = 500
+
+    config.baselines = ConfigDict()
+    config.baselines.random_init = True
+    config.baselines.supervised = False
+    config.baselines.supervised_task_kwargs = ConfigDict({"crop_padding": 2, "flip": True})
+    return config
+
+
+def validate(config: ConfigDict) -> None:
+    """Checks of the common fields; each message says which field to fix."""
+    positive = ("image_size", "batch_size", "train_steps", "log_every", "checkpoint_every")
+    for field in positive:
+        if config[field] <= 0:
+            raise ValueError(f"config.{field} must be > 0, got {config[field]}.")
+    if config.checkpoint_every % config.log_every:
+        # A resumed run then restarts at a log boundary and averages its
+        # metrics over the same steps as an uninterrupted one.
+        raise ValueError(
+            f"config.checkpoint_every ({config.checkpoint_every}) must be a multiple of "
+            f"config.log_every ({config.log_every})."
+        )
+    if config.keep_checkpoints < 1:
+        raise ValueError(f"config.keep_checkpoints must be >= 1, got {config.keep_checkpoints}.")
+    if config.probe.batch_size <= 0 or config.probe.steps <= 0:
+        raise ValueError("config.probe.batch_size and config.probe.steps must be > 0.")
+    if not 0 < config.probe.holdout_fraction < 1:
+        raise ValueError(
+            f"config.probe.holdout_fraction must be in (0, 1), got {config.probe.holdout_fraction}."
+        )
+    optim.validate(config.optimizer)

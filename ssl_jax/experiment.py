@@ -1,0 +1,124 @@
+"""One experiment: pretrain a task, probe its encoder, compare with baselines.
+
+`run(config, workdir)` is what `python -m ssl_jax.main` does:
+1. pretrain `config.task` with the shared loop (resuming if interrupted);
+2. linear-probe the frozen encoder on `config.probe.dataset`;
+3. probe the same encoder at its random initialisation (`baselines.random_init`)
+   and, if asked, one trained with labels by the same loop
+   (`baselines.supervised`, in `WORKDIR/supervised`);
+4. write `results.json` and print a table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+from ml_collections import ConfigDict
+
+from ssl_jax import config_lib, train
+from ssl_jax.data import pipeline
+from ssl_jax.data.datasets import ImageDataset, load_dataset
+from ssl_jax.evaluate.linear_probe import linear_probe
+
+
+def load_splits(name: str, config: ConfigDict) -> tuple[ImageDataset, ImageDataset]:
+    kwargs = {"image_size": config.image_size, "data_dir": config.data_dir or None}
+    return load_dataset(name, "train", **kwargs), load_dataset(name, "test", **kwargs)
+
+
+def probe(trained: train.TrainedModel, config: ConfigDict, splits, mesh) -> dict[str, Any]:
+    features_fn = train.make_features_fn(trained, mesh)
+    result = linear_probe(
+        features_fn,
+        *splits,
+        batch_size=config.probe.batch_size,
+        l2_grid=tuple(config.probe.l2_grid),
+        holdout_fraction=config.probe.holdout_fraction,
+        steps=config.probe.steps,
+        seed=config.seed,
+    )
+    return result.to_dict()
+
+
+def supervised_config(config: ConfigDict, num_classes: int) -> ConfigDict:
+    """The same encoder, data, optimizer and budget, trained on the labels."""
+    supervised = config.copy_and_resolve_references()
+    with supervised.unlocked():
+        supervised.task = "supervised"
+        supervised.task_kwargs = ConfigDict(
+            {**config.baselines.supervised_task_kwargs.to_dict(), "num_classes": num_classes}
+        )
+    return supervised
+
+
+def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
+    config_lib.validate(config)
+    mesh = pipeline.make_mesh()
+    pipeline.check_batch_size(config.batch_size, mesh)
+    started = time.time()
+
+    train_split, test_split = load_splits(config.dataset, config)
+    probe_splits = (
+        load_splits(config.probe.dataset, config)
+        if config.probe.dataset and config.probe.dataset != config.dataset
+        else (train_split, test_split)
+    )
+    arrays = {"image": train_split.images, "label": train_split.labels}
+
+    trained, summary = train.train(config, workdir, arrays, mesh)
+    results: dict[str, Any] = {
+        "task": config.task,
+        "model": config.model,
+        "dataset": config.dataset,
+        "probe_dataset": config.probe.dataset or config.dataset,
+        "train_steps": config.train_steps,
+        "final_loss": summary.get("final_loss", _last_logged_loss(workdir)),
+        "linear_probe": probe(trained, config, probe_splits, mesh),
+    }
+    if config.baselines.random_init:
+        initial = train.split_task(train.build_task(config))
+        results["random_init"] = {"linear_probe": probe(initial, config, probe_splits, mesh)}
+    if config.baselines.supervised:
+        sup_config = supervised_config(config, train_split.num_classes)
+        sup_workdir = os.path.join(workdir, "supervised")
+        supervised, sup_summary = train.train(sup_config, sup_workdir, arrays, mesh)
+        results["supervised"] = {
+            "final_loss": sup_summary.get("final_loss", _last_logged_loss(sup_workdir)),
+            "linear_probe": probe(supervised, config, probe_splits, mesh),
+        }
+    results["wall_seconds"] = round(time.time() - started, 1)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "results.json.tmp"), "w") as f:
+            json.dump(results, f, indent=2)
+        os.replace(os.path.join(workdir, "results.json.tmp"), os.path.join(workdir, "results.json"))
+        print(format_table(results))
+    return results
+
+
+def _last_logged_loss(workdir: str) -> float | None:
+    """A run that had already finished trains no step; report its logged loss."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    return json.loads(lines[-1]).get("loss") if lines else None
+
+
+def format_table(results: dict[str, Any]) -> str:
+    rows = [(f"{results['task']} (pretrained)", results["linear_probe"])]
+    if "random_init" in results:
+        rows.append(("random init", results["random_init"]["linear_probe"]))
+    if "supervised" in results:
+        rows.append(("supervised", results["supervised"]["linear_probe"]))
+    header = (
+        f"Linear probe on {results['probe_dataset']} "
+        f"({results['model']}, {results['train_steps']} steps)"
+    )
+    lines = [header, f"{'encoder':<28}{'top-1':>8}{'top-5':>8}", "-" * 44]
+    lines += [f"{name:<28}{p['top1']:>8.3f}{p['top5']:>8.3f}" for name, p in rows]
+    return "\n".join(lines)

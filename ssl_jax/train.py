@@ -1,0 +1,260 @@
+"""The shared training loop: one compiled step for every pretext task.
+
+The loop builds the task named by the config, shards each global batch over
+the `data` axis of a device mesh, runs a jit-compiled update with donated
+buffers, checkpoints, resumes and logs. It knows nothing about images,
+rotations or views: a batch is a dict of arrays and the task's `loss` does the
+rest.
+
+Reproducibility: the step's randomness is `fold_in(key(seed), step)` and the
+data order a function of (seed, step) (see `data/pipeline.py`), so a run
+resumed from a checkpoint computes exactly what an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from ml_collections import ConfigDict
+
+from ssl_jax import optim
+from ssl_jax.checkpoint import Checkpointer
+from ssl_jax.data import pipeline
+from ssl_jax.metrics import MetricWriter
+from ssl_jax.registry import MODELS, TASKS
+
+log = logging.getLogger(__name__)
+
+# Separate streams for parameter init and training randomness.
+_INIT_STREAM, _TRAIN_STREAM = 0, 1
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the steps."""
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A task's module split into its static graph and its arrays."""
+
+    graphdef: nnx.GraphDef
+    params: nnx.State
+    model_state: nnx.State  # everything that is not a parameter: batch-norm statistics, ...
+
+    def module(self) -> nnx.Module:
+        return nnx.merge(self.graphdef, self.params, self.model_state)
+
+
+def build_task(config: ConfigDict) -> nnx.Module:
+    """The encoder named by `config.model` inside the task named by `config.task`,
+    initialised from `config.seed` alone (so the random-init baseline is the
+    exact starting point of pretraining)."""
+    init_key = jax.random.fold_in(jax.random.key(config.seed), _INIT_STREAM)
+    rngs = nnx.Rngs(params=init_key)
+    encoder = MODELS.get(config.model)(rngs=rngs, **config.model_kwargs)
+    return TASKS.get(config.task)(encoder, rngs=rngs, **config.task_kwargs)
+
+
+def split_task(task: nnx.Module) -> TrainedModel:
+    graphdef, params, model_state = nnx.split(task, nnx.Param, ...)
+    return TrainedModel(graphdef, nnx.as_pure(params), nnx.as_pure(model_state))
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    seed: int,
+) -> Callable[[dict, dict], tuple[dict, dict]]:
+    """`(state, batch) -> (new_state, metrics)`, compiled once, state donated."""
+    train_key = jax.random.fold_in(jax.random.key(seed), _TRAIN_STREAM)
+
+    def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
+        step = state["step"]
+        rng = jax.random.fold_in(train_key, step)
+
+        def loss_fn(params):
+            task = nnx.merge(graphdef, params, state["model_state"])
+            loss, metrics = task.loss(batch, rng, train=True)
+            _, _, model_state = nnx.split(task, nnx.Param, ...)
+            return loss, (metrics, nnx.as_pure(model_state))
+
+        (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"]
+        )
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        new_state = {
+            "step": step + 1,
+            "params": optax.apply_updates(state["params"], updates),
+            "model_state": model_state,
+            "opt_state": opt_state,
+        }
+        metrics = {
+            **metrics,
+            "loss": loss,
+            "learning_rate": schedule(step),
+            "grad_norm": optax.global_norm(grads),
+        }
+        return new_state, metrics
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def init_state(trained: TrainedModel, tx: optax.GradientTransformation) -> dict:
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": trained.params,
+        "model_state": trained.model_state,
+        "opt_state": tx.init(trained.params),
+    }
+
+
+def make_features_fn(
+    trained: TrainedModel, mesh: jax.sharding.Mesh
+) -> Callable[[np.ndarray], jax.Array]:
+    """uint8 images -> frozen features, for evaluators. Parameters are passed
+    as arguments, not closed over, so they are not baked into the program as
+    constants."""
+
+    @jax.jit
+    def features(params, model_state, images):
+        return nnx.merge(trained.graphdef, params, model_state).features(images)
+
+    sharding = pipeline.batch_sharding(mesh)
+
+    def features_fn(images: np.ndarray) -> jax.Array:
+        if len(images) % mesh.devices.size == 0:
+            images = jax.device_put(images, sharding)
+        return features(trained.params, trained.model_state, images)
+
+    return features_fn
+
+
+def _write_json(path: str, payload: Mapping[str, Any]) -> None:
+    if jax.process_index() != 0:
+        return
+    with open(path + ".tmp", "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def train(
+    config: ConfigDict,
+    workdir: str,
+    arrays: Mapping[str, np.ndarray],
+    mesh: jax.sharding.Mesh | None = None,
+) -> tuple[TrainedModel, dict]:
+    """Trains `config.task` on `arrays` (a dict of equally long numpy arrays)
+    for `config.train_steps` steps, resuming from `workdir` if a checkpoint is
+    there. Returns the trained model and a summary dict."""
+    mesh = pipeline.make_mesh() if mesh is None else mesh
+    pipeline.check_batch_size(config.batch_size, mesh)
+    os.makedirs(workdir, exist_ok=True)
+    _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+
+    trained = split_task(build_task(config))
+    tx, schedule = optim.make_optimizer(
+        config.optimizer, batch_size=config.batch_size, total_steps=config.train_steps
+    )
+    state = jax.device_put(init_state(trained, tx), pipeline.replicated(mesh))
+    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+    start_step = checkpointer.latest_step() or 0
+    if start_step:
+        state = checkpointer.restore(start_step, like=state)
+        log.info("Resumed from the checkpoint of step %d in %s", start_step, workdir)
+
+    train_step = make_train_step(trained.graphdef, tx, schedule, config.seed)
+    writer = MetricWriter(workdir, total_steps=config.train_steps, start_step=start_step)
+    summary = {"train_steps": config.train_steps, "resumed_from_step": start_step}
+    try:
+        if start_step < config.train_steps:
+            summary.update(
+                _run_steps(
+                    config, state, train_step, arrays, mesh, checkpointer, writer, start_step
+                )
+            )
+            state = summary.pop("state")
+        checkpointer.wait()
+    finally:
+        writer.close()
+        checkpointer.close()
+    return dataclasses.replace(
+        trained, params=state["params"], model_state=state["model_state"]
+    ), summary
+
+
+def _run_steps(config, state, train_step, arrays, mesh, checkpointer, writer, start_step) -> dict:
+    """The hot loop. Metrics are summed on the device and fetched only every
+    `log_every` steps, so the host does not wait on the device each step."""
+    batches = pipeline.device_batches(
+        arrays, batch_size=config.batch_size, seed=config.seed, mesh=mesh, start_step=start_step
+    )
+    try:
+        return _loop(config, state, train_step, batches, checkpointer, writer, start_step)
+    finally:
+        batches.close()  # stops the prefetch thread
+
+
+def _loop(config, state, train_step, batches, checkpointer, writer, start_step) -> dict:
+    totals, count = None, 0  # metric sums since the last log line, on the device
+    loss_since_checkpoint = 0.0  # NaN-propagating sum: one check covers every step
+    last_checkpoint, last_loss = start_step, math.nan
+    timer_start, timed_steps = None, 0
+    first_step_started = time.perf_counter()
+    for step in range(start_step + 1, config.train_steps + 1):
+        state, metrics = train_step(state, next(batches))
+        totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+        loss_since_checkpoint = loss_since_checkpoint + metrics["loss"]
+        count += 1
+        timed_steps += 1
+        if timer_start is None:  # the first step includes compilation: time from after it
+            jax.block_until_ready(metrics)
+            timer_start, timed_steps = time.perf_counter(), 0
+        writer.advance()
+        is_last = step == config.train_steps
+        if step % config.log_every == 0 or is_last:
+            means = {k: float(v) / count for k, v in jax.device_get(totals).items()}
+            _check_finite(means["loss"], step - count + 1, step, last_checkpoint, checkpointer)
+            if timed_steps:
+                elapsed = time.perf_counter() - timer_start
+            else:  # only the compiling step so far: report it, compile time included
+                timed_steps, elapsed = 1, timer_start - first_step_started
+            means["images_per_sec"] = timed_steps * config.batch_size / max(elapsed, 1e-9)
+            means["learning_rate"] = float(metrics["learning_rate"])  # at this step, not a mean
+            writer.write(step, means)
+            last_loss = means["loss"]
+            totals, count = None, 0
+            timer_start, timed_steps = time.perf_counter(), 0
+        if step % config.checkpoint_every == 0 or is_last:
+            # Never save a state that a non-finite step has touched.
+            _check_finite(
+                float(loss_since_checkpoint),
+                last_checkpoint + 1,
+                step,
+                last_checkpoint,
+                checkpointer,
+            )
+            checkpointer.save(step, state)
+            last_checkpoint, loss_since_checkpoint = step, 0.0
+    return {"state": state, "final_loss": last_loss}
+
+
+def _check_finite(loss: float, first: int, last: int, checkpoint: int, checkpointer) -> None:
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"The loss became non-finite between steps {first} and {last}; the last good "
+            f"checkpoint is step {checkpoint} in {checkpointer.directory}. Lower the learning "
+            "rate or check the data, then rerun the same command to resume from it."
+        )

@@ -1,0 +1,114 @@
+"""End-to-end: `python -m ssl_jax.main` on the `runlocal` config, in subprocesses
+so that each run starts JAX fresh (device count, flags), as a user's would."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+def run_main(workdir, *overrides, devices=1, config="configs/rotation.py:runlocal", check=True):
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "ssl_jax.main",
+        f"--config={config}",
+        f"--workdir={workdir}",
+        *overrides,
+    ]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"main failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+def final_params(workdir):
+    """The parameters of the newest checkpoint, as flat numpy arrays."""
+    import orbax.checkpoint as ocp
+
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    manager = ocp.CheckpointManager(directory)
+    restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
+    manager.close()
+    import jax
+
+    return manager.latest_step(), [np.asarray(x) for x in jax.tree.leaves(restored)]
+
+
+def test_main_trains_probes_and_writes_results(tmp_path):
+    workdir = tmp_path / "run"
+    result = run_main(workdir, "--config.baselines.supervised=true")
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["task"] == "rotation" and results["dataset"] == "digits"
+    assert results["train_steps"] == 6
+    for key in ("linear_probe", "random_init", "supervised"):
+        probe = results[key] if key == "linear_probe" else results[key]["linear_probe"]
+        assert 0.0 <= probe["top1"] <= probe["top5"] <= 1.0
+    assert "random init" in result.stdout and "supervised" in result.stdout
+
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    for record in records:
+        assert {"step", "loss", "learning_rate", "images_per_sec"} <= set(record)
+        assert np.isfinite(record["loss"]) and record["images_per_sec"] > 0
+    assert any(
+        p.name.startswith("events.out.tfevents") for p in (workdir / "tensorboard").iterdir()
+    )
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
+        "3",
+        "6",
+    ]
+    assert (workdir / "supervised" / "metrics.jsonl").exists()
+
+
+def test_resume_after_losing_the_last_checkpoint_is_bit_identical(tmp_path):
+    import shutil
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_main(straight, "--config.baselines.random_init=false")
+    run_main(resumed, "--config.baselines.random_init=false")
+    # Pretend the run died after step 3: drop the step-6 checkpoint and rerun.
+    shutil.rmtree(resumed / "checkpoints" / "6")
+    result = run_main(resumed, "--config.baselines.random_init=false")
+    assert "Resumed from the checkpoint of step 3" in result.stderr
+    step_a, params_a = final_params(straight)
+    step_b, params_b = final_params(resumed)
+    assert step_a == step_b == 6
+    for a, b in zip(params_a, params_b, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert losses(straight) == losses(resumed)
+
+
+def test_same_loss_on_one_and_eight_devices(tmp_path):
+    one = tmp_path / "one"
+    eight = tmp_path / "eight"
+    common = ("--config.baselines.random_init=false", "--config.train_steps=4")
+    run_main(one, *common, devices=1)
+    run_main(eight, *common, devices=8)
+    a, b = losses(one), losses(eight)
+    assert a.keys() == b.keys()
+    np.testing.assert_allclose(list(a.values()), list(b.values()), rtol=2e-4)
+
+
+def test_bad_input_is_one_clear_line(tmp_path):
+    result = run_main(tmp_path / "x", "--config.model=resnet_typo", check=False)
+    assert result.returncode == 2
+    assert "Unknown model 'resnet_typo'" in result.stderr
+    assert "Traceback" not in result.stderr
+    typo = run_main(tmp_path / "y", "--config.batch_sise=8", check=False)
+    assert typo.returncode != 0 and "batch_sise" in typo.stderr

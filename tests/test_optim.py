@@ -1,0 +1,86 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ssl_jax import optim
+
+PARAMS = {
+    "conv": {"kernel": jnp.ones((3, 3, 2, 4))},
+    "bn": {"scale": jnp.ones(4), "bias": jnp.ones(4)},
+}
+
+
+def test_decay_mask_excludes_biases_and_norm_parameters():
+    mask = optim.decay_mask(PARAMS)
+    assert mask == {"conv": {"kernel": True}, "bn": {"scale": False, "bias": False}}
+
+
+@pytest.mark.parametrize(
+    "scaling, expected", [("none", 0.2), ("linear", 0.2 * 512 / 256), ("sqrt", 0.2 * 512**0.5)]
+)
+def test_learning_rate_scaling(scaling, expected):
+    opt = optim.default_config(learning_rate=0.2, lr_scaling=scaling)
+    assert optim.scaled_learning_rate(opt, 512) == pytest.approx(expected)
+
+
+def test_schedule_warms_up_then_decays_to_end_fraction():
+    opt = optim.default_config(
+        learning_rate=1.0, lr_scaling="none", warmup_steps=10, end_lr_fraction=0.1
+    )
+    schedule = optim.make_schedule(opt, batch_size=256, total_steps=100)
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(5)) == pytest.approx(0.5)
+    assert float(schedule(10)) == pytest.approx(1.0)
+    assert float(schedule(100)) == pytest.approx(0.1)
+    values = [float(schedule(s)) for s in range(10, 101)]
+    assert all(a >= b - 1e-7 for a, b in zip(values, values[1:], strict=False))
+
+
+@pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
+def test_weight_decay_touches_kernels_only(name):
+    """With zero gradients, only weight decay moves parameters."""
+    opt = optim.default_config(
+        name=name, learning_rate=0.1, lr_scaling="none", warmup_steps=0, weight_decay=0.1
+    )
+    tx, _ = optim.make_optimizer(opt, batch_size=256, total_steps=10)
+    zeros = jax.tree.map(jnp.zeros_like, PARAMS)
+    updates, _ = tx.update(zeros, tx.init(PARAMS), PARAMS)
+    new = optax.apply_updates(PARAMS, updates)
+    assert np.all(np.asarray(new["conv"]["kernel"]) < 1.0)
+    np.testing.assert_array_equal(new["bn"]["scale"], PARAMS["bn"]["scale"])
+    np.testing.assert_array_equal(new["bn"]["bias"], PARAMS["bn"]["bias"])
+
+
+def test_lars_adapts_kernels_by_trust_ratio_but_not_biases():
+    opt = optim.default_config(
+        name="lars",
+        learning_rate=1.0,
+        lr_scaling="none",
+        warmup_steps=0,
+        weight_decay=0.0,
+        momentum=0.0,
+        trust_coefficient=0.001,
+    )
+    tx, _ = optim.make_optimizer(opt, batch_size=256, total_steps=10)
+    grads = jax.tree.map(lambda p: 2.0 * jnp.ones_like(p), PARAMS)
+    updates, _ = tx.update(grads, tx.init(PARAMS), PARAMS)
+    # Kernel: lr * trust * ||w|| / ||g|| * g = 0.001 * (||w|| / ||g||) * 2 = 0.001
+    np.testing.assert_allclose(updates["conv"]["kernel"], -0.001, rtol=1e-5)
+    np.testing.assert_allclose(updates["bn"]["bias"], -2.0, rtol=1e-6)  # plain SGD step
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("learning_rate", -0.1, "learning_rate must be > 0"),
+        ("name", "adam_typo", "not one of"),
+        ("weight_decay", -1.0, "weight_decay must be >= 0"),
+        ("lr_scaling", "cubic", "lr_scaling"),
+    ],
+)
+def test_bad_optimizer_values_are_clear_errors(field, value, message):
+    opt = optim.default_config(**{field: value})
+    with pytest.raises(ValueError, match=message):
+        optim.make_optimizer(opt, batch_size=256, total_steps=10)
