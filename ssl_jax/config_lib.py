@@ -71,6 +71,10 @@ def base_config() -> ConfigDict:
     config.probe.l2_grid = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
     config.probe.holdout_fraction = 0.2
     config.probe.steps = 500
+    # Extra probes on a few labels per class (mean over seeded draws): where
+    # pretrained features should matter most.
+    config.probe.labels_per_class = (10,)
+    config.probe.few_label_draws = 3
 
     config.baselines = ConfigDict()
     config.baselines.random_init = True
@@ -96,6 +100,8 @@ def validate(config: ConfigDict) -> None:
         raise ValueError(f"config.keep_checkpoints must be >= 1, got {config.keep_checkpoints}.")
     if config.probe.batch_size <= 0 or config.probe.steps <= 0:
         raise ValueError("config.probe.batch_size and config.probe.steps must be > 0.")
+    if any(k < 1 for k in config.probe.labels_per_class) or config.probe.few_label_draws < 1:
+        raise ValueError("config.probe.labels_per_class and few_label_draws must be >= 1.")
     if not 0 < config.probe.holdout_fraction < 1:
         raise ValueError(
             f"config.probe.holdout_fraction must be in (0, 1), got {config.probe.holdout_fraction}."

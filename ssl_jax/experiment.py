@@ -22,7 +22,7 @@ from ml_collections import ConfigDict
 from ssl_jax import config_lib, train
 from ssl_jax.data import pipeline
 from ssl_jax.data.datasets import ImageDataset, load_dataset
-from ssl_jax.evaluate.linear_probe import linear_probe
+from ssl_jax.evaluate.linear_probe import extract_features, few_label_probe, fit_linear_probe
 
 
 def load_splits(name: str, config: ConfigDict) -> tuple[ImageDataset, ImageDataset]:
@@ -31,17 +31,27 @@ def load_splits(name: str, config: ConfigDict) -> tuple[ImageDataset, ImageDatas
 
 
 def probe(trained: train.TrainedModel, config: ConfigDict, splits, mesh) -> dict[str, Any]:
+    """Linear probe on all labels, and on `config.probe.labels_per_class` per class."""
     features_fn = train.make_features_fn(trained, mesh)
-    result = linear_probe(
-        features_fn,
-        *splits,
-        batch_size=config.probe.batch_size,
-        l2_grid=tuple(config.probe.l2_grid),
-        holdout_fraction=config.probe.holdout_fraction,
-        steps=config.probe.steps,
-        seed=config.seed,
+    train_split, test_split = splits
+    train_x, test_x = (
+        extract_features(features_fn, split.images, batch_size=config.probe.batch_size)
+        for split in splits
     )
-    return result.to_dict()
+    fit_kwargs = {
+        "num_classes": train_split.num_classes,
+        "l2_grid": tuple(config.probe.l2_grid),
+        "holdout_fraction": config.probe.holdout_fraction,
+        "steps": config.probe.steps,
+        "seed": config.seed,
+    }
+    data = (train_x, train_split.labels, test_x, test_split.labels)
+    result = fit_linear_probe(*data, **fit_kwargs).to_dict()
+    result["few_labels"] = [
+        few_label_probe(*data, per_class=k, draws=config.probe.few_label_draws, **fit_kwargs)
+        for k in config.probe.labels_per_class
+    ]
+    return result
 
 
 def supervised_config(config: ConfigDict, num_classes: int) -> ConfigDict:
@@ -115,10 +125,14 @@ def format_table(results: dict[str, Any]) -> str:
         rows.append(("random init", results["random_init"]["linear_probe"]))
     if "supervised" in results:
         rows.append(("supervised", results["supervised"]["linear_probe"]))
+    few = [f"{f['per_class']}/class" for f in rows[0][1]["few_labels"]]
     header = (
         f"Linear probe on {results['probe_dataset']} "
-        f"({results['model']}, {results['train_steps']} steps)"
+        f"({results['model']}, {results['train_steps']} steps); top-1 unless marked"
     )
-    lines = [header, f"{'encoder':<28}{'top-1':>8}{'top-5':>8}", "-" * 44]
-    lines += [f"{name:<28}{p['top1']:>8.3f}{p['top5']:>8.3f}" for name, p in rows]
+    columns = f"{'encoder':<24}{'all labels':>12}{'top-5':>8}" + "".join(f"{c:>12}" for c in few)
+    lines = [header, columns, "-" * len(columns)]
+    for name, p in rows:
+        cells = "".join(f"{f['top1']:>12.3f}" for f in p["few_labels"])
+        lines.append(f"{name:<24}{p['top1']:>12.3f}{p['top5']:>8.3f}{cells}")
     return "\n".join(lines)

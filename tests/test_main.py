@@ -112,3 +112,40 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert "Traceback" not in result.stderr
     typo = run_main(tmp_path / "y", "--config.batch_sise=8", check=False)
     assert typo.returncode != 0 and "batch_sise" in typo.stderr
+
+
+def _photo_folder(root, per_class=12):
+    """An image folder of real photographs: JPEG crops of the two photos that
+    scikit-learn ships (a temple in China, a flower), one class each."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", per_class // 2)):
+        for name, photo in zip(("china", "flower"), load_sample_images().images, strict=True):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                size = int(rng.integers(80, 200))
+                y, x = (
+                    rng.integers(0, photo.shape[0] - size),
+                    rng.integers(0, photo.shape[1] - size),
+                )
+                crop = Image.fromarray(photo[y : y + size, x : x + size])
+                crop.save(folder / f"{i}.jpg", quality=90)
+
+
+def test_main_on_an_image_folder_of_real_photos(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_JAX_CACHE_DIR", str(tmp_path / "cache"))
+    _photo_folder(tmp_path / "photos")
+    workdir = tmp_path / "run"
+    run_main(
+        workdir,
+        f"--config.dataset=imagefolder:{tmp_path / 'photos'}",
+        "--config.probe.labels_per_class=(2,)",
+    )
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["dataset"] == f"imagefolder:{tmp_path / 'photos'}"
+    assert 0.0 <= results["linear_probe"]["top1"] <= 1.0
+    assert results["linear_probe"]["few_labels"][0]["per_class"] == 2
+    assert any((tmp_path / "cache").iterdir())  # decoded once, cached

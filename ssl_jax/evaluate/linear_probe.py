@@ -160,6 +160,54 @@ def fit_linear_probe(
     )
 
 
+def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Sorted indices of `per_class` seeded random examples of every class (all of
+    a class's examples when it has fewer)."""
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(chosen))
+
+
+def few_label_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    *,
+    num_classes: int,
+    per_class: int,
+    draws: int = 3,
+    seed: int = 0,
+    **fit_kwargs: Any,
+) -> dict[str, float]:
+    """The probe trained on `per_class` labelled examples per class: the regime
+    self-supervision is for. Small subsets make single results noisy, so it
+    averages over `draws` seeded subsets and reports their spread."""
+    top1, top5 = [], []
+    for draw in range(draws):
+        subset = balanced_subset(train_y, per_class, seed=seed * 1000 + draw)
+        result = fit_linear_probe(
+            train_x[subset],
+            train_y[subset],
+            test_x,
+            test_y,
+            num_classes=num_classes,
+            seed=seed + draw,
+            **fit_kwargs,
+        )
+        top1.append(result.top1)
+        top5.append(result.top5)
+    return {
+        "per_class": per_class,
+        "draws": draws,
+        "top1": float(np.mean(top1)),
+        "top1_std": float(np.std(top1)),
+        "top5": float(np.mean(top5)),
+    }
+
+
 @functools.partial(jax.jit, static_argnums=(3, 4))
 def _train_heads(
     x: jax.Array, y: jax.Array, l2s: jax.Array, num_classes: int, steps: int

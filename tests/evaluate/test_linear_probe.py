@@ -205,3 +205,28 @@ def test_linear_probe_end_to_end_leaves_encoder_params_unchanged():
     assert result.top1 > 0.9
     assert result.top5 == 1.0  # 3 classes: top-5 is top-3
     jax.tree.map(np.testing.assert_array_equal, params, before)
+
+
+def test_balanced_subset_takes_k_per_class_seeded():
+    labels = np.repeat(np.arange(4), [10, 10, 10, 3])
+    subset = lp.balanced_subset(labels, 5, seed=0)
+    np.testing.assert_array_equal(np.bincount(labels[subset]), [5, 5, 5, 3])
+    np.testing.assert_array_equal(subset, lp.balanced_subset(labels, 5, seed=0))
+    assert not np.array_equal(subset, lp.balanced_subset(labels, 5, seed=1))
+    with pytest.raises(ValueError, match="per_class"):
+        lp.balanced_subset(labels, 0, seed=0)
+
+
+def test_few_label_probe_averages_draws_and_is_below_full_probe_on_hard_data():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(5, 20))
+    y = rng.integers(0, 5, 1200)
+    x = centers[y] + 1.5 * rng.normal(size=(1200, 20))
+    train, test = slice(0, 1000), slice(1000, None)
+    full = lp.fit_linear_probe(x[train], y[train], x[test], y[test], num_classes=5, steps=200)
+    few = lp.few_label_probe(
+        x[train], y[train], x[test], y[test], num_classes=5, per_class=2, draws=3, steps=200
+    )
+    assert few["draws"] == 3 and few["per_class"] == 2
+    assert few["top1_std"] > 0  # different draws really differ
+    assert 0.2 < few["top1"] < full.top1
