@@ -149,3 +149,41 @@ def test_main_on_an_image_folder_of_real_photos(tmp_path, monkeypatch):
     assert 0.0 <= results["linear_probe"]["top1"] <= 1.0
     assert results["linear_probe"]["few_labels"][0]["per_class"] == 2
     assert any((tmp_path / "cache").iterdir())  # decoded once, cached
+
+
+def test_probe_can_use_another_dataset(tmp_path):
+    workdir = tmp_path / "run"
+    probe_data = "synthetic:num_classes=4,train_size=64,test_size=32"
+    run_main(
+        workdir, f"--config.probe.dataset={probe_data}", "--config.probe.labels_per_class=(3,)"
+    )
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["dataset"] == "digits" and results["probe_dataset"] == probe_data
+    assert results["linear_probe"]["few_labels"][0]["per_class"] == 3
+    # 4 classes: top-5 is over all classes
+    assert results["linear_probe"]["top5"] == 1.0
+
+
+def test_corrupt_checkpoint_is_one_clear_line_and_is_left_in_place(tmp_path):
+    workdir = tmp_path / "run"
+    run_main(workdir, "--config.baselines.random_init=false")
+    files = [p for p in (workdir / "checkpoints" / "6").rglob("*") if p.is_file()]
+    for path in files:
+        path.write_bytes(b"garbage")
+    before = {p: p.read_bytes() for p in files}
+    result = run_main(workdir, "--config.baselines.random_init=false", check=False)
+    assert result.returncode == 2
+    assert "Cannot restore the checkpoint" in result.stderr and "Traceback" not in result.stderr
+    assert {p: p.read_bytes() for p in files} == before
+
+
+def test_missing_tfds_dataset_is_one_clear_line(tmp_path):
+    result = run_main(
+        tmp_path / "run",
+        "--config.dataset=tfds:cifar10",
+        f"--config.data_dir={tmp_path / 'no_data'}",
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "tfds build cifar10" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
