@@ -177,17 +177,19 @@ def train(
 
     train_step = make_train_step(trained.graphdef, tx, schedule, config.seed)
     writer = MetricWriter(workdir, total_steps=config.train_steps, start_step=start_step)
+    # A generator: its prefetch thread starts with the first batch taken.
+    batches = pipeline.device_batches(
+        arrays, batch_size=config.batch_size, seed=config.seed, mesh=mesh, start_step=start_step
+    )
     summary = {"train_steps": config.train_steps, "resumed_from_step": start_step}
     try:
         if start_step < config.train_steps:
-            summary.update(
-                _run_steps(
-                    config, state, train_step, arrays, mesh, checkpointer, writer, start_step
-                )
+            state, summary["final_loss"] = _loop(
+                config, state, train_step, batches, checkpointer, writer, start_step
             )
-            state = summary.pop("state")
         checkpointer.wait()
     finally:
+        batches.close()
         writer.close()
         checkpointer.close()
     return dataclasses.replace(
@@ -195,19 +197,11 @@ def train(
     ), summary
 
 
-def _run_steps(config, state, train_step, arrays, mesh, checkpointer, writer, start_step) -> dict:
-    """The hot loop. Metrics are summed on the device and fetched only every
-    `log_every` steps, so the host does not wait on the device each step."""
-    batches = pipeline.device_batches(
-        arrays, batch_size=config.batch_size, seed=config.seed, mesh=mesh, start_step=start_step
-    )
-    try:
-        return _loop(config, state, train_step, batches, checkpointer, writer, start_step)
-    finally:
-        batches.close()  # stops the prefetch thread
+def _loop(config, state, train_step, batches, checkpointer, writer, start_step):
+    """The hot loop; returns the final state and the last logged loss.
 
-
-def _loop(config, state, train_step, batches, checkpointer, writer, start_step) -> dict:
+    Metrics are summed on the device and fetched only every `log_every`
+    steps, so the host does not wait for the device at each step."""
     totals, count = None, 0  # metric sums since the last log line, on the device
     loss_since_checkpoint = 0.0  # NaN-propagating sum: one check covers every step
     last_checkpoint, last_loss = start_step, math.nan
@@ -248,7 +242,7 @@ def _loop(config, state, train_step, batches, checkpointer, writer, start_step) 
             )
             checkpointer.save(step, state)
             last_checkpoint, loss_since_checkpoint = step, 0.0
-    return {"state": state, "final_loss": last_loss}
+    return state, last_loss
 
 
 def _check_finite(loss: float, first: int, last: int, checkpoint: int, checkpointer) -> None:
