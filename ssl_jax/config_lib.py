@@ -61,6 +61,7 @@ def base_config() -> ConfigDict:
     config.train_steps = 1000
     config.optimizer = optim.default_config()
 
+    config.nonfinite = "stop"  # NaN/Inf loss or gradient: "stop" the run, or "skip" the step
     config.log_every = 50
     config.checkpoint_every = 500
     config.keep_checkpoints = 3
@@ -96,6 +97,8 @@ def validate(config: ConfigDict) -> None:
             f"config.checkpoint_every ({config.checkpoint_every}) must be a multiple of "
             f"config.log_every ({config.log_every})."
         )
+    if config.nonfinite not in ("stop", "skip"):
+        raise ValueError(f"config.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}.")
     if config.keep_checkpoints < 1:
         raise ValueError(f"config.keep_checkpoints must be >= 1, got {config.keep_checkpoints}.")
     if config.probe.batch_size <= 0 or config.probe.steps <= 0:

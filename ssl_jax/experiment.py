@@ -87,6 +87,7 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
         "probe_dataset": config.probe.dataset or config.dataset,
         "train_steps": config.train_steps,
         "final_loss": summary.get("final_loss", _last_logged_loss(workdir)),
+        "state_fingerprint": summary["state_fingerprint"],
         "linear_probe": probe(trained, config, probe_splits, mesh),
     }
     if config.baselines.random_init:
@@ -98,6 +99,7 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
         supervised, sup_summary = train.train(sup_config, sup_workdir, arrays, mesh)
         results["supervised"] = {
             "final_loss": sup_summary.get("final_loss", _last_logged_loss(sup_workdir)),
+            "state_fingerprint": sup_summary["state_fingerprint"],
             "linear_probe": probe(supervised, config, probe_splits, mesh),
         }
     results["wall_seconds"] = round(time.time() - started, 1)

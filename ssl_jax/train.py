@@ -14,6 +14,7 @@ resumed from a checkpoint computes exactly what an uninterrupted run would.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -77,8 +78,15 @@ def make_train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     seed: int,
+    *,
+    skip_nonfinite: bool = False,
 ) -> Callable[[dict, dict], tuple[dict, dict]]:
-    """`(state, batch) -> (new_state, metrics)`, compiled once, state donated."""
+    """`(state, batch) -> (new_state, metrics)`, compiled once, state donated.
+
+    `metrics["nonfinite"]` is 1.0 when the loss or a gradient is NaN/Inf. With
+    `skip_nonfinite`, such a step leaves the state as it was (only the step
+    counter advances, so the data moves on) and zeroes its other metrics.
+    """
     train_key = jax.random.fold_in(jax.random.key(seed), _TRAIN_STREAM)
 
     def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
@@ -94,6 +102,8 @@ def make_train_step(
         (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"]
         )
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         new_state = {
             "step": step + 1,
@@ -105,11 +115,30 @@ def make_train_step(
             **metrics,
             "loss": loss,
             "learning_rate": schedule(step),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": grad_norm,
         }
+        if skip_nonfinite:
+            keep = lambda new, old: jnp.where(finite, new, old)
+            new_state = {**jax.tree.map(keep, new_state, state), "step": step + 1}
+            metrics = jax.tree.map(lambda m: jnp.where(finite, m, 0.0), metrics)
+        metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
         return new_state, metrics
 
     return jax.jit(train_step, donate_argnums=0)
+
+
+def state_fingerprint(state: dict) -> str:
+    """A hex digest of every array of the state (parameters, batch-norm
+    statistics, optimizer state, step), in tree order: two runs that end in
+    the same state, bit for bit, have the same fingerprint."""
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        # Replicated arrays: every process holds the whole value.
+        value = np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf)
+        digest.update(jax.tree_util.keystr(path).encode())
+        digest.update(str(value.dtype).encode() + str(value.shape).encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
 
 
 def init_state(trained: TrainedModel, tx: optax.GradientTransformation) -> dict:
@@ -175,7 +204,9 @@ def train(
         state = checkpointer.restore(start_step, like=state)
         log.info("Resumed from the checkpoint of step %d in %s", start_step, workdir)
 
-    train_step = make_train_step(trained.graphdef, tx, schedule, config.seed)
+    train_step = make_train_step(
+        trained.graphdef, tx, schedule, config.seed, skip_nonfinite=config.nonfinite == "skip"
+    )
     writer = MetricWriter(workdir, total_steps=config.train_steps, start_step=start_step)
     # A generator: its prefetch thread starts with the first batch taken.
     batches = pipeline.device_batches(
@@ -188,6 +219,7 @@ def train(
                 config, state, train_step, batches, checkpointer, writer, start_step
             )
         checkpointer.wait()
+        summary["state_fingerprint"] = state_fingerprint(state)
     finally:
         batches.close()
         writer.close()
@@ -201,16 +233,23 @@ def _loop(config, state, train_step, batches, checkpointer, writer, start_step):
     """The hot loop; returns the final state and the last logged loss.
 
     Metrics are summed on the device and fetched only every `log_every`
-    steps, so the host does not wait for the device at each step."""
+    steps, so the host does not wait for the device at each step. Non-finite
+    steps are found at the next log line or checkpoint, whichever is first,
+    and a state that one has touched is never saved.
+    """
+    stop_on_nonfinite = config.nonfinite == "stop"
     totals, count = None, 0  # metric sums since the last log line, on the device
-    loss_since_checkpoint = 0.0  # NaN-propagating sum: one check covers every step
+    first_bad_step = _NO_STEP  # on the device: the first non-finite step since the checkpoint
     last_checkpoint, last_loss = start_step, math.nan
     timer_start, timed_steps = None, 0
     first_step_started = time.perf_counter()
     for step in range(start_step + 1, config.train_steps + 1):
         state, metrics = train_step(state, next(batches))
         totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
-        loss_since_checkpoint = loss_since_checkpoint + metrics["loss"]
+        if stop_on_nonfinite:
+            first_bad_step = jnp.minimum(
+                first_bad_step, jnp.where(metrics["nonfinite"] > 0, step, _NO_STEP)
+            )
         count += 1
         timed_steps += 1
         if timer_start is None:  # the first step includes compilation: time from after it
@@ -218,9 +257,15 @@ def _loop(config, state, train_step, batches, checkpointer, writer, start_step):
             timer_start, timed_steps = time.perf_counter(), 0
         writer.advance()
         is_last = step == config.train_steps
+        is_checkpoint = step % config.checkpoint_every == 0 or is_last
+        if stop_on_nonfinite and (is_checkpoint or step % config.log_every == 0):
+            _stop_if_nonfinite(int(first_bad_step), last_checkpoint, checkpointer)
         if step % config.log_every == 0 or is_last:
-            means = {k: float(v) / count for k, v in jax.device_get(totals).items()}
-            _check_finite(means["loss"], step - count + 1, step, last_checkpoint, checkpointer)
+            sums = {k: float(v) for k, v in jax.device_get(totals).items()}
+            skipped = sums.pop("nonfinite")
+            good = count - skipped
+            means = {k: v / good for k, v in sums.items()} if good else {}
+            means["skipped_steps"] = skipped
             if timed_steps:
                 elapsed = time.perf_counter() - timer_start
             else:  # only the compiling step so far: report it, compile time included
@@ -228,27 +273,23 @@ def _loop(config, state, train_step, batches, checkpointer, writer, start_step):
             means["images_per_sec"] = timed_steps * config.batch_size / max(elapsed, 1e-9)
             means["learning_rate"] = float(metrics["learning_rate"])  # at this step, not a mean
             writer.write(step, means)
-            last_loss = means["loss"]
+            last_loss = means.get("loss", last_loss)
             totals, count = None, 0
             timer_start, timed_steps = time.perf_counter(), 0
-        if step % config.checkpoint_every == 0 or is_last:
-            # Never save a state that a non-finite step has touched.
-            _check_finite(
-                float(loss_since_checkpoint),
-                last_checkpoint + 1,
-                step,
-                last_checkpoint,
-                checkpointer,
-            )
+        if is_checkpoint:
             checkpointer.save(step, state)
-            last_checkpoint, loss_since_checkpoint = step, 0.0
+            last_checkpoint, first_bad_step = step, _NO_STEP
     return state, last_loss
 
 
-def _check_finite(loss: float, first: int, last: int, checkpoint: int, checkpointer) -> None:
-    if not math.isfinite(loss):
+_NO_STEP = np.iinfo(np.int32).max
+
+
+def _stop_if_nonfinite(first_bad_step: int, last_checkpoint: int, checkpointer) -> None:
+    if first_bad_step != _NO_STEP:
         raise NonFiniteLossError(
-            f"The loss became non-finite between steps {first} and {last}; the last good "
-            f"checkpoint is step {checkpoint} in {checkpointer.directory}. Lower the learning "
-            "rate or check the data, then rerun the same command to resume from it."
+            f"The loss or a gradient became NaN/Inf at step {first_bad_step}; the last good "
+            f"checkpoint is step {last_checkpoint} in {checkpointer.directory}. Lower the "
+            "learning rate or check the data, then rerun to resume from it (or set "
+            "--config.nonfinite=skip to skip such steps)."
         )

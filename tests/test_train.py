@@ -1,0 +1,111 @@
+"""The shared loop in-process: non-finite steps, fingerprints, resume."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssl_jax import config_lib, optim, train
+from ssl_jax.registry import TASKS
+from ssl_jax.tasks.rotation import RotationTask
+
+
+class PoisonedRotation(RotationTask):
+    """Rotation, except that a batch holding a poisoned example has a NaN loss."""
+
+    def loss(self, batch, rng, *, train):
+        loss, metrics = super().loss(batch, rng, train=train)
+        return jnp.where(batch["poison"].any(), jnp.nan, loss), metrics
+
+
+TASKS.register("test_poisoned_rotation")(
+    lambda encoder, *, rngs, **kw: PoisonedRotation(encoder, rngs=rngs, **kw)
+)
+
+
+def _config(**overrides):
+    config = config_lib.base_config()
+    config.update(
+        task="test_poisoned_rotation",
+        model="convnet_tiny",
+        image_size=8,
+        batch_size=4,
+        train_steps=8,
+        log_every=1,
+        checkpoint_every=4,
+    )
+    config.optimizer.warmup_steps = 0
+    config.update(overrides)
+    return config
+
+
+def _arrays(poisoned_steps=(), batch_size=4, n=32):
+    """Digits-like random images; `poisoned_steps` name the steps whose batch
+    holds a poisoned example (data order is a function of seed and step)."""
+    from ssl_jax.data import pipeline
+
+    rng = np.random.default_rng(0)
+    poison = np.zeros(n, bool)
+    for step in poisoned_steps:  # step s (1-based) uses batch index s - 1
+        poison[pipeline.batch_indices(n, batch_size, seed=0, step=step - 1)[0]] = True
+    images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    return {"image": images, "label": np.zeros(n, np.int32), "poison": poison}
+
+
+def _metrics(workdir):
+    import json
+
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_nonfinite_loss_stops_the_run_naming_the_step_and_keeps_the_checkpoint(tmp_path):
+    with pytest.raises(
+        train.NonFiniteLossError, match="NaN/Inf at step 6; the last good checkpoint is step 4"
+    ):
+        train.train(_config(), str(tmp_path), _arrays(poisoned_steps=(6,)))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4"]
+    assert [m["step"] for m in _metrics(tmp_path)] == [1, 2, 3, 4, 5]  # step 6 never logged
+
+
+def test_skip_mode_leaves_the_state_unchanged_on_a_poisoned_step(tmp_path):
+    arrays = _arrays(poisoned_steps=(3,))
+    # A constant learning rate, so that runs of different lengths share their first steps.
+    constant = {"warmup_steps": 0, "end_lr_fraction": 1.0}
+
+    def run(name, steps):
+        config = _config(nonfinite="skip", train_steps=steps, checkpoint_every=steps)
+        config.optimizer.update(constant)
+        return train.train(config, str(tmp_path / name), arrays)
+
+    after_two, _ = run("two", 2)
+    after_three, _ = run("three", 3)
+    after_eight, summary = run("eight", 8)
+    leaves = lambda t: jax.tree.leaves((t.params, t.model_state))
+    for a, b in zip(leaves(after_two), leaves(after_three), strict=True):
+        np.testing.assert_array_equal(a, b)  # the poisoned step 3 changed nothing
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(leaves(after_three), leaves(after_eight), strict=True)
+    )
+
+    records = _metrics(tmp_path / "eight")
+    assert [r["skipped_steps"] for r in records] == [0, 0, 1, 0, 0, 0, 0, 0]
+    assert "loss" not in records[2]
+    assert all(np.isfinite(r["loss"]) for i, r in enumerate(records) if i != 2)
+    assert np.isfinite(summary["final_loss"])
+
+
+def test_fingerprint_is_deterministic_and_sensitive():
+    config = _config(task="rotation")
+    trained = train.split_task(train.build_task(config))
+    tx, _ = optim.make_optimizer(config.optimizer, batch_size=4, total_steps=8)
+    state = train.init_state(trained, tx)
+    again = train.init_state(train.split_task(train.build_task(config)), tx)
+    assert train.state_fingerprint(state) == train.state_fingerprint(again)
+    nudged = jax.tree.map(lambda x: x, state)
+    leaf = jax.tree.leaves(nudged["params"])[0]
+    nudged["params"] = jax.tree.map(
+        lambda x: x.at[(0,) * x.ndim].add(1e-7) if x is leaf else x, nudged["params"]
+    )
+    assert train.state_fingerprint(nudged) != train.state_fingerprint(state)
+    assert len(train.state_fingerprint(state)) == 64
