@@ -69,6 +69,7 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
     config_lib.validate(config)
     mesh = pipeline.make_mesh()
     pipeline.check_batch_size(config.batch_size, mesh)
+    pipeline.check_batch_size(config.probe.batch_size, mesh, field="probe.batch_size")
     started = time.time()
 
     train_split, test_split = load_splits(config.dataset, config)

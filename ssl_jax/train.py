@@ -14,6 +14,7 @@ resumed from a checkpoint computes exactly what an uninterrupted run would.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -152,21 +153,25 @@ def init_state(trained: TrainedModel, tx: optax.GradientTransformation) -> dict:
 
 def make_features_fn(
     trained: TrainedModel, mesh: jax.sharding.Mesh
-) -> Callable[[np.ndarray], jax.Array]:
-    """uint8 images -> frozen features, for evaluators. Parameters are passed
-    as arguments, not closed over, so they are not baked into the program as
-    constants."""
+) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 images -> frozen features, for evaluators.
 
-    @jax.jit
+    Every process passes the same global batch; each feeds its own rows and
+    gets the whole (replicated) result back. Parameters are arguments, not
+    closed over, so they are not baked into the program as constants.
+    """
+    replicated = pipeline.replicated(mesh)
+
+    @functools.partial(jax.jit, out_shardings=replicated)
     def features(params, model_state, images):
         return nnx.merge(trained.graphdef, params, model_state).features(images)
 
-    sharding = pipeline.batch_sharding(mesh)
-
-    def features_fn(images: np.ndarray) -> jax.Array:
-        if len(images) % mesh.devices.size == 0:
-            images = jax.device_put(images, sharding)
-        return features(trained.params, trained.model_state, images)
+    def features_fn(images: np.ndarray) -> np.ndarray:
+        pipeline.check_batch_size(len(images), mesh)
+        local = images[pipeline.local_slice(len(images))]
+        batch = pipeline.to_global({"image": local}, mesh)["image"]
+        out = features(trained.params, trained.model_state, batch)
+        return np.asarray(out.addressable_data(0))
 
     return features_fn
 

@@ -40,12 +40,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+def check_batch_size(batch_size: int, mesh: Mesh, field: str = "batch_size") -> None:
     devices = mesh.devices.size
     if batch_size <= 0 or batch_size % devices:
         raise ValueError(
-            f"batch_size={batch_size} must be a positive multiple of the device count "
-            f"({devices}); set --config.batch_size to a multiple of {devices}."
+            f"{field}={batch_size} must be a positive multiple of the device count "
+            f"({devices}); set --config.{field} to a multiple of {devices}."
         )
 
 

@@ -1,0 +1,92 @@
+"""The bad-input catalogue: each mistake ends with one clear line on stderr,
+exit code 2, no traceback, and leaves existing checkpoints untouched."""
+
+import pytest
+
+from tests.test_main import run_main
+
+
+def _image_folder(root, *, garbage=False, empty=False):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        folder = root / split / "cat"
+        folder.mkdir(parents=True)
+        if empty and split == "train":
+            continue
+        for i in range(4):
+            Image.new("RGB", (12, 12), (i * 40, 0, 0)).save(folder / f"{i}.png")
+    if garbage:
+        (root / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+CASES = {
+    "unknown task": (
+        ["--config.task=rotatoin"],
+        "Unknown task 'rotatoin'. Did you mean 'rotation'?",
+    ),
+    "unknown model": (["--config.model=resnet_typo"], "Unknown model 'resnet_typo'"),
+    "unknown dataset": (["--config.dataset=cifar11"], "cifar11"),
+    "typo in a config field": (["--config.batch_sise=8"], 'Did you mean "batch_size"'),
+    "wrong type": (["--config.batch_size=abc"], "--config.batch_size=abc"),
+    "unknown config option": (["--config=configs/rotation.py:runlcal"], "runlcal"),
+    "negative learning rate": (
+        ["--config.optimizer.learning_rate=-0.1"],
+        "learning_rate must be > 0",
+    ),
+    "bad non-finite policy": (["--config.nonfinite=ignore"], "config.nonfinite must be"),
+    "checkpoint not a multiple of log": (
+        ["--config.checkpoint_every=5", "--config.log_every=2"],
+        "multiple of config.log_every",
+    ),
+    "missing workdir flag": (["--workdir="], "workdir"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_config_mistakes(tmp_path, case):
+    args, message = CASES[case]
+    config = next((a for a in args if a.startswith("--config=")), None)
+    args = [a for a in args if a != config]
+    kwargs = {"config": config.split("=", 1)[1]} if config else {}
+    result = run_main(tmp_path / "run", *args, check=False, **kwargs)
+    _assert_one_clear_line(result, message)
+
+
+def test_batch_size_not_divisible_by_devices(tmp_path):
+    result = run_main(tmp_path / "run", "--config.batch_size=12", devices=8, check=False)
+    _assert_one_clear_line(
+        result, "batch_size=12 must be a positive multiple of the device count (8)"
+    )
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [("missing", "does not exist"), ("empty", "train"), ("garbage", "broken.jpg")],
+)
+def test_image_folder_problems(tmp_path, monkeypatch, layout, message):
+    monkeypatch.setenv("SSL_JAX_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "photos"
+    if layout != "missing":
+        _image_folder(root, garbage=layout == "garbage", empty=layout == "empty")
+    result = run_main(tmp_path / "run", f"--config.dataset=imagefolder:{root}", check=False)
+    _assert_one_clear_line(result, message)
+
+
+def test_incompatible_checkpoint_is_reported_and_kept(tmp_path):
+    workdir = tmp_path / "run"
+    run_main(workdir, "--config.baselines.random_init=false")
+    snapshot = {p: p.read_bytes() for p in (workdir / "checkpoints").rglob("*") if p.is_file()}
+    result = run_main(workdir, "--config.model=resnet_tiny", check=False)
+    _assert_one_clear_line(result, "Cannot restore the checkpoint")
+    after = {p: p.read_bytes() for p in (workdir / "checkpoints").rglob("*") if p.is_file()}
+    assert after == snapshot
+
+
+def _assert_one_clear_line(result, message):
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ssl_jax: error:")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    assert message in errors[0], errors[0]
