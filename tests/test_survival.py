@@ -1,0 +1,72 @@
+"""The promises that keep long runs alive, for every config in `configs/`:
+exact resume after a real SIGKILL, and the same losses on 1 and 8 devices."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.test_main import ROOT, losses, run_main
+
+CONFIGS = [f"configs/{p.name}:runlocal" for p in sorted((ROOT / "configs").glob("*.py"))]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_sigkill_at_any_moment_then_rerun_ends_bit_identical(tmp_path, config):
+    """A real SIGKILL mid-run (possibly mid-save), then the same command again."""
+    import signal
+    import time
+
+    args = (
+        "--config.baselines.random_init=false",
+        "--config.train_steps=200",
+        "--config.checkpoint_every=10",
+        "--config.probe.steps=20",
+    )
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_main(straight, *args, config=config)
+    reference = json.loads((straight / "results.json").read_text())
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    command = [
+        sys.executable,
+        "-m",
+        "ssl_jax.main",
+        f"--config={config}",
+        f"--workdir={killed}",
+        *args,
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 37:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 0 < len(metrics.read_text().splitlines()) < 200, "the kill came too late to test"
+
+    result = run_main(killed, *args, config=config)
+    resumed = json.loads((killed / "results.json").read_text())
+    assert "Resumed from the checkpoint of step" in result.stderr
+    assert resumed["state_fingerprint"] == reference["state_fingerprint"]
+    assert losses(killed) == losses(straight)
+    assert resumed["linear_probe"]["top1"] == reference["linear_probe"]["top1"]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_same_loss_on_one_and_eight_devices(tmp_path, config):
+    one = tmp_path / "one"
+    eight = tmp_path / "eight"
+    common = ("--config.baselines.random_init=false", "--config.train_steps=4")
+    run_main(one, *common, devices=1, config=config)
+    run_main(eight, *common, devices=8, config=config)
+    a, b = losses(one), losses(eight)
+    assert a.keys() == b.keys()
+    np.testing.assert_allclose(list(a.values()), list(b.values()), rtol=2e-4)
