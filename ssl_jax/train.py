@@ -176,6 +176,37 @@ def make_features_fn(
     return features_fn
 
 
+def make_visualizer(
+    trained: TrainedModel, arrays: Mapping[str, np.ndarray], workdir: str, *, examples: int = 8
+) -> Callable[[dict, int], None] | None:
+    """For tasks that define `visualize(batch, rng) -> uint8 [H, W, 3]` (MAE's
+    reconstructions, say): a function that saves that picture of the same
+    fixed examples, with the same randomness, as `visuals/step_<N>.png`.
+    None for tasks without pictures."""
+    if not hasattr(type(trained.module()), "visualize"):
+        return None
+    batch = {name: array[:examples] for name, array in arrays.items()}
+    rng = jax.random.key(0)  # the same masks/views at every step: only the model changes
+
+    @jax.jit
+    def picture(params, model_state):
+        return nnx.merge(trained.graphdef, params, model_state).visualize(batch, rng)
+
+    directory = os.path.join(workdir, "visuals")
+
+    def save(state: dict, step: int) -> None:
+        image = np.asarray(
+            jax.device_get(picture(state["params"], state["model_state"]).addressable_data(0))
+        )
+        if jax.process_index() == 0:
+            from PIL import Image
+
+            os.makedirs(directory, exist_ok=True)
+            Image.fromarray(image).save(os.path.join(directory, f"step_{step:07d}.png"))
+
+    return save
+
+
 def _write_json(path: str, payload: Mapping[str, Any]) -> None:
     if jax.process_index() != 0:
         return
@@ -213,6 +244,9 @@ def train(
         trained.graphdef, tx, schedule, config.seed, skip_nonfinite=config.nonfinite == "skip"
     )
     writer = MetricWriter(workdir, total_steps=config.train_steps, start_step=start_step)
+    visualize = make_visualizer(trained, arrays, workdir)
+    if visualize and start_step == 0:
+        visualize(state, 0)
     # A generator: its prefetch thread starts with the first batch taken.
     batches = pipeline.device_batches(
         arrays, batch_size=config.batch_size, seed=config.seed, mesh=mesh, start_step=start_step
@@ -221,7 +255,7 @@ def train(
     try:
         if start_step < config.train_steps:
             state, summary["final_loss"] = _loop(
-                config, state, train_step, batches, checkpointer, writer, start_step
+                config, state, train_step, batches, checkpointer, writer, start_step, visualize
             )
         checkpointer.wait()
         summary["state_fingerprint"] = state_fingerprint(state)
@@ -234,7 +268,7 @@ def train(
     ), summary
 
 
-def _loop(config, state, train_step, batches, checkpointer, writer, start_step):
+def _loop(config, state, train_step, batches, checkpointer, writer, start_step, visualize):
     """The hot loop; returns the final state and the last logged loss.
 
     Metrics are summed on the device and fetched only every `log_every`
@@ -284,6 +318,8 @@ def _loop(config, state, train_step, batches, checkpointer, writer, start_step):
         if is_checkpoint:
             checkpointer.save(step, state)
             last_checkpoint, first_bad_step = step, _NO_STEP
+            if visualize:
+                visualize(state, step)
     return state, last_loss
 
 

@@ -109,3 +109,41 @@ def test_fingerprint_is_deterministic_and_sensitive():
     )
     assert train.state_fingerprint(nudged) != train.state_fingerprint(state)
     assert len(train.state_fingerprint(state)) == 64
+
+
+class PicturedRotation(RotationTask):
+    def visualize(self, batch, rng):
+        del rng
+        features = self.features(batch["image"])  # depends on the parameters
+        shade = (jnp.tanh(features.mean()) + 1.0) * 127.5
+        row = jnp.concatenate(list(batch["image"]), axis=1)
+        return jnp.concatenate([row, jnp.full_like(row, shade.astype(jnp.uint8))], axis=0)
+
+
+TASKS.register("test_pictured_rotation")(
+    lambda encoder, *, rngs, **kw: PicturedRotation(encoder, rngs=rngs, **kw)
+)
+
+
+def test_tasks_with_visualize_get_a_picture_per_checkpoint(tmp_path):
+    from PIL import Image
+
+    config = _config(task="test_pictured_rotation", train_steps=8, checkpoint_every=4)
+    arrays = _arrays()
+    arrays.pop("poison")
+    train.train(config, str(tmp_path), arrays)
+    pictures = sorted((tmp_path / "visuals").iterdir())
+    assert [p.name for p in pictures] == [
+        "step_0000000.png",
+        "step_0000004.png",
+        "step_0000008.png",
+    ]
+    first = np.asarray(Image.open(pictures[0]))
+    assert first.shape == (16, 8 * 8, 3)
+    np.testing.assert_array_equal(first[:8], np.concatenate(list(arrays["image"][:8]), axis=1))
+
+
+def test_tasks_without_visualize_get_no_pictures(tmp_path):
+    config = _config(task="rotation", train_steps=2, checkpoint_every=2)
+    train.train(config, str(tmp_path), {"image": _arrays()["image"]})
+    assert not (tmp_path / "visuals").exists()
