@@ -35,6 +35,7 @@ def get_config(arg: str | None = None):
         config.train_steps = 600
         config.optimizer.update(name="sgd", learning_rate=0.1, warmup_steps=50, weight_decay=5e-4)
         config.checkpoint_every = 200
+        config.eval_every = 100
     else:
         # Natural images: ResNet-18, flips are label-preserving again.
         config.model = "resnet18"
@@ -49,6 +50,7 @@ def get_config(arg: str | None = None):
         config.optimizer.update(name="sgd", learning_rate=0.1, warmup_steps=500, weight_decay=5e-4)
         config.checkpoint_every = 2_000
         config.log_every = 100
+        config.eval_every = 2_000
 
     if options.runlocal:
         config.model = "convnet_tiny" if options.dataset == "digits" else "resnet_tiny"
@@ -59,6 +61,7 @@ def get_config(arg: str | None = None):
         config.train_steps = 6
         config.log_every = 1
         config.checkpoint_every = 3
+        config.eval_every = 3
         config.optimizer.warmup_steps = 2
         config.probe.steps = 50
         config.probe.batch_size = 64

@@ -66,6 +66,11 @@ def base_config() -> ConfigDict:
     config.checkpoint_every = 500
     config.keep_checkpoints = 3
 
+    # Periodic kNN accuracy of the frozen features during pretraining (0 = off);
+    # its figure goes into metrics.jsonl, the final one into results.json.
+    config.eval_every = 0
+    config.knn = ConfigDict({"k": 20, "temperature": 0.07})
+
     config.probe = ConfigDict()
     config.probe.dataset = ""  # "" = the pretraining dataset
     config.probe.batch_size = 256
@@ -97,6 +102,13 @@ def validate(config: ConfigDict) -> None:
             f"config.checkpoint_every ({config.checkpoint_every}) must be a multiple of "
             f"config.log_every ({config.log_every})."
         )
+    if config.eval_every < 0 or config.eval_every % config.log_every:
+        raise ValueError(
+            f"config.eval_every ({config.eval_every}) must be 0 (off) or a multiple of "
+            f"config.log_every ({config.log_every})."
+        )
+    if config.knn.k < 1 or config.knn.temperature <= 0:
+        raise ValueError("config.knn.k must be >= 1 and config.knn.temperature > 0.")
     if config.nonfinite not in ("stop", "skip"):
         raise ValueError(f"config.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}.")
     if config.keep_checkpoints < 1:

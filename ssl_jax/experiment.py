@@ -22,6 +22,7 @@ from ml_collections import ConfigDict
 from ssl_jax import config_lib, train
 from ssl_jax.data import pipeline
 from ssl_jax.data.datasets import ImageDataset, load_dataset
+from ssl_jax.evaluate.knn import knn_top1
 from ssl_jax.evaluate.linear_probe import extract_features, few_label_probe, fit_linear_probe
 
 
@@ -30,14 +31,39 @@ def load_splits(name: str, config: ConfigDict) -> tuple[ImageDataset, ImageDatas
     return load_dataset(name, "train", **kwargs), load_dataset(name, "test", **kwargs)
 
 
-def probe(trained: train.TrainedModel, config: ConfigDict, splits, mesh) -> dict[str, Any]:
-    """Linear probe on all labels, and on `config.probe.labels_per_class` per class."""
+def _features(trained: train.TrainedModel, config: ConfigDict, splits, mesh):
     features_fn = train.make_features_fn(trained, mesh)
-    train_split, test_split = splits
-    train_x, test_x = (
+    return tuple(
         extract_features(features_fn, split.images, batch_size=config.probe.batch_size)
         for split in splits
     )
+
+
+def _knn(config: ConfigDict, splits, train_x, test_x) -> float:
+    train_split, test_split = splits
+    return knn_top1(
+        train_x,
+        train_split.labels,
+        test_x,
+        test_split.labels,
+        num_classes=train_split.num_classes,
+        k=min(config.knn.k, len(train_x)),
+        temperature=config.knn.temperature,
+    )
+
+
+def knn_evaluator(config: ConfigDict, splits, mesh) -> train.Evaluator:
+    """kNN top-1 of the current encoder, for `train`'s periodic evaluation."""
+    return lambda trained: {
+        "knn_top1": _knn(config, splits, *_features(trained, config, splits, mesh))
+    }
+
+
+def probe(trained: train.TrainedModel, config: ConfigDict, splits, mesh) -> dict[str, Any]:
+    """Linear probe on all labels and on `config.probe.labels_per_class` per
+    class, and the kNN classifier, all on the same frozen features."""
+    train_split, test_split = splits
+    train_x, test_x = _features(trained, config, splits, mesh)
     fit_kwargs = {
         "num_classes": train_split.num_classes,
         "l2_grid": tuple(config.probe.l2_grid),
@@ -51,6 +77,7 @@ def probe(trained: train.TrainedModel, config: ConfigDict, splits, mesh) -> dict
         few_label_probe(*data, per_class=k, draws=config.probe.few_label_draws, **fit_kwargs)
         for k in config.probe.labels_per_class
     ]
+    result["knn_top1"] = _knn(config, splits, train_x, test_x)
     return result
 
 
@@ -80,7 +107,8 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
     )
     arrays = {"image": train_split.images, "label": train_split.labels}
 
-    trained, summary = train.train(config, workdir, arrays, mesh)
+    evaluator = knn_evaluator(config, probe_splits, mesh)
+    trained, summary = train.train(config, workdir, arrays, mesh, evaluator)
     results: dict[str, Any] = {
         "task": config.task,
         "model": config.model,
@@ -97,7 +125,7 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
     if config.baselines.supervised:
         sup_config = supervised_config(config, train_split.num_classes)
         sup_workdir = os.path.join(workdir, "supervised")
-        supervised, sup_summary = train.train(sup_config, sup_workdir, arrays, mesh)
+        supervised, sup_summary = train.train(sup_config, sup_workdir, arrays, mesh, evaluator)
         results["supervised"] = {
             "final_loss": sup_summary.get("final_loss", _last_logged_loss(sup_workdir)),
             "state_fingerprint": sup_summary["state_fingerprint"],
@@ -131,11 +159,15 @@ def format_table(results: dict[str, Any]) -> str:
     few = [f"{f['per_class']}/class" for f in rows[0][1]["few_labels"]]
     header = (
         f"Linear probe on {results['probe_dataset']} "
-        f"({results['model']}, {results['train_steps']} steps); top-1 unless marked"
+        f"({results['model']}, {results['train_steps']} steps); top-1"
     )
-    columns = f"{'encoder':<24}{'all labels':>12}{'top-5':>8}" + "".join(f"{c:>12}" for c in few)
+    columns = (
+        f"{'encoder':<24}{'all labels':>12}{'top-5':>8}"
+        + "".join(f"{c:>12}" for c in few)
+        + f"{'kNN':>8}"
+    )
     lines = [header, columns, "-" * len(columns)]
     for name, p in rows:
         cells = "".join(f"{f['top1']:>12.3f}" for f in p["few_labels"])
-        lines.append(f"{name:<24}{p['top1']:>12.3f}{p['top5']:>8.3f}{cells}")
+        lines.append(f"{name:<24}{p['top1']:>12.3f}{p['top5']:>8.3f}{cells}{p['knn_top1']:>8.3f}")
     return "\n".join(lines)

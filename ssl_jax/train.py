@@ -215,15 +215,23 @@ def _write_json(path: str, payload: Mapping[str, Any]) -> None:
     os.replace(path + ".tmp", path)
 
 
+Evaluator = Callable[[TrainedModel], Mapping[str, float]]
+
+
 def train(
     config: ConfigDict,
     workdir: str,
     arrays: Mapping[str, np.ndarray],
     mesh: jax.sharding.Mesh | None = None,
+    evaluator: Evaluator | None = None,
 ) -> tuple[TrainedModel, dict]:
     """Trains `config.task` on `arrays` (a dict of equally long numpy arrays)
     for `config.train_steps` steps, resuming from `workdir` if a checkpoint is
-    there. Returns the trained model and a summary dict."""
+    there. Returns the trained model and a summary dict.
+
+    `evaluator`, if given, runs every `config.eval_every` steps (and at the
+    end) on the current model; its figures join that step's metrics line.
+    """
     mesh = pipeline.make_mesh() if mesh is None else mesh
     pipeline.check_batch_size(config.batch_size, mesh)
     os.makedirs(workdir, exist_ok=True)
@@ -245,6 +253,11 @@ def train(
     )
     writer = MetricWriter(workdir, total_steps=config.train_steps, start_step=start_step)
     visualize = make_visualizer(trained, arrays, workdir)
+    evaluate = None
+    if evaluator is not None and config.eval_every:
+        evaluate = lambda state: evaluator(
+            dataclasses.replace(trained, params=state["params"], model_state=state["model_state"])
+        )
     if visualize and start_step == 0:
         visualize(state, 0)
     # A generator: its prefetch thread starts with the first batch taken.
@@ -255,7 +268,14 @@ def train(
     try:
         if start_step < config.train_steps:
             state, summary["final_loss"] = _loop(
-                config, state, train_step, batches, checkpointer, writer, start_step, visualize
+                config,
+                state,
+                train_step,
+                batches,
+                checkpointer,
+                writer,
+                start_step,
+                hooks=(visualize, evaluate),
             )
         checkpointer.wait()
         summary["state_fingerprint"] = state_fingerprint(state)
@@ -268,7 +288,7 @@ def train(
     ), summary
 
 
-def _loop(config, state, train_step, batches, checkpointer, writer, start_step, visualize):
+def _loop(config, state, train_step, batches, checkpointer, writer, start_step, hooks):
     """The hot loop; returns the final state and the last logged loss.
 
     Metrics are summed on the device and fetched only every `log_every`
@@ -276,6 +296,7 @@ def _loop(config, state, train_step, batches, checkpointer, writer, start_step, 
     steps are found at the next log line or checkpoint, whichever is first,
     and a state that one has touched is never saved.
     """
+    visualize, evaluate = hooks
     stop_on_nonfinite = config.nonfinite == "stop"
     totals, count = None, 0  # metric sums since the last log line, on the device
     first_bad_step = _NO_STEP  # on the device: the first non-finite step since the checkpoint
@@ -311,6 +332,8 @@ def _loop(config, state, train_step, batches, checkpointer, writer, start_step, 
                 timed_steps, elapsed = 1, timer_start - first_step_started
             means["images_per_sec"] = timed_steps * config.batch_size / max(elapsed, 1e-9)
             means["learning_rate"] = float(metrics["learning_rate"])  # at this step, not a mean
+            if evaluate and (step % config.eval_every == 0 or is_last):
+                means.update(evaluate(state))
             writer.write(step, means)
             last_loss = means.get("loss", last_loss)
             totals, count = None, 0

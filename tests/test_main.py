@@ -177,3 +177,16 @@ def test_same_command_twice_is_deterministic(tmp_path):
     b = json.loads((second / "results.json").read_text())
     assert a["state_fingerprint"] == b["state_fingerprint"]
     assert losses(first) == losses(second)
+
+
+def test_knn_accuracy_is_logged_during_pretraining(tmp_path):
+    workdir = tmp_path / "run"
+    run_main(workdir, "--config.baselines.random_init=false", "--config.eval_every=3")
+    records = {
+        r["step"]: r for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+    }
+    assert [s for s, r in records.items() if "knn_top1" in r] == [3, 6]
+    results = json.loads((workdir / "results.json").read_text())
+    assert (
+        results["linear_probe"]["knn_top1"] == records[6]["knn_top1"]
+    )  # same model, same features
