@@ -22,6 +22,7 @@ from ml_collections import ConfigDict
 from ssl_jax import config_lib, train
 from ssl_jax.data import pipeline
 from ssl_jax.data.datasets import ImageDataset, load_dataset
+from ssl_jax.evaluate.embedding_map import save_map
 from ssl_jax.evaluate.knn import knn_top1
 from ssl_jax.evaluate.linear_probe import extract_features, few_label_probe, fit_linear_probe
 
@@ -59,11 +60,18 @@ def knn_evaluator(config: ConfigDict, splits, mesh) -> train.Evaluator:
     }
 
 
-def probe(trained: train.TrainedModel, config: ConfigDict, splits, mesh) -> dict[str, Any]:
+def probe(
+    trained: train.TrainedModel, config: ConfigDict, splits, mesh, *, map_path: str, title: str
+) -> dict[str, Any]:
     """Linear probe on all labels and on `config.probe.labels_per_class` per
-    class, and the kNN classifier, all on the same frozen features."""
+    class, and the kNN classifier, all on the same frozen features; and the
+    2-D PCA map of the test features as a PNG at `map_path`."""
     train_split, test_split = splits
     train_x, test_x = _features(trained, config, splits, mesh)
+    if jax.process_index() == 0:
+        save_map(
+            test_x, test_split.labels, map_path, title=title, class_names=test_split.class_names
+        )
     fit_kwargs = {
         "num_classes": train_split.num_classes,
         "l2_grid": tuple(config.probe.l2_grid),
@@ -117,11 +125,27 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
         "train_steps": config.train_steps,
         "final_loss": summary.get("final_loss", _last_logged_loss(workdir)),
         "state_fingerprint": summary["state_fingerprint"],
-        "linear_probe": probe(trained, config, probe_splits, mesh),
+        "linear_probe": probe(
+            trained,
+            config,
+            probe_splits,
+            mesh,
+            map_path=os.path.join(workdir, "embedding_pca.png"),
+            title=f"{config.task} ({config.model}), {config.train_steps} steps",
+        ),
     }
     if config.baselines.random_init:
         initial = train.split_task(train.build_task(config))
-        results["random_init"] = {"linear_probe": probe(initial, config, probe_splits, mesh)}
+        results["random_init"] = {
+            "linear_probe": probe(
+                initial,
+                config,
+                probe_splits,
+                mesh,
+                map_path=os.path.join(workdir, "embedding_pca_random_init.png"),
+                title=f"random init ({config.model})",
+            )
+        }
     if config.baselines.supervised:
         sup_config = supervised_config(config, train_split.num_classes)
         sup_workdir = os.path.join(workdir, "supervised")
@@ -129,7 +153,14 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
         results["supervised"] = {
             "final_loss": sup_summary.get("final_loss", _last_logged_loss(sup_workdir)),
             "state_fingerprint": sup_summary["state_fingerprint"],
-            "linear_probe": probe(supervised, config, probe_splits, mesh),
+            "linear_probe": probe(
+                supervised,
+                config,
+                probe_splits,
+                mesh,
+                map_path=os.path.join(sup_workdir, "embedding_pca.png"),
+                title=f"supervised ({config.model})",
+            ),
         }
     results["wall_seconds"] = round(time.time() - started, 1)
     if jax.process_index() == 0:

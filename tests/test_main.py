@@ -74,6 +74,12 @@ def test_main_trains_probes_and_writes_results(tmp_path):
         "6",
     ]
     assert (workdir / "supervised" / "metrics.jsonl").exists()
+    for name in (
+        "embedding_pca.png",
+        "embedding_pca_random_init.png",
+        "supervised/embedding_pca.png",
+    ):
+        assert (workdir / name).stat().st_size > 1000
 
 
 def test_resume_after_losing_the_last_checkpoint_is_bit_identical(tmp_path):
