@@ -14,7 +14,7 @@ Variants, picked by the argument after the colon (comma-separated):
 
 from ml_collections import ConfigDict
 
-from ssl_jax import config_lib
+from ssl_jax import config_lib, sweeps
 
 
 def get_config(arg: str | None = None):
@@ -66,3 +66,14 @@ def get_config(arg: str | None = None):
         config.probe.steps = 50
         config.probe.batch_size = 64
     return config
+
+
+def sweep(arg: str | None = None):
+    """The learning rate, over seeds: `python experiments/sweep.py
+    --config=configs/rotation.py --workdir=runs/rotation_lr`."""
+    options = config_lib.parse_arg(arg, dataset="digits", runlocal=False, supervised=False)
+    if options.runlocal:
+        return sweeps.grid(**{"optimizer.learning_rate": [0.05, 0.2]})
+    return sweeps.product(
+        sweeps.grid(**{"optimizer.learning_rate": [0.03, 0.1, 0.3]}), sweeps.grid(seed=[0, 1])
+    )
