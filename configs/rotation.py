@@ -36,6 +36,7 @@ def get_config(arg: str | None = None):
         config.optimizer.update(name="sgd", learning_rate=0.1, warmup_steps=50, weight_decay=5e-4)
         config.checkpoint_every = 200
         config.eval_every = 100
+        config.probe.labels_per_class = (1, 5, 10, 20)
     else:
         # Natural images: ResNet-18, flips are label-preserving again.
         config.model = "resnet18"
@@ -51,6 +52,7 @@ def get_config(arg: str | None = None):
         config.checkpoint_every = 2_000
         config.log_every = 100
         config.eval_every = 2_000
+        config.probe.label_fractions = (0.01, 0.1)
 
     if options.runlocal:
         config.model = "convnet_tiny" if options.dataset == "digits" else "resnet_tiny"

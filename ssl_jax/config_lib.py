@@ -80,6 +80,7 @@ def base_config() -> ConfigDict:
     # Extra probes on a few labels per class (mean over seeded draws): where
     # pretrained features should matter most.
     config.probe.labels_per_class = (10,)
+    config.probe.label_fractions = ()  # e.g. (0.01, 0.1): 1% and 10% of the labels, balanced
     config.probe.few_label_draws = 3
 
     config.baselines = ConfigDict()
@@ -117,6 +118,10 @@ def validate(config: ConfigDict) -> None:
         raise ValueError("config.probe.batch_size and config.probe.steps must be > 0.")
     if any(k < 1 for k in config.probe.labels_per_class) or config.probe.few_label_draws < 1:
         raise ValueError("config.probe.labels_per_class and few_label_draws must be >= 1.")
+    if any(not 0 < f <= 1 for f in config.probe.label_fractions):
+        raise ValueError(
+            f"config.probe.label_fractions must be in (0, 1], got {config.probe.label_fractions}."
+        )
     if not 0 < config.probe.holdout_fraction < 1:
         raise ValueError(
             f"config.probe.holdout_fraction must be in (0, 1), got {config.probe.holdout_fraction}."

@@ -22,6 +22,7 @@ from ml_collections import ConfigDict
 from ssl_jax import config_lib, train
 from ssl_jax.data import pipeline
 from ssl_jax.data.datasets import ImageDataset, load_dataset
+from ssl_jax.evaluate import label_efficiency
 from ssl_jax.evaluate.embedding_map import save_map
 from ssl_jax.evaluate.knn import knn_top1
 from ssl_jax.evaluate.linear_probe import extract_features, few_label_probe, fit_linear_probe
@@ -60,6 +61,16 @@ def knn_evaluator(config: ConfigDict, splits, mesh) -> train.Evaluator:
     }
 
 
+def _label_budgets(config: ConfigDict, train_split) -> list[tuple[int, dict]]:
+    """(labels per class, extra fields) of every few-label probe: the explicit
+    per-class counts, then the fractions of the train split, balanced."""
+    budgets = [(k, {}) for k in config.probe.labels_per_class]
+    for fraction in config.probe.label_fractions:
+        per_class = max(1, round(fraction * len(train_split.labels) / train_split.num_classes))
+        budgets.append((per_class, {"fraction": fraction}))
+    return budgets
+
+
 def probe(
     trained: train.TrainedModel, config: ConfigDict, splits, mesh, *, map_path: str, title: str
 ) -> dict[str, Any]:
@@ -82,8 +93,11 @@ def probe(
     data = (train_x, train_split.labels, test_x, test_split.labels)
     result = fit_linear_probe(*data, **fit_kwargs).to_dict()
     result["few_labels"] = [
-        few_label_probe(*data, per_class=k, draws=config.probe.few_label_draws, **fit_kwargs)
-        for k in config.probe.labels_per_class
+        {
+            **few_label_probe(*data, per_class=k, draws=config.probe.few_label_draws, **fit_kwargs),
+            **extra,
+        }
+        for k, extra in _label_budgets(config, train_split)
     ]
     result["knn_top1"] = _knn(config, splits, train_x, test_x)
     return result
@@ -164,6 +178,17 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
         }
     results["wall_seconds"] = round(time.time() - started, 1)
     if jax.process_index() == 0:
+        rows = label_efficiency.curve_rows(
+            results,
+            train_size=len(probe_splits[0].labels),
+            num_classes=probe_splits[0].num_classes,
+        )
+        label_efficiency.save_csv(rows, os.path.join(workdir, "label_efficiency.csv"))
+        label_efficiency.save_plot(
+            rows,
+            os.path.join(workdir, "label_efficiency.png"),
+            title=f"Label efficiency on {results['probe_dataset']} ({config.model})",
+        )
         with open(os.path.join(workdir, "results.json.tmp"), "w") as f:
             json.dump(results, f, indent=2)
         os.replace(os.path.join(workdir, "results.json.tmp"), os.path.join(workdir, "results.json"))
@@ -187,7 +212,10 @@ def format_table(results: dict[str, Any]) -> str:
         rows.append(("random init", results["random_init"]["linear_probe"]))
     if "supervised" in results:
         rows.append(("supervised", results["supervised"]["linear_probe"]))
-    few = [f"{f['per_class']}/class" for f in rows[0][1]["few_labels"]]
+    few = [
+        f"{f['fraction']:.0%}" if "fraction" in f else f"{f['per_class']}/class"
+        for f in rows[0][1]["few_labels"]
+    ]
     header = (
         f"Linear probe on {results['probe_dataset']} "
         f"({results['model']}, {results['train_steps']} steps); top-1"

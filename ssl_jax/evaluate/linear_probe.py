@@ -138,16 +138,19 @@ def fit_linear_probe(
     train_x /= std + _STD_EPS
     test_x = (test_x - mean) / (std + _STD_EPS)
 
-    fit_idx, holdout_idx = _stratified_split(train_y, holdout_fraction, seed)
-    heads = _train_heads(
-        train_x[fit_idx], train_y[fit_idx], np.asarray(grid, np.float32), num_classes, steps
-    )
-    holdout_top1 = {
-        l2: _topk_accuracy(train_x[holdout_idx], train_y[holdout_idx], w, b, k=1)
-        for l2, w, b in zip(grid, *jax.device_get(heads), strict=True)
-    }
-    # Ties go to the larger L2: the simpler model explains the holdout as well.
-    best_l2 = max(grid, key=lambda l2: (holdout_top1[l2], l2))
+    if len(grid) == 1:  # nothing to choose: no holdout needed
+        best_l2, holdout_top1 = grid[0], {}
+    else:
+        fit_idx, holdout_idx = _stratified_split(train_y, holdout_fraction, seed)
+        heads = _train_heads(
+            train_x[fit_idx], train_y[fit_idx], np.asarray(grid, np.float32), num_classes, steps
+        )
+        holdout_top1 = {
+            l2: _topk_accuracy(train_x[holdout_idx], train_y[holdout_idx], w, b, k=1)
+            for l2, w, b in zip(grid, *jax.device_get(heads), strict=True)
+        }
+        # Ties go to the larger L2: the simpler model explains the holdout as well.
+        best_l2 = max(grid, key=lambda l2: (holdout_top1[l2], l2))
 
     (w,), (b,) = jax.device_get(
         _train_heads(train_x, train_y, np.asarray([best_l2], np.float32), num_classes, steps)
@@ -185,6 +188,10 @@ def few_label_probe(
     """The probe trained on `per_class` labelled examples per class: the regime
     self-supervision is for. Small subsets make single results noisy, so it
     averages over `draws` seeded subsets and reports their spread."""
+    if per_class == 1 and "l2_grid" in fit_kwargs:
+        # One example per class leaves nothing to hold out for choosing L2:
+        # take the strongest candidate, the simplest model.
+        fit_kwargs = {**fit_kwargs, "l2_grid": (max(fit_kwargs["l2_grid"]),)}
     top1, top5 = [], []
     for draw in range(draws):
         subset = balanced_subset(train_y, per_class, seed=seed * 1000 + draw)

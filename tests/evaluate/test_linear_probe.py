@@ -230,3 +230,16 @@ def test_few_label_probe_averages_draws_and_is_below_full_probe_on_hard_data():
     assert few["draws"] == 3 and few["per_class"] == 2
     assert few["top1_std"] > 0  # different draws really differ
     assert 0.2 < few["top1"] < full.top1
+
+
+def test_one_label_per_class_uses_the_strongest_l2_without_a_holdout():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 10)) * 3
+    y = np.repeat(np.arange(3), 50)
+    x = centers[y] + rng.normal(size=(150, 10))
+    few = lp.few_label_probe(
+        x, y, x, y, num_classes=3, per_class=1, draws=2, steps=100, l2_grid=(1e-4, 1e-1)
+    )
+    assert few["top1"] > 0.8
+    single = lp.fit_linear_probe(x[:5], y[:5], x, y, num_classes=3, l2_grid=(0.1,), steps=50)
+    assert single.l2 == 0.1 and single.holdout_top1 == {}

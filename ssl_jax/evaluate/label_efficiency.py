@@ -1,0 +1,91 @@
+"""Label efficiency: probe accuracy against the number of labels per class.
+
+The point of self-supervised pretraining is good accuracy from few labels.
+Each run's few-label probes (`results.json`, `linear_probe.few_labels`) plus
+its all-label probe make one curve per encoder; these helpers turn one or
+several runs' results into a CSV table and a plot with one line per encoder.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping
+from typing import Any
+
+ENCODERS = (
+    ("linear_probe", "pretrained"),
+    ("random_init", "random init"),
+    ("supervised", "supervised (all labels)"),
+)
+
+
+def curve_rows(
+    results: Mapping[str, Any], *, train_size: int, num_classes: int, name: str | None = None
+) -> list[dict[str, Any]]:
+    """One row per (encoder, label budget) of one run's results.
+
+    `name` labels the pretrained encoder (default: the task's name), so that
+    several runs can share one plot.
+    """
+    rows = []
+    for key, label in ENCODERS:
+        probe = results.get(key)
+        if probe is None:
+            continue
+        probe = probe if key == "linear_probe" else probe["linear_probe"]
+        encoder = (name or results["task"]) if key == "linear_probe" else label
+        for few in probe["few_labels"]:
+            rows.append(
+                {
+                    "encoder": encoder,
+                    "labels_per_class": few["per_class"],
+                    "top1": few["top1"],
+                    "top1_std": few.get("top1_std", 0.0),
+                }
+            )
+        rows.append(
+            {
+                "encoder": encoder,
+                "labels_per_class": round(train_size / num_classes, 1),
+                "top1": probe["top1"],
+                "top1_std": 0.0,
+            }
+        )
+    return rows
+
+
+def save_csv(rows: list[dict[str, Any]], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, ["encoder", "labels_per_class", "top1", "top1_std"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def save_plot(rows: list[dict[str, Any]], path: str, *, title: str) -> None:
+    """Top-1 against labels per class (log scale), one line per encoder; the
+    supervised-on-all-labels encoder is dashed: it saw every label while
+    training, so it is a reference, not a few-label result."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
+    for encoder in dict.fromkeys(r["encoder"] for r in rows):
+        points = sorted(
+            (r["labels_per_class"], r["top1"], r["top1_std"])
+            for r in rows
+            if r["encoder"] == encoder
+        )
+        xs, ys, errors = zip(*points, strict=True)
+        style = "--" if encoder.startswith("supervised") else "-"
+        axes.errorbar(xs, ys, yerr=errors, marker="o", linestyle=style, capsize=3, label=encoder)
+    axes.set_xscale("log")
+    axes.set_xlabel("labelled examples per class (linear probe)")
+    axes.set_ylabel("test top-1")
+    axes.set_title(title)
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

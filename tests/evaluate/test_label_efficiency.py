@@ -1,0 +1,31 @@
+from ssl_jax.evaluate import label_efficiency
+
+
+def _probe(top1, few):
+    return {
+        "top1": top1,
+        "few_labels": [{"per_class": k, "top1": v, "top1_std": 0.01} for k, v in few],
+    }
+
+
+def test_curve_rows_cover_every_encoder_and_budget(tmp_path):
+    results = {
+        "task": "rotation",
+        "linear_probe": _probe(0.9, [(1, 0.4), (10, 0.8)]),
+        "random_init": {"linear_probe": _probe(0.85, [(1, 0.3), (10, 0.7)])},
+    }
+    rows = label_efficiency.curve_rows(results, train_size=1000, num_classes=10)
+    assert [(r["encoder"], r["labels_per_class"], r["top1"]) for r in rows] == [
+        ("rotation", 1, 0.4),
+        ("rotation", 10, 0.8),
+        ("rotation", 100.0, 0.9),
+        ("random init", 1, 0.3),
+        ("random init", 10, 0.7),
+        ("random init", 100.0, 0.85),
+    ]
+    named = label_efficiency.curve_rows(results, train_size=1000, num_classes=10, name="rot-A")
+    assert named[0]["encoder"] == "rot-A"
+    label_efficiency.save_csv(rows, str(tmp_path / "c.csv"))
+    assert (tmp_path / "c.csv").read_text().splitlines()[1] == "rotation,1,0.4,0.01"
+    label_efficiency.save_plot(rows, str(tmp_path / "c.png"), title="t")
+    assert (tmp_path / "c.png").stat().st_size > 1000
