@@ -20,15 +20,12 @@ import importlib.util
 import json
 import os
 import shlex
-import subprocess
 import sys
-import time
-from collections.abc import Sequence
 from typing import Any
 
 from absl import app, flags
 
-from ssl_jax import sweeps
+from ssl_jax import launch, sweeps
 
 _CONFIG = flags.DEFINE_string(
     "config", None, "Config file and argument, e.g. configs/rotation.py:runlocal."
@@ -59,67 +56,6 @@ def load_sweep(path: str, arg: str | None) -> list[dict[str, Any]]:
     return module.sweep(arg)
 
 
-def command(
-    config: str, workdir: str, overrides: dict[str, Any], common: Sequence[str]
-) -> list[str]:
-    flags_ = [
-        f"--config.{field}={sweeps.format_value(value)}" for field, value in overrides.items()
-    ]
-    return [
-        sys.executable,
-        "-m",
-        "ssl_jax.main",
-        f"--config={config}",
-        f"--workdir={workdir}",
-        *[f"--config.{item}" for item in common],
-        *flags_,
-    ]
-
-
-def lookup(results: dict, dotted: str) -> Any:
-    value: Any = results
-    for key in dotted.split("."):
-        if not isinstance(value, dict) or key not in value:
-            return None
-        value = value[key]
-    return value
-
-
-def run_all(runs: list[tuple[str, list[str]]], parallel: int) -> dict[str, str]:
-    """Runs the pending commands, `parallel` at a time; returns a status per run."""
-    status: dict[str, str] = {}
-    pending = []
-    for run_dir, cmd in runs:
-        if os.path.exists(os.path.join(run_dir, "results.json")):
-            status[run_dir] = "done before"
-            print(f"skip (finished): {run_dir}")
-        else:
-            pending.append((run_dir, cmd))
-    active: list[tuple[str, subprocess.Popen, Any, float]] = []
-    while pending or active:
-        while pending and len(active) < parallel:
-            run_dir, cmd = pending.pop(0)
-            os.makedirs(run_dir, exist_ok=True)
-            log = open(os.path.join(run_dir, "sweep_log.txt"), "a")  # noqa: SIM115 - closed below
-            print(f"start: {run_dir}")
-            active.append(
-                (run_dir, subprocess.Popen(cmd, stdout=log, stderr=log), log, time.time())
-            )
-        time.sleep(0.2)
-        for entry in list(active):
-            run_dir, process, log, started = entry
-            if process.poll() is None:
-                continue
-            log.close()
-            active.remove(entry)
-            ok = process.returncode == 0
-            status[run_dir] = (
-                "ran" if ok else f"failed (exit {process.returncode}, see sweep_log.txt)"
-            )
-            print(f"{'done' if ok else 'FAILED'} in {time.time() - started:.0f}s: {run_dir}")
-    return status
-
-
 def summarise(workdir: str, table: list[dict[str, Any]], fields: list[str], metric: str) -> None:
     columns = [
         "run",
@@ -136,12 +72,10 @@ def summarise(workdir: str, table: list[dict[str, Any]], fields: list[str], metr
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(table)
-    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in table]
+    text = launch.markdown_table(table, columns)
     with open(os.path.join(workdir, "summary.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        f.write(text)
+    print(text)
 
 
 def plot(workdir: str, table: list[dict[str, Any]], fields: list[str], metric: str) -> str | None:
@@ -191,13 +125,15 @@ def main(argv: list[str]) -> None:
     runs = [(os.path.join(_WORKDIR.value, sweeps.run_name(o)), o) for o in overrides]
     if len({run_dir for run_dir, _ in runs}) != len(runs):
         raise SystemExit("sweep: two runs have the same overrides; make every entry distinct.")
-    commands = [(run_dir, command(_CONFIG.value, run_dir, o, _SET.value)) for run_dir, o in runs]
+    commands = [
+        (run_dir, launch.main_command(_CONFIG.value, run_dir, o, _SET.value)) for run_dir, o in runs
+    ]
     if _DRY_RUN.value:
         for _, cmd in commands:
             print(shlex.join(cmd))
         return
     os.makedirs(_WORKDIR.value, exist_ok=True)
-    status = run_all(commands, _PARALLEL.value)
+    status = launch.run_pending(commands, _PARALLEL.value)
 
     table = []
     for run_dir, o in runs:
@@ -209,9 +145,9 @@ def main(argv: list[str]) -> None:
                 **o,
                 "status": status[run_dir],
                 "final_loss": results.get("final_loss"),
-                "linear_probe.top1": lookup(results, "linear_probe.top1"),
-                "knn_top1": lookup(results, "linear_probe.knn_top1"),
-                _METRIC.value: lookup(results, _METRIC.value),
+                "linear_probe.top1": launch.lookup(results, "linear_probe.top1"),
+                "knn_top1": launch.lookup(results, "linear_probe.knn_top1"),
+                _METRIC.value: launch.lookup(results, _METRIC.value),
                 "wall_seconds": results.get("wall_seconds"),
             }
         )

@@ -137,6 +137,8 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
         "dataset": config.dataset,
         "probe_dataset": config.probe.dataset or config.dataset,
         "train_steps": config.train_steps,
+        "num_classes": probe_splits[0].num_classes,
+        "probe_train_size": len(probe_splits[0].labels),
         "final_loss": summary.get("final_loss", _last_logged_loss(workdir)),
         "state_fingerprint": summary["state_fingerprint"],
         "linear_probe": probe(
@@ -178,11 +180,7 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
         }
     results["wall_seconds"] = round(time.time() - started, 1)
     if jax.process_index() == 0:
-        rows = label_efficiency.curve_rows(
-            results,
-            train_size=len(probe_splits[0].labels),
-            num_classes=probe_splits[0].num_classes,
-        )
+        rows = label_efficiency.curve_rows(results)
         label_efficiency.save_csv(rows, os.path.join(workdir, "label_efficiency.csv"))
         label_efficiency.save_plot(
             rows,

@@ -63,3 +63,26 @@ def test_sweep_runs_summarises_plots_and_never_repeats_work(tmp_path):
     again = _sweep(tmp_path)
     assert again.count("skip (finished)") == 2
     assert stamps == {r: (tmp_path / r / "results.json").stat().st_mtime_ns for r in runs}
+
+
+def test_compare_writes_table_bar_chart_and_label_efficiency(tmp_path):
+    command = [
+        sys.executable,
+        "experiments/compare.py",
+        f"--workdir={tmp_path}",
+        "--configs=configs/rotation.py",
+        "--arg=runlocal",
+        "--set=probe.labels_per_class=(1,3)",
+        "--set=probe.few_label_draws=1",
+    ]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "comparison.csv").read_text().splitlines()
+    assert table[0].startswith("encoder,top1,top5,knn_top1")
+    assert [line.split(",")[0] for line in table[1:]] == ["rotation", "random init", "supervised"]
+    assert "top1@1/class" in table[0] and "top1@3/class" in table[0]
+    for name in ("comparison.png", "label_efficiency.png", "comparison.md"):
+        assert (tmp_path / name).stat().st_size > 100
+    curve = (tmp_path / "label_efficiency.csv").read_text().splitlines()
+    assert len(curve) == 1 + 3 * 3  # three encoders x (two budgets + all labels)

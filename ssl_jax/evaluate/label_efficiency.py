@@ -19,14 +19,14 @@ ENCODERS = (
 )
 
 
-def curve_rows(
-    results: Mapping[str, Any], *, train_size: int, num_classes: int, name: str | None = None
-) -> list[dict[str, Any]]:
-    """One row per (encoder, label budget) of one run's results.
+def curve_rows(results: Mapping[str, Any], *, name: str | None = None) -> list[dict[str, Any]]:
+    """One row per (encoder, label budget) of one run's results; the all-label
+    probe sits at the mean number of labels per class of the probe's train split.
 
     `name` labels the pretrained encoder (default: the task's name), so that
     several runs can share one plot.
     """
+    all_labels = round(results["probe_train_size"] / results["num_classes"], 1)
     rows = []
     for key, label in ENCODERS:
         probe = results.get(key)
@@ -46,7 +46,7 @@ def curve_rows(
         rows.append(
             {
                 "encoder": encoder,
-                "labels_per_class": round(train_size / num_classes, 1),
+                "labels_per_class": all_labels,
                 "top1": probe["top1"],
                 "top1_std": 0.0,
             }

@@ -11,10 +11,12 @@ def _probe(top1, few):
 def test_curve_rows_cover_every_encoder_and_budget(tmp_path):
     results = {
         "task": "rotation",
+        "probe_train_size": 1000,
+        "num_classes": 10,
         "linear_probe": _probe(0.9, [(1, 0.4), (10, 0.8)]),
         "random_init": {"linear_probe": _probe(0.85, [(1, 0.3), (10, 0.7)])},
     }
-    rows = label_efficiency.curve_rows(results, train_size=1000, num_classes=10)
+    rows = label_efficiency.curve_rows(results)
     assert [(r["encoder"], r["labels_per_class"], r["top1"]) for r in rows] == [
         ("rotation", 1, 0.4),
         ("rotation", 10, 0.8),
@@ -23,7 +25,7 @@ def test_curve_rows_cover_every_encoder_and_budget(tmp_path):
         ("random init", 10, 0.7),
         ("random init", 100.0, 0.85),
     ]
-    named = label_efficiency.curve_rows(results, train_size=1000, num_classes=10, name="rot-A")
+    named = label_efficiency.curve_rows(results, name="rot-A")
     assert named[0]["encoder"] == "rot-A"
     label_efficiency.save_csv(rows, str(tmp_path / "c.csv"))
     assert (tmp_path / "c.csv").read_text().splitlines()[1] == "rotation,1,0.4,0.01"

@@ -1,0 +1,148 @@
+"""The pretext-task comparison: every task, one dataset, one encoder, one budget.
+
+    python experiments/compare.py --workdir=runs/compare \
+        --set=model=vit_tiny --set=train_steps=600
+
+trains each config in `--configs` (default: every file in `configs/`) with the
+`--set` overrides applied to all of them, adds the random-init and supervised
+baselines (computed once, in the first run: they do not depend on the task),
+and writes to WORKDIR:
+- `comparison.csv`, `comparison.md`: probe top-1/top-5 with all labels, the
+  few-label probes, kNN, final loss and wall time per encoder;
+- `comparison.png`: a bar chart of the all-label and fewest-label probes;
+- `label_efficiency.csv`, `label_efficiency.png`: one curve per encoder.
+Finished runs are skipped and interrupted ones resume, like a sweep.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import sys
+from typing import Any
+
+from absl import app, flags
+
+from ssl_jax import launch
+from ssl_jax.evaluate import label_efficiency
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs and the report.")
+_CONFIGS = flags.DEFINE_list("configs", None, "Config files (default: configs/*.py).")
+_ARG = flags.DEFINE_string("arg", "", "The get_config argument for every config, e.g. runlocal.")
+_SET = flags.DEFINE_multi_string("set", [], "field=value applied to every run.")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at a time.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def _rows(name: str, results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Table rows of one run: its task, and the baselines it carries."""
+    entries = [(name, results["linear_probe"], results)]
+    for key, label in (("random_init", "random init"), ("supervised", "supervised")):
+        if key in results:
+            entries.append((label, results[key]["linear_probe"], results[key]))
+    rows = []
+    for label, probe, source in entries:
+        row = {
+            "encoder": label,
+            "top1": probe["top1"],
+            "top5": probe["top5"],
+            "knn_top1": probe.get("knn_top1"),
+            "final_loss": source.get("final_loss"),
+            "wall_seconds": source.get("wall_seconds"),
+        }
+        for few in probe["few_labels"]:
+            row[f"top1@{few['per_class']}/class"] = few["top1"]
+        rows.append(row)
+    return rows
+
+
+def _bar_chart(rows: list[dict[str, Any]], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    few_columns = sorted(
+        (c for c in rows[0] if c.startswith("top1@")), key=lambda c: int(c[5:].split("/")[0])
+    )
+    columns = ["top1", *few_columns[:1]]
+    names = [r["encoder"] for r in rows]
+    x = np.arange(len(names))
+    width = 0.8 / len(columns)
+    figure, axes = plt.subplots(figsize=(1.6 + 1.3 * len(names), 4), dpi=120)
+    for i, column in enumerate(columns):
+        values = [r.get(column) or 0.0 for r in rows]
+        bars = axes.bar(
+            x + (i - (len(columns) - 1) / 2) * width,
+            values,
+            width,
+            label="all labels" if column == "top1" else column[5:],
+        )
+        axes.bar_label(bars, fmt="%.3f", fontsize=7)
+    axes.set_xticks(x, names, rotation=15)
+    axes.set_ylabel("linear probe top-1")
+    axes.set_ylim(0, 1.05)
+    axes.set_title(title)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    configs = _CONFIGS.value or sorted(glob.glob("configs/*.py"))
+    workdir = _WORKDIR.value
+    runs = []
+    for i, config in enumerate(configs):
+        name = os.path.splitext(os.path.basename(config))[0]
+        # Baselines once: they depend on the encoder and data, not on the task.
+        baselines = (
+            ["baselines.random_init=true", "baselines.supervised=true"]
+            if i == 0
+            else ["baselines.random_init=false", "baselines.supervised=false"]
+        )
+        spec = f"{config}:{_ARG.value}" if _ARG.value else config
+        run_dir = os.path.join(workdir, name)
+        runs.append(
+            (name, run_dir, launch.main_command(spec, run_dir, {}, [*_SET.value, *baselines]))
+        )
+    status = launch.run_pending([(d, c) for _, d, c in runs], _PARALLEL.value)
+
+    table, curves, dataset, model = [], [], "", ""
+    for name, run_dir, _ in runs:
+        path = os.path.join(run_dir, "results.json")
+        if not os.path.exists(path):
+            print(f"{name}: {status[run_dir]}", file=sys.stderr)
+            continue
+        with open(path) as f:
+            results = json.load(f)
+        table += _rows(name, results)
+        dataset, model = results["probe_dataset"], results["model"]
+        curves += label_efficiency.curve_rows(results, name=name)
+    if not table:
+        sys.exit("compare: no run finished; see the launch_log.txt files.")
+    table.sort(key=lambda r: r["encoder"] in ("random init", "supervised"))
+    columns = list(dict.fromkeys(c for row in table for c in row))
+    with open(os.path.join(workdir, "comparison.md"), "w") as f:
+        f.write(launch.markdown_table(table, columns))
+    with open(os.path.join(workdir, "comparison.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(table)
+    title = f"{dataset}, {model}"
+    _bar_chart(table, os.path.join(workdir, "comparison.png"), title)
+    label_efficiency.save_csv(curves, os.path.join(workdir, "label_efficiency.csv"))
+    label_efficiency.save_plot(
+        curves, os.path.join(workdir, "label_efficiency.png"), title=f"Label efficiency, {title}"
+    )
+    print(launch.markdown_table(table, columns))
+    if any(s.startswith("failed") for s in status.values()):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)
