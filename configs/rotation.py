@@ -67,6 +67,7 @@ def get_config(arg: str | None = None):
         config.optimizer.warmup_steps = 2
         config.probe.steps = 50
         config.probe.batch_size = 64
+        config.probe.labels_per_class = (10,)
     return config
 
 

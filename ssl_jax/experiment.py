@@ -103,6 +103,17 @@ def probe(
     return result
 
 
+def fill_from_dataset(config: ConfigDict, train_split: ImageDataset) -> ConfigDict:
+    """Task settings the dataset decides: `task_kwargs.num_classes = None`
+    (e.g. SimCLR's online probe) becomes the dataset's class count."""
+    if "num_classes" not in config.task_kwargs or config.task_kwargs.num_classes is not None:
+        return config
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.task_kwargs.num_classes = train_split.num_classes
+    return config
+
+
 def supervised_config(config: ConfigDict, num_classes: int) -> ConfigDict:
     """The same encoder, data, optimizer and budget, trained on the labels."""
     supervised = config.copy_and_resolve_references()
@@ -127,6 +138,7 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
         if config.probe.dataset and config.probe.dataset != config.dataset
         else (train_split, test_split)
     )
+    config = fill_from_dataset(config, train_split)
     arrays = {"image": train_split.images, "label": train_split.labels}
 
     evaluator = knn_evaluator(config, probe_splits, mesh)
