@@ -4,9 +4,10 @@
         --set=model=vit_tiny --set=train_steps=600
 
 trains each config in `--configs` (default: every file in `configs/`) with the
-`--set` overrides applied to all of them, adds the random-init and supervised
-baselines (computed once, in the first run: they do not depend on the task),
-and writes to WORKDIR:
+`--set` overrides applied to all of them, probes each run's encoder at its
+random initialisation too (configs may use different encoders: MAE needs a
+ViT), trains the supervised baseline with the encoder of the first config (or
+of every config, `--supervised=all`), and writes to WORKDIR:
 - `comparison.csv`, `comparison.md`: probe top-1/top-5 with all labels, the
   few-label probes, kNN, final loss and wall time per encoder;
 - `comparison.png`: a bar chart of the all-label and fewest-label probes;
@@ -33,14 +34,21 @@ _CONFIGS = flags.DEFINE_list("configs", None, "Config files (default: configs/*.
 _ARG = flags.DEFINE_string("arg", "", "The get_config argument for every config, e.g. runlocal.")
 _SET = flags.DEFINE_multi_string("set", [], "field=value applied to every run.")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at a time.")
+_SUPERVISED = flags.DEFINE_enum(
+    "supervised",
+    "first",
+    ["first", "all", "none"],
+    "Which configs' encoders get the supervised baseline.",
+)
 flags.mark_flags_as_required(["workdir"])
 
 
 def _rows(name: str, results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Table rows of one run: its task, and the baselines it carries."""
+    """Table rows of one run: its task, and the baselines of its encoder."""
     entries = [(name, results["linear_probe"], results)]
-    for key, label in (("random_init", "random init"), ("supervised", "supervised")):
+    for key in ("random_init", "supervised"):
         if key in results:
+            label = f"{key.replace('_', ' ')} ({name}'s {results['model']})"
             entries.append((label, results[key]["linear_probe"], results[key]))
     rows = []
     for label, probe, source in entries:
@@ -99,12 +107,11 @@ def main(argv: list[str]) -> None:
     runs = []
     for i, config in enumerate(configs):
         name = os.path.splitext(os.path.basename(config))[0]
-        # Baselines once: they depend on the encoder and data, not on the task.
-        baselines = (
-            ["baselines.random_init=true", "baselines.supervised=true"]
-            if i == 0
-            else ["baselines.random_init=false", "baselines.supervised=false"]
-        )
+        supervised = _SUPERVISED.value == "all" or (_SUPERVISED.value == "first" and i == 0)
+        baselines = [
+            "baselines.random_init=true",
+            f"baselines.supervised={str(supervised).lower()}",
+        ]
         spec = f"{config}:{_ARG.value}" if _ARG.value else config
         run_dir = os.path.join(workdir, name)
         runs.append(
@@ -125,7 +132,6 @@ def main(argv: list[str]) -> None:
         curves += label_efficiency.curve_rows(results, name=name)
     if not table:
         sys.exit("compare: no run finished; see the launch_log.txt files.")
-    table.sort(key=lambda r: r["encoder"] in ("random init", "supervised"))
     columns = list(dict.fromkeys(c for row in table for c in row))
     with open(os.path.join(workdir, "comparison.md"), "w") as f:
         f.write(launch.markdown_table(table, columns))

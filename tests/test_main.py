@@ -37,19 +37,6 @@ def losses(workdir):
         return {r["step"]: r["loss"] for r in map(json.loads, f)}
 
 
-def final_params(workdir):
-    """The parameters of the newest checkpoint, as flat numpy arrays."""
-    import orbax.checkpoint as ocp
-
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    manager = ocp.CheckpointManager(directory)
-    restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
-    manager.close()
-    import jax
-
-    return manager.latest_step(), [np.asarray(x) for x in jax.tree.leaves(restored)]
-
-
 def test_main_trains_probes_and_writes_results(tmp_path):
     workdir = tmp_path / "run"
     result = run_main(workdir, "--config.baselines.supervised=true")
@@ -80,24 +67,6 @@ def test_main_trains_probes_and_writes_results(tmp_path):
         "supervised/embedding_pca.png",
     ):
         assert (workdir / name).stat().st_size > 1000
-
-
-def test_resume_after_losing_the_last_checkpoint_is_bit_identical(tmp_path):
-    import shutil
-
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run_main(straight, "--config.baselines.random_init=false")
-    run_main(resumed, "--config.baselines.random_init=false")
-    # Pretend the run died after step 3: drop the step-6 checkpoint and rerun.
-    shutil.rmtree(resumed / "checkpoints" / "6")
-    result = run_main(resumed, "--config.baselines.random_init=false")
-    assert "Resumed from the checkpoint of step 3" in result.stderr
-    step_a, params_a = final_params(straight)
-    step_b, params_b = final_params(resumed)
-    assert step_a == step_b == 6
-    for a, b in zip(params_a, params_b, strict=True):
-        np.testing.assert_array_equal(a, b)
-    assert losses(straight) == losses(resumed)
 
 
 def _photo_folder(root, per_class=12):
@@ -177,8 +146,9 @@ def test_missing_tfds_dataset_is_one_clear_line(tmp_path):
 
 def test_same_command_twice_is_deterministic(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
-    run_main(first, "--config.baselines.random_init=false")
-    run_main(second, "--config.baselines.random_init=false")
+    quick = ("--config.baselines.random_init=false", "--config.probe.few_label_draws=1")
+    run_main(first, *quick)
+    run_main(second, *quick)
     a = json.loads((first / "results.json").read_text())
     b = json.loads((second / "results.json").read_text())
     assert a["state_fingerprint"] == b["state_fingerprint"]

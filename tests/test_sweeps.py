@@ -80,7 +80,11 @@ def test_compare_writes_table_bar_chart_and_label_efficiency(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "comparison.csv").read_text().splitlines()
     assert table[0].startswith("encoder,top1,top5,knn_top1")
-    assert [line.split(",")[0] for line in table[1:]] == ["rotation", "random init", "supervised"]
+    assert [line.split(",")[0] for line in table[1:]] == [
+        "rotation",
+        "random init (rotation's convnet_tiny)",
+        "supervised (rotation's convnet_tiny)",
+    ]
     assert "top1@1/class" in table[0] and "top1@3/class" in table[0]
     for name in ("comparison.png", "label_efficiency.png", "comparison.md"):
         assert (tmp_path / name).stat().st_size > 100

@@ -34,6 +34,8 @@ def curve_rows(results: Mapping[str, Any], *, name: str | None = None) -> list[d
             continue
         probe = probe if key == "linear_probe" else probe["linear_probe"]
         encoder = (name or results["task"]) if key == "linear_probe" else label
+        if name and key != "linear_probe":
+            encoder = f"{label}, {name}'s {results['model']}"
         for few in probe["few_labels"]:
             rows.append(
                 {

@@ -11,6 +11,7 @@ def _probe(top1, few):
 def test_curve_rows_cover_every_encoder_and_budget(tmp_path):
     results = {
         "task": "rotation",
+        "model": "convnet",
         "probe_train_size": 1000,
         "num_classes": 10,
         "linear_probe": _probe(0.9, [(1, 0.4), (10, 0.8)]),
@@ -27,6 +28,7 @@ def test_curve_rows_cover_every_encoder_and_budget(tmp_path):
     ]
     named = label_efficiency.curve_rows(results, name="rot-A")
     assert named[0]["encoder"] == "rot-A"
+    assert named[3]["encoder"] == "random init, rot-A's convnet"
     label_efficiency.save_csv(rows, str(tmp_path / "c.csv"))
     assert (tmp_path / "c.csv").read_text().splitlines()[1] == "rotation,1,0.4,0.01"
     label_efficiency.save_plot(rows, str(tmp_path / "c.png"), title="t")
