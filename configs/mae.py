@@ -89,14 +89,5 @@ def get_config(arg: str | None = None):
         config.model = "vit_test"
         config.model_kwargs = ConfigDict()
         config.task_kwargs.update(decoder_dim=16, decoder_depth=1, decoder_heads=2)
-        config.image_size = 16
-        config.batch_size = 16
-        config.train_steps = 6
-        config.log_every = 1
-        config.checkpoint_every = 3
-        config.eval_every = 3
-        config.optimizer.warmup_steps = 2
-        config.probe.steps = 50
-        config.probe.batch_size = 64
-        config.probe.labels_per_class = (10,)
+        config_lib.apply_runlocal(config)
     return config

@@ -58,16 +58,7 @@ def get_config(arg: str | None = None):
         config.model = "convnet_tiny" if options.dataset == "digits" else "resnet_tiny"
         config.model_kwargs = ConfigDict()
         config.task_kwargs.head_hidden_dims = ()
-        config.image_size = 16
-        config.batch_size = 16
-        config.train_steps = 6
-        config.log_every = 1
-        config.checkpoint_every = 3
-        config.eval_every = 3
-        config.optimizer.warmup_steps = 2
-        config.probe.steps = 50
-        config.probe.batch_size = 64
-        config.probe.labels_per_class = (10,)
+        config_lib.apply_runlocal(config)
     return config
 
 

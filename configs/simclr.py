@@ -126,14 +126,5 @@ def get_config(arg: str | None = None):
         config.task_kwargs.projection_hidden_dims = (32,)
         config.task_kwargs.projection_dim = 16
         config.task_kwargs.augment_kwargs.blur_probability = 0.0
-        config.image_size = 16
-        config.batch_size = 16
-        config.train_steps = 6
-        config.log_every = 1
-        config.checkpoint_every = 3
-        config.eval_every = 3
-        config.optimizer.warmup_steps = 2
-        config.probe.steps = 50
-        config.probe.batch_size = 64
-        config.probe.labels_per_class = (10,)
+        config_lib.apply_runlocal(config)
     return config

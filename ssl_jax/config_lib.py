@@ -90,6 +90,21 @@ def base_config() -> ConfigDict:
     return config
 
 
+def apply_runlocal(config: ConfigDict) -> None:
+    """The shared part of every config's `runlocal` variant: a few seconds on a
+    laptop CPU, for tests and smoke runs. Configs pick their tiny model."""
+    config.image_size = 16
+    config.batch_size = 16
+    config.train_steps = 6
+    config.log_every = 1
+    config.checkpoint_every = 3
+    config.eval_every = 3
+    config.optimizer.warmup_steps = 2
+    config.probe.steps = 50
+    config.probe.batch_size = 64
+    config.probe.labels_per_class = (10,)
+
+
 def validate(config: ConfigDict) -> None:
     """Checks of the common fields; each message says which field to fix."""
     positive = ("image_size", "batch_size", "train_steps", "log_every", "checkpoint_every")
