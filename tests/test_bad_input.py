@@ -41,6 +41,14 @@ CASES = {
         "multiple of config.log_every",
     ),
     "missing workdir flag": (["--workdir="], "workdir"),
+    "mask ratio out of range": (
+        ["--config=configs/mae.py:runlocal", "--config.task_kwargs.mask_ratio=1.5"],
+        "mask_ratio",
+    ),
+    "image size not divisible by the patch size": (
+        ["--config=configs/mae.py:runlocal", "--config.image_size=18"],
+        "divisible",
+    ),
 }
 
 
