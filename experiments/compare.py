@@ -119,7 +119,7 @@ def main(argv: list[str]) -> None:
         )
     status = launch.run_pending([(d, c) for _, d, c in runs], _PARALLEL.value)
 
-    table, curves, dataset, model = [], [], "", ""
+    table, curves, dataset, models = [], [], "", set()
     for name, run_dir, _ in runs:
         path = os.path.join(run_dir, "results.json")
         if not os.path.exists(path):
@@ -128,7 +128,8 @@ def main(argv: list[str]) -> None:
         with open(path) as f:
             results = json.load(f)
         table += _rows(name, results)
-        dataset, model = results["probe_dataset"], results["model"]
+        dataset = results["probe_dataset"]
+        models.add(results["model"])
         curves += label_efficiency.curve_rows(results, name=name)
     if not table:
         sys.exit("compare: no run finished; see the launch_log.txt files.")
@@ -139,7 +140,7 @@ def main(argv: list[str]) -> None:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows(table)
-    title = f"{dataset}, {model}"
+    title = f"{dataset}, " + (models.pop() if len(models) == 1 else "each task's own encoder")
     _bar_chart(table, os.path.join(workdir, "comparison.png"), title)
     label_efficiency.save_csv(curves, os.path.join(workdir, "label_efficiency.csv"))
     label_efficiency.save_plot(
