@@ -11,6 +11,8 @@ import pytest
 
 from tests.test_main import ROOT, losses, run_main
 
+pytestmark = pytest.mark.slow
+
 CONFIGS = [f"configs/{p.name}:runlocal" for p in sorted((ROOT / "configs").glob("*.py"))]
 # Training is what these tests are about: keep the evaluation after it small.
 QUICK_EVAL = (

@@ -46,6 +46,7 @@ def _sweep(workdir, *extra):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_sweep_runs_summarises_plots_and_never_repeats_work(tmp_path):
     dry = _sweep(tmp_path, "--dry_run")
     assert dry.count("ssl_jax.main") == 2 and "--config.optimizer.learning_rate=0.2" in dry
@@ -65,6 +66,7 @@ def test_sweep_runs_summarises_plots_and_never_repeats_work(tmp_path):
     assert stamps == {r: (tmp_path / r / "results.json").stat().st_mtime_ns for r in runs}
 
 
+@pytest.mark.slow
 def test_compare_writes_table_bar_chart_and_label_efficiency(tmp_path):
     command = [
         sys.executable,
