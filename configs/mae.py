@@ -11,6 +11,8 @@ Variants, picked by the argument after the colon (comma-separated):
   configs/mae.py:dataset=tfds:cifar10       ViT (width 192, depth 12) at 32 px, patch 4
   configs/mae.py:dataset=tfds:imagenet2012  ViT-B/16 at 224 px, the paper's recipe
   configs/mae.py:mask_ratio=0.9             any mask ratio in (0, 1)
+  configs/mae.py:encoder=vit                accepted for same-encoder comparisons (MAE's
+                                            encoder is always a ViT: it masks patches)
 """
 
 from ml_collections import ConfigDict
@@ -19,7 +21,14 @@ from ssl_jax import config_lib
 
 
 def get_config(arg: str | None = None):
-    options = config_lib.parse_arg(arg, dataset="digits", runlocal=False, mask_ratio=0.75)
+    options = config_lib.parse_arg(
+        arg, dataset="digits", runlocal=False, mask_ratio=0.75, encoder="vit"
+    )
+    if options.encoder != "vit":
+        raise ValueError(
+            f"MAE masks patches, so its encoder must be a ViT, got encoder={options.encoder!r}; "
+            "use encoder=vit."
+        )
     config = config_lib.base_config()
     config.task = "mae"
     config.dataset = options.dataset
@@ -38,11 +47,8 @@ def get_config(arg: str | None = None):
     config.optimizer.update(name="adamw", lr_scaling="linear", b1=0.9, b2=0.95, weight_decay=0.05)
 
     if options.dataset == "digits":
-        config.model = "vit"
-        config.model_kwargs = ConfigDict(
-            {"patch_size": 4, "embed_dim": 128, "depth": 4, "num_heads": 4, "pool": "cls"}
-        )
         config.image_size = 16
+        config_lib.set_encoder(config, "vit")  # the digits ViT other configs' encoder=vit share
         config.task_kwargs.update(decoder_dim=64, decoder_depth=2, decoder_heads=4)
         config.task_kwargs.crop_scale = (0.5, 1.0)  # 8x8 digits: a small crop loses the digit
         config.task_kwargs.flip = False  # digits are not mirror-symmetric

@@ -10,6 +10,8 @@ Variants, picked by the argument after the colon (comma-separated):
   configs/rotation.py:dataset=tfds:cifar10      ResNet-18 (CIFAR stem), 32 px
   configs/rotation.py:dataset=imagefolder:/data ResNet-18 (ImageNet stem), image_size=64
   configs/rotation.py:supervised                also train the supervised baseline
+  configs/rotation.py:encoder=vit               the ViT of the MAE config (AdamW), for
+                                                same-encoder comparisons; or convnet, resnet18
 """
 
 from ml_collections import ConfigDict
@@ -18,7 +20,9 @@ from ssl_jax import config_lib, sweeps
 
 
 def get_config(arg: str | None = None):
-    options = config_lib.parse_arg(arg, dataset="digits", runlocal=False, supervised=False)
+    options = config_lib.parse_arg(
+        arg, dataset="digits", runlocal=False, supervised=False, encoder=""
+    )
     config = config_lib.base_config()
     config.task = "rotation"
     config.task_kwargs.head_hidden_dims = (256,)
@@ -59,13 +63,17 @@ def get_config(arg: str | None = None):
         config.model_kwargs = ConfigDict()
         config.task_kwargs.head_hidden_dims = ()
         config_lib.apply_runlocal(config)
+    if options.encoder:
+        config_lib.set_encoder(config, options.encoder, runlocal=options.runlocal)
     return config
 
 
 def sweep(arg: str | None = None):
     """The learning rate, over seeds: `python experiments/sweep.py
     --config=configs/rotation.py --workdir=runs/rotation_lr`."""
-    options = config_lib.parse_arg(arg, dataset="digits", runlocal=False, supervised=False)
+    options = config_lib.parse_arg(
+        arg, dataset="digits", runlocal=False, supervised=False, encoder=""
+    )
     if options.runlocal:
         return sweeps.grid(**{"optimizer.learning_rate": [0.05, 0.2]})
     return sweeps.product(

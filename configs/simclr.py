@@ -10,6 +10,8 @@ Variants, picked by the argument after the colon (comma-separated):
   configs/simclr.py:dataset=tfds:cifar10      ResNet-18 (CIFAR stem), 32 px, paper's CIFAR recipe
   configs/simclr.py:dataset=tfds:imagenet2012 ResNet-50, 224 px, the paper's ImageNet recipe
   configs/simclr.py:supervised                also train the supervised baseline
+  configs/simclr.py:encoder=vit               the ViT of the MAE config (AdamW), for
+                                              same-encoder comparisons; or convnet, resnet18
 """
 
 from ml_collections import ConfigDict
@@ -37,7 +39,9 @@ def _augment(**overrides) -> ConfigDict:
 
 
 def get_config(arg: str | None = None):
-    options = config_lib.parse_arg(arg, dataset="digits", runlocal=False, supervised=False)
+    options = config_lib.parse_arg(
+        arg, dataset="digits", runlocal=False, supervised=False, encoder=""
+    )
     config = config_lib.base_config()
     config.task = "simclr"
     config.dataset = options.dataset
@@ -127,4 +131,6 @@ def get_config(arg: str | None = None):
         config.task_kwargs.projection_dim = 16
         config.task_kwargs.augment_kwargs.blur_probability = 0.0
         config_lib.apply_runlocal(config)
+    if options.encoder:
+        config_lib.set_encoder(config, options.encoder, runlocal=options.runlocal)
     return config

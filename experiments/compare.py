@@ -1,13 +1,14 @@
-"""The pretext-task comparison: every task, one dataset, one encoder, one budget.
+"""The pretext-task comparison: every task, one dataset, one encoder.
 
-    python experiments/compare.py --workdir=runs/compare \
-        --set=model=vit_tiny --set=train_steps=600
+    python experiments/compare.py --workdir=runs/compare_vit --arg=encoder=vit
 
 trains each config in `--configs` (default: every file in `configs/`) with the
+`--arg` option (`encoder=vit`: the same ViT for every task; without it each
+config uses its own default encoder, and MAE always needs a ViT) and the
 `--set` overrides applied to all of them, probes each run's encoder at its
-random initialisation too (configs may use different encoders: MAE needs a
-ViT), trains the supervised baseline with the encoder of the first config (or
-of every config, `--supervised=all`), and writes to WORKDIR:
+random initialisation too, trains the supervised baseline with the encoder of
+the first config (or of every config, `--supervised=all`), on all labels and
+from scratch on each label budget of the probe, and writes to WORKDIR:
 - `comparison.csv`, `comparison.md`: probe top-1/top-5 with all labels, the
   few-label probes, kNN, final loss and wall time per encoder;
 - `comparison.png`: a bar chart of the all-label and fewest-label probes;
@@ -63,6 +64,15 @@ def _rows(name: str, results: dict[str, Any]) -> list[dict[str, Any]]:
         for few in probe["few_labels"]:
             row[f"top1@{few['per_class']}/class"] = few["top1"]
         rows.append(row)
+    if "supervised_from_scratch" in results:
+        # Its own classifier trained on that many labels, not a probe: no top-5/kNN.
+        row = {
+            "encoder": f"supervised from scratch ({name}'s {results['model']})",
+            "top1": results.get("supervised", {}).get("top1"),
+        }
+        for point in results["supervised_from_scratch"]:
+            row[f"top1@{point['per_class']}/class"] = point["top1"]
+        rows.append(row)
     return rows
 
 
@@ -111,6 +121,7 @@ def main(argv: list[str]) -> None:
         baselines = [
             "baselines.random_init=true",
             f"baselines.supervised={str(supervised).lower()}",
+            f"baselines.supervised_few_labels={str(supervised).lower()}",
         ]
         spec = f"{config}:{_ARG.value}" if _ARG.value else config
         run_dir = os.path.join(workdir, name)

@@ -87,6 +87,10 @@ def base_config() -> ConfigDict:
     config.baselines.random_init = True
     config.baselines.supervised = False
     config.baselines.supervised_task_kwargs = ConfigDict({"crop_padding": 2, "flip": True})
+    # Also train the encoder from scratch with labels only, on each label budget
+    # of the probe (labels_per_class, label_fractions): the label-efficiency
+    # curve's "supervised from scratch" line.
+    config.baselines.supervised_few_labels = False
     return config
 
 
@@ -103,6 +107,45 @@ def apply_runlocal(config: ConfigDict) -> None:
     config.probe.steps = 50
     config.probe.batch_size = 64
     config.probe.labels_per_class = (10,)
+
+
+ENCODERS = ("convnet", "resnet18", "resnet50", "vit")
+
+
+def set_encoder(config: ConfigDict, name: str, *, runlocal: bool = False) -> None:
+    """The configs' `encoder=` option: one encoder family for every pretext
+    task, sized by `config.image_size`, so a comparison differs in the task
+    alone. ViTs are trained with AdamW: the SGD and LARS recipes of the
+    ConvNet configs do not transfer to them (the config's lr warm-up is kept).
+    `runlocal` picks the tiny variant for tests."""
+    if name not in ENCODERS:
+        raise ValueError(f"Unknown encoder {name!r}; choose one of {list(ENCODERS)}.")
+    size = config.image_size
+    if name == "convnet":
+        model, kwargs = ("convnet_tiny", {}) if runlocal else ("convnet", {})
+    elif name.startswith("resnet"):
+        stem = "cifar" if size <= 32 else "imagenet"
+        model, kwargs = ("resnet_tiny", {}) if runlocal else (name, {"stem": stem})
+    elif runlocal:
+        model, kwargs = "vit_test", {}
+    elif size <= 16:
+        # The width of the MAE digits default: 16 patches of 4 px.
+        model = "vit"
+        kwargs = {"patch_size": 4, "embed_dim": 128, "depth": 4, "num_heads": 4, "pool": "cls"}
+    else:
+        model = "vit_tiny" if size <= 32 else "vit_small"
+        kwargs = {"patch_size": 4 if size <= 32 else 8 if size <= 64 else 16, "pool": "cls"}
+    config.model = model
+    config.model_kwargs = ConfigDict(kwargs)
+    if name == "vit" and config.optimizer.name != "adamw":
+        config.optimizer.update(
+            name="adamw",
+            learning_rate=1e-3,
+            lr_scaling="linear",
+            b1=0.9,
+            b2=0.95,
+            weight_decay=0.05,
+        )
 
 
 def validate(config: ConfigDict) -> None:

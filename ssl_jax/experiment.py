@@ -5,7 +5,9 @@
 2. linear-probe the frozen encoder on `config.probe.dataset`;
 3. probe the same encoder at its random initialisation (`baselines.random_init`)
    and, if asked, one trained with labels by the same loop
-   (`baselines.supervised`, in `WORKDIR/supervised`);
+   (`baselines.supervised`, in `WORKDIR/supervised`), and the same encoder
+   trained from scratch on each label budget of the probe
+   (`baselines.supervised_few_labels`, in `WORKDIR/supervised_<N>_per_class`);
 4. write `results.json` and print a table.
 """
 
@@ -17,6 +19,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 from ml_collections import ConfigDict
 
 from ssl_jax import config_lib, train
@@ -25,7 +28,12 @@ from ssl_jax.data.datasets import ImageDataset, load_dataset
 from ssl_jax.evaluate import label_efficiency
 from ssl_jax.evaluate.embedding_map import save_map
 from ssl_jax.evaluate.knn import knn_top1
-from ssl_jax.evaluate.linear_probe import extract_features, few_label_probe, fit_linear_probe
+from ssl_jax.evaluate.linear_probe import (
+    balanced_subset,
+    extract_features,
+    few_label_probe,
+    fit_linear_probe,
+)
 
 
 def load_splits(name: str, config: ConfigDict) -> tuple[ImageDataset, ImageDataset]:
@@ -125,6 +133,38 @@ def supervised_config(config: ConfigDict, num_classes: int) -> ConfigDict:
     return supervised
 
 
+def classifier_top1(trained: train.TrainedModel, config: ConfigDict, split, mesh) -> float:
+    """Test top-1 of a supervised task's own classifier (no probe on top)."""
+    logits_fn = train.make_features_fn(trained, mesh, method="logits")
+    logits = extract_features(logits_fn, split.images, batch_size=config.probe.batch_size)
+    return float(np.mean(np.argmax(logits, axis=1) == split.labels))
+
+
+def supervised_from_scratch(config: ConfigDict, workdir: str, splits, mesh) -> list[dict[str, Any]]:
+    """The encoder trained with labels only, from its random init, on each label
+    budget of the probe (one seeded balanced draw per budget, the same loop,
+    steps and batch size as pretraining), scored by its own classifier: the
+    curve a pretext task has to beat for self-supervision to pay off."""
+    train_split, test_split = splits
+    sup_config = supervised_config(config, train_split.num_classes)
+    points = []
+    for per_class, extra in _label_budgets(config, train_split):
+        subset = balanced_subset(train_split.labels, per_class, seed=config.seed)
+        arrays = {"image": train_split.images[subset], "label": train_split.labels[subset]}
+        run_dir = os.path.join(workdir, f"supervised_{per_class}_per_class")
+        trained, summary = train.train(sup_config, run_dir, arrays, mesh)
+        points.append(
+            {
+                "per_class": per_class,
+                "train_size": len(subset),
+                "top1": classifier_top1(trained, config, test_split, mesh),
+                "final_loss": summary.get("final_loss", _last_logged_loss(run_dir)),
+                **extra,
+            }
+        )
+    return points
+
+
 def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
     config_lib.validate(config)
     mesh = pipeline.make_mesh()
@@ -181,6 +221,7 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
         results["supervised"] = {
             "final_loss": sup_summary.get("final_loss", _last_logged_loss(sup_workdir)),
             "state_fingerprint": sup_summary["state_fingerprint"],
+            "top1": classifier_top1(supervised, config, test_split, mesh),
             "linear_probe": probe(
                 supervised,
                 config,
@@ -190,6 +231,10 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
                 title=f"supervised ({config.model})",
             ),
         }
+    if config.baselines.supervised_few_labels:
+        results["supervised_from_scratch"] = supervised_from_scratch(
+            config, workdir, probe_splits, mesh
+        )
     results["wall_seconds"] = round(time.time() - started, 1)
     if jax.process_index() == 0:
         rows = label_efficiency.curve_rows(results)
@@ -239,4 +284,10 @@ def format_table(results: dict[str, Any]) -> str:
     for name, p in rows:
         cells = "".join(f"{f['top1']:>12.3f}" for f in p["few_labels"])
         lines.append(f"{name:<24}{p['top1']:>12.3f}{p['top5']:>8.3f}{cells}{p['knn_top1']:>8.3f}")
+    if "supervised_from_scratch" in results:
+        # A classifier trained on that many labels, not a probe: no top-5/kNN.
+        all_labels = results.get("supervised", {}).get("top1")
+        cells = "".join(f"{f['top1']:>12.3f}" for f in results["supervised_from_scratch"])
+        first = f"{all_labels:>12.3f}" if all_labels is not None else f"{'-':>12}"
+        lines.append(f"{'supervised from scratch':<24}{first}{'-':>8}{cells}{'-':>8}")
     return "\n".join(lines)

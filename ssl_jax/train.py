@@ -152,9 +152,10 @@ def init_state(trained: TrainedModel, tx: optax.GradientTransformation) -> dict:
 
 
 def make_features_fn(
-    trained: TrainedModel, mesh: jax.sharding.Mesh
+    trained: TrainedModel, mesh: jax.sharding.Mesh, method: str = "features"
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 images -> frozen features, for evaluators.
+    """uint8 images -> frozen features (or another per-image `method` of the
+    task, e.g. the supervised task's `logits`), for evaluators.
 
     Every process passes the same global batch; each feeds its own rows and
     gets the whole (replicated) result back. Parameters are arguments, not
@@ -164,7 +165,7 @@ def make_features_fn(
 
     @functools.partial(jax.jit, out_shardings=replicated)
     def features(params, model_state, images):
-        return nnx.merge(trained.graphdef, params, model_state).features(images)
+        return getattr(nnx.merge(trained.graphdef, params, model_state), method)(images)
 
     def features_fn(images: np.ndarray) -> np.ndarray:
         pipeline.check_batch_size(len(images), mesh)

@@ -59,3 +59,30 @@ def test_validate_names_the_field():
 def test_registry_suggests_close_names():
     with pytest.raises(UnknownNameError, match="Did you mean 'rotation'"):
         TASKS.get("rotatoin")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("runlocal", [False, True])
+def test_encoder_vit_gives_every_task_the_same_encoder(path, runlocal):
+    arg = "encoder=vit" + (",runlocal" if runlocal else "")
+    config = _load(path).get_config(arg)
+    config_lib.validate(config)
+    mae = _load(path.with_name("mae.py")).get_config(arg)
+    assert (config.model, config.model_kwargs.to_dict()) == (mae.model, mae.model_kwargs.to_dict())
+    assert config.optimizer.name == "adamw"  # the ConvNet recipes' SGD/LARS do not carry over
+
+
+def test_mae_refuses_a_convolutional_encoder():
+    with pytest.raises(ValueError, match="must be a ViT"):
+        _load(CONFIGS[0].with_name("mae.py")).get_config("encoder=resnet18")
+
+
+def test_set_encoder_sizes_by_image_size_and_rejects_unknown_names():
+    config = config_lib.base_config()
+    config.image_size = 64
+    config_lib.set_encoder(config, "resnet18")
+    assert config.model == "resnet18" and config.model_kwargs.stem == "imagenet"
+    config_lib.set_encoder(config, "vit")
+    assert config.model == "vit_small" and config.model_kwargs.patch_size == 8
+    with pytest.raises(ValueError, match="Unknown encoder 'vgg'"):
+        config_lib.set_encoder(config, "vgg")

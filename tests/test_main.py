@@ -39,7 +39,12 @@ def losses(workdir):
 
 def test_main_trains_probes_and_writes_results(tmp_path):
     workdir = tmp_path / "run"
-    result = run_main(workdir, "--config.baselines.supervised=true")
+    result = run_main(
+        workdir,
+        "--config.baselines.supervised=true",
+        "--config.baselines.supervised_few_labels=true",
+        "--config.probe.labels_per_class=(2,)",
+    )
     results = json.loads((workdir / "results.json").read_text())
     assert results["task"] == "rotation" and results["dataset"] == "digits"
     assert results["train_steps"] == 6
@@ -47,6 +52,15 @@ def test_main_trains_probes_and_writes_results(tmp_path):
         probe = results[key] if key == "linear_probe" else results[key]["linear_probe"]
         assert 0.0 <= probe["top1"] <= probe["top5"] <= 1.0
     assert "random init" in result.stdout and "supervised" in result.stdout
+    # Supervised from scratch on 2 labels per class: its own classifier's top-1.
+    assert 0.0 <= results["supervised"]["top1"] <= 1.0
+    (scratch,) = results["supervised_from_scratch"]
+    assert scratch["per_class"] == 2 and scratch["train_size"] == 2 * results["num_classes"]
+    assert 0.0 <= scratch["top1"] <= 1.0
+    assert (workdir / "supervised_2_per_class" / "metrics.jsonl").exists()
+    assert "supervised from scratch" in result.stdout
+    curve = (workdir / "label_efficiency.csv").read_text()
+    assert curve.count("supervised from scratch") == 2  # 2/class and all labels
 
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]

@@ -86,9 +86,12 @@ def test_compare_writes_table_bar_chart_and_label_efficiency(tmp_path):
         "rotation",
         "random init (rotation's convnet_tiny)",
         "supervised (rotation's convnet_tiny)",
+        "supervised from scratch (rotation's convnet_tiny)",
     ]
     assert "top1@1/class" in table[0] and "top1@3/class" in table[0]
     for name in ("comparison.png", "label_efficiency.png", "comparison.md"):
         assert (tmp_path / name).stat().st_size > 100
     curve = (tmp_path / "label_efficiency.csv").read_text().splitlines()
-    assert len(curve) == 1 + 3 * 3  # three encoders x (two budgets + all labels)
+    # Four encoders (pretrained, random init, supervised on all labels, from
+    # scratch) x (two budgets + all labels).
+    assert len(curve) == 1 + 4 * 3

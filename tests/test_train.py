@@ -147,3 +147,19 @@ def test_tasks_without_visualize_get_no_pictures(tmp_path):
     config = _config(task="rotation", train_steps=2, checkpoint_every=2)
     train.train(config, str(tmp_path), {"image": _arrays()["image"]})
     assert not (tmp_path / "visuals").exists()
+
+
+def test_classifier_top1_is_the_supervised_heads_own_accuracy():
+    from ssl_jax import experiment
+    from ssl_jax.data import pipeline
+    from ssl_jax.data.datasets import load_dataset
+
+    config = config_lib.base_config()
+    config.update(task="supervised", model="convnet_tiny", image_size=16)
+    config.task_kwargs = {"num_classes": 10}
+    config.probe.batch_size = 64  # the 359 test images need a padded last batch
+    split = load_dataset("digits", "test", image_size=16)
+    task = train.build_task(config)
+    expected = np.mean(np.argmax(np.asarray(task.logits(split.images)), axis=1) == split.labels)
+    got = experiment.classifier_top1(train.split_task(task), config, split, pipeline.make_mesh())
+    assert got == pytest.approx(expected, abs=1e-6)

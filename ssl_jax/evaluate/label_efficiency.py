@@ -12,6 +12,7 @@ import csv
 from collections.abc import Mapping
 from typing import Any
 
+FROM_SCRATCH = "supervised from scratch"
 ENCODERS = (
     ("linear_probe", "pretrained"),
     ("random_init", "random init"),
@@ -53,7 +54,23 @@ def curve_rows(results: Mapping[str, Any], *, name: str | None = None) -> list[d
                 "top1_std": 0.0,
             }
         )
+    rows += _from_scratch_rows(results, name, all_labels)
     return rows
+
+
+def _from_scratch_rows(results: Mapping[str, Any], name: str | None, all_labels: float):
+    """The encoder trained with labels only: its own classifier's top-1 at each
+    budget, and with every label when the supervised baseline ran."""
+    points = list(results.get("supervised_from_scratch", ()))
+    if not points:
+        return []
+    if "top1" in results.get("supervised", {}):
+        points.append({"per_class": all_labels, "top1": results["supervised"]["top1"]})
+    encoder = FROM_SCRATCH + (f", {name}'s {results['model']}" if name else "")
+    return [
+        {"encoder": encoder, "labels_per_class": p["per_class"], "top1": p["top1"], "top1_std": 0.0}
+        for p in points
+    ]
 
 
 def save_csv(rows: list[dict[str, Any]], path: str) -> None:
@@ -66,7 +83,9 @@ def save_csv(rows: list[dict[str, Any]], path: str) -> None:
 def save_plot(rows: list[dict[str, Any]], path: str, *, title: str) -> None:
     """Top-1 against labels per class (log scale), one line per encoder; the
     supervised-on-all-labels encoder is dashed: it saw every label while
-    training, so it is a reference, not a few-label result."""
+    training, so it is a reference, not a few-label result. The supervised
+    from-scratch line is dotted: a classifier trained end to end on that many
+    labels, not a probe."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,10 +99,16 @@ def save_plot(rows: list[dict[str, Any]], path: str, *, title: str) -> None:
             if r["encoder"] == encoder
         )
         xs, ys, errors = zip(*points, strict=True)
-        style = "--" if encoder.startswith("supervised") else "-"
+        style = (
+            ":"
+            if encoder.startswith(FROM_SCRATCH)
+            else "--"
+            if encoder.startswith("supervised")
+            else "-"
+        )
         axes.errorbar(xs, ys, yerr=errors, marker="o", linestyle=style, capsize=3, label=encoder)
     axes.set_xscale("log")
-    axes.set_xlabel("labelled examples per class (linear probe)")
+    axes.set_xlabel("labelled examples per class")
     axes.set_ylabel("test top-1")
     axes.set_title(title)
     axes.grid(alpha=0.3, which="both")

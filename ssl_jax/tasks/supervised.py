@@ -43,6 +43,11 @@ class SupervisedTask(Task):
         features = self.encoder(augment.normalize(images), train=train)
         return classification_loss(self.head(features, train=train), batch["label"])
 
+    def logits(self, images):
+        """Class scores of un-augmented uint8 images: the trained classifier itself,
+        for scoring a model trained from scratch on few labels."""
+        return self.head(self.features(images), train=False)
+
 
 @TASKS.register("supervised")
 def supervised(encoder: nnx.Module, *, rngs: nnx.Rngs, **kwargs) -> SupervisedTask:
