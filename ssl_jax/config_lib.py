@@ -57,6 +57,9 @@ def base_config() -> ConfigDict:
     config.image_size = 32
     config.seed = 0
 
+    # "bfloat16": layers compute in bfloat16, parameters and optimizer state
+    # stay float32 (models/precision.py); for GPUs and TPUs.
+    config.compute_dtype = "float32"
     config.batch_size = 256  # global, over all devices and processes
     config.train_steps = 1000
     config.optimizer = optim.default_config()
@@ -91,12 +94,14 @@ def base_config() -> ConfigDict:
     # of the probe (labels_per_class, label_fractions): the label-efficiency
     # curve's "supervised from scratch" line.
     config.baselines.supervised_few_labels = False
+    config.baselines.supervised_steps = 0  # training steps of the supervised runs; 0 = train_steps
     return config
 
 
 def apply_runlocal(config: ConfigDict) -> None:
     """The shared part of every config's `runlocal` variant: a few seconds on a
     laptop CPU, for tests and smoke runs. Configs pick their tiny model."""
+    config.compute_dtype = "float32"  # bfloat16 is slow on CPUs
     config.image_size = 16
     config.batch_size = 16
     config.train_steps = 6
@@ -168,6 +173,10 @@ def validate(config: ConfigDict) -> None:
         )
     if config.knn.k < 1 or config.knn.temperature <= 0:
         raise ValueError("config.knn.k must be >= 1 and config.knn.temperature > 0.")
+    if config.compute_dtype not in ("float32", "bfloat16"):
+        raise ValueError(
+            f"config.compute_dtype must be 'float32' or 'bfloat16', got {config.compute_dtype!r}."
+        )
     if config.nonfinite not in ("stop", "skip"):
         raise ValueError(f"config.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}.")
     if config.keep_checkpoints < 1:
@@ -183,5 +192,10 @@ def validate(config: ConfigDict) -> None:
     if not 0 < config.probe.holdout_fraction < 1:
         raise ValueError(
             f"config.probe.holdout_fraction must be in (0, 1), got {config.probe.holdout_fraction}."
+        )
+    if config.baselines.supervised_steps < 0:
+        raise ValueError(
+            f"config.baselines.supervised_steps must be >= 0 (0 = train_steps), "
+            f"got {config.baselines.supervised_steps}."
         )
     optim.validate(config.optimizer)

@@ -123,10 +123,12 @@ def fill_from_dataset(config: ConfigDict, train_split: ImageDataset) -> ConfigDi
 
 
 def supervised_config(config: ConfigDict, num_classes: int) -> ConfigDict:
-    """The same encoder, data, optimizer and budget, trained on the labels."""
+    """The same encoder, data and optimizer, trained on the labels for
+    `baselines.supervised_steps` (default: the pretraining budget)."""
     supervised = config.copy_and_resolve_references()
     with supervised.unlocked():
         supervised.task = "supervised"
+        supervised.train_steps = config.baselines.supervised_steps or config.train_steps
         supervised.task_kwargs = ConfigDict(
             {**config.baselines.supervised_task_kwargs.to_dict(), "num_classes": num_classes}
         )

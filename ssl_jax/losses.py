@@ -62,6 +62,7 @@ def mae_loss(
     `norm_pix_loss`, each target patch is standardised by its own mean and
     (population) variance over its P values, eps added to the variance.
     """
+    pred, target = pred.astype(jnp.float32), target.astype(jnp.float32)
     if norm_pix_loss:
         mean = jnp.mean(target, axis=-1, keepdims=True)
         var = jnp.var(target, axis=-1, keepdims=True)

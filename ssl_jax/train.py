@@ -35,6 +35,7 @@ from ssl_jax import optim
 from ssl_jax.checkpoint import Checkpointer
 from ssl_jax.data import pipeline
 from ssl_jax.metrics import MetricWriter
+from ssl_jax.models import precision
 from ssl_jax.registry import MODELS, TASKS
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ def build_task(config: ConfigDict) -> nnx.Module:
     init_key = jax.random.fold_in(jax.random.key(config.seed), _INIT_STREAM)
     rngs = nnx.Rngs(params=init_key)
     encoder = MODELS.get(config.model)(rngs=rngs, **config.model_kwargs)
-    return TASKS.get(config.task)(encoder, rngs=rngs, **config.task_kwargs)
+    task = TASKS.get(config.task)(encoder, rngs=rngs, **config.task_kwargs)
+    return precision.set_compute_dtype(task, config.compute_dtype)
 
 
 def split_task(task: nnx.Module) -> TrainedModel:

@@ -169,12 +169,18 @@ class MAETask(Task):
         tokens = self.encoder.encode_tokens(visible, keep, grid)
         return self.decoder(tokens, restore, grid), target, mask
 
-    def loss(self, batch, rng, *, train):
+    def augment(self, batch, rng, *, train=True):
+        """uint8 images -> normalised images, crop-resized and flipped when
+        training (masking is part of the model's forward pass, not here)."""
         images = augment.to_float(batch["image"])
-        aug_rng, mask_rng = jax.random.split(rng)
         if train:
-            images = self._augment(aug_rng, images)
-        pred, target, mask = self.reconstruct(augment.normalize(images), mask_rng)
+            images = self._augment(rng, images)
+        return {"image": augment.normalize(images)}
+
+    def loss(self, batch, rng, *, train):
+        aug_rng, mask_rng = jax.random.split(rng)
+        images = self.augment(batch, aug_rng, train=train)["image"]
+        pred, target, mask = self.reconstruct(images, mask_rng)
         loss = mae_loss(pred, target, mask, norm_pix_loss=self.norm_pix_loss)
         return loss, {"visible_fraction": 1.0 - jnp.mean(mask)}
 

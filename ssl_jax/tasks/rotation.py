@@ -58,15 +58,21 @@ class RotationTask(Task):
         self.crop_padding = crop_padding
         self.flip = flip
 
-    def loss(self, batch, rng, *, train):
+    def augment(self, batch, rng, *, train=True):
+        """uint8 images -> the 4B rotated copies (cropped and flipped when
+        training), normalised, and their rotation labels."""
         images = augment.to_float(batch["image"])
         if train:
             images = augment.crop_and_flip_batch(
                 rng, images, crop_padding=self.crop_padding, flip=self.flip
             )
         rotated, labels = rotate_batch(images)
-        features = self.encoder(augment.normalize(rotated), train=train)
-        loss, metrics = classification_loss(self.head(features, train=train), labels)
+        return {"image": augment.normalize(rotated), "label": labels}
+
+    def loss(self, batch, rng, *, train):
+        inputs = self.augment(batch, rng, train=train)
+        features = self.encoder(inputs["image"], train=train)
+        loss, metrics = classification_loss(self.head(features, train=train), inputs["label"])
         return loss, {"rotation_accuracy": metrics["accuracy"]}
 
 

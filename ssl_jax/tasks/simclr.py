@@ -124,9 +124,15 @@ class SimCLRTask(Task):
             ]
         )
 
+    def augment(self, batch, rng, *, train=True):
+        """uint8 images -> the two normalised views, stacked `[2B, H, W, C]`.
+        Both views are random even when not training: they are the task."""
+        del train
+        return {"image": augment.normalize(self.views(rng, batch["image"]))}
+
     def loss(self, batch, rng, *, train):
         n = batch["image"].shape[0]
-        features = self.encoder(augment.normalize(self.views(rng, batch["image"])), train=train)
+        features = self.encoder(self.augment(batch, rng, train=train)["image"], train=train)
         z = self.projection(features, train=train)
         loss = losses.nt_xent(z[:n], z[n:], self.temperature)
         metrics = {
@@ -134,7 +140,7 @@ class SimCLRTask(Task):
             "contrastive_accuracy": losses.contrastive_accuracy(z[:n], z[n:]),
         }
         if self.online_probe is not None and "label" in batch:
-            logits = self.online_probe(jax.lax.stop_gradient(features[:n]))
+            logits = self.online_probe(jax.lax.stop_gradient(features[:n])).astype(jnp.float32)
             labels = batch["label"]
             probe_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
             metrics["online_probe_loss"] = probe_loss

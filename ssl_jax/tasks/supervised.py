@@ -32,15 +32,19 @@ class SupervisedTask(Task):
         self.crop_padding = crop_padding
         self.flip = flip
 
-    def loss(self, batch, rng, *, train):
-        if "label" not in batch:
-            raise ValueError("The supervised task needs a dataset with labels.")
+    def augment(self, batch, rng, *, train=True):
+        """uint8 images -> normalised images, cropped and flipped when training."""
         images = augment.to_float(batch["image"])
         if train:
             images = augment.crop_and_flip_batch(
                 rng, images, crop_padding=self.crop_padding, flip=self.flip
             )
-        features = self.encoder(augment.normalize(images), train=train)
+        return {"image": augment.normalize(images)}
+
+    def loss(self, batch, rng, *, train):
+        if "label" not in batch:
+            raise ValueError("The supervised task needs a dataset with labels.")
+        features = self.encoder(self.augment(batch, rng, train=train)["image"], train=train)
         return classification_loss(self.head(features, train=train), batch["label"])
 
     def logits(self, images):
