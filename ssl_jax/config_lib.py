@@ -64,6 +64,9 @@ def base_config() -> ConfigDict:
     config.train_steps = 1000
     config.optimizer = optim.default_config()
 
+    # Per-device peak TFLOP/s for the `mfu` figure in metrics.jsonl; 0 = the
+    # data sheet's for known GPUs/TPUs in bfloat16 (perf.py), else no mfu.
+    config.peak_tflops = 0.0
     config.nonfinite = "stop"  # NaN/Inf loss or gradient: "stop" the run, or "skip" the step
     config.log_every = 50
     config.checkpoint_every = 500

@@ -195,6 +195,9 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
         "probe_train_size": len(probe_splits[0].labels),
         "final_loss": summary.get("final_loss", _last_logged_loss(workdir)),
         "state_fingerprint": summary["state_fingerprint"],
+        # Compile time, FLOPs and memory of the train step (absent if the run
+        # had finished before: nothing was compiled).
+        "step_perf": summary.get("step_perf"),
         "linear_probe": probe(
             trained,
             config,

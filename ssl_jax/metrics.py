@@ -60,7 +60,12 @@ class MetricWriter:
             f.write(json.dumps(record) + "\n")
         for name, value in scalars.items():
             self._tensorboard.add_scalar(name, float(value), int(step))
-        self._bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}", refresh=False)
+        postfix = {"loss": f"{record.get('loss', float('nan')):.4f}"}
+        if "images_per_sec" in record:
+            postfix["img/s"] = f"{record['images_per_sec']:.0f}"
+        if "mfu" in record:
+            postfix["mfu"] = f"{record['mfu']:.1%}"
+        self._bar.set_postfix(postfix, refresh=False)
 
     def advance(self, steps: int = 1) -> None:
         if self._bar is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -31,7 +32,7 @@ import optax
 from flax import nnx
 from ml_collections import ConfigDict
 
-from ssl_jax import optim
+from ssl_jax import optim, perf
 from ssl_jax.checkpoint import Checkpointer
 from ssl_jax.data import pipeline
 from ssl_jax.metrics import MetricWriter
@@ -153,6 +154,19 @@ def init_state(trained: TrainedModel, tx: optax.GradientTransformation) -> dict:
     }
 
 
+@functools.lru_cache(maxsize=32)
+def _jitted_method(graphdef: nnx.GraphDef, method: str, mesh: jax.sharding.Mesh) -> Callable:
+    """One jitted `task.<method>(images)` per (model structure, method, mesh):
+    evaluators that run every few thousand steps reuse its compilation.
+    Parameters are arguments, not closed over, so they are not baked into the
+    program as constants."""
+
+    def apply_task_method(params, model_state, images):
+        return getattr(nnx.merge(graphdef, params, model_state), method)(images)
+
+    return jax.jit(apply_task_method, out_shardings=pipeline.replicated(mesh))
+
+
 def make_features_fn(
     trained: TrainedModel, mesh: jax.sharding.Mesh, method: str = "features"
 ) -> Callable[[np.ndarray], np.ndarray]:
@@ -160,20 +174,15 @@ def make_features_fn(
     task, e.g. the supervised task's `logits`), for evaluators.
 
     Every process passes the same global batch; each feeds its own rows and
-    gets the whole (replicated) result back. Parameters are arguments, not
-    closed over, so they are not baked into the program as constants.
+    gets the whole (replicated) result back.
     """
-    replicated = pipeline.replicated(mesh)
-
-    @functools.partial(jax.jit, out_shardings=replicated)
-    def features(params, model_state, images):
-        return getattr(nnx.merge(trained.graphdef, params, model_state), method)(images)
+    apply = _jitted_method(trained.graphdef, method, mesh)
 
     def features_fn(images: np.ndarray) -> np.ndarray:
         pipeline.check_batch_size(len(images), mesh)
         local = images[pipeline.local_slice(len(images))]
         batch = pipeline.to_global({"image": local}, mesh)["image"]
-        out = features(trained.params, trained.model_state, batch)
+        out = apply(trained.params, trained.model_state, batch)
         return np.asarray(out.addressable_data(0))
 
     return features_fn
@@ -270,16 +279,24 @@ def train(
     summary = {"train_steps": config.train_steps, "resumed_from_step": start_step}
     try:
         if start_step < config.train_steps:
+            perf.CompileCounter.install()
+            compiles_before = perf.CompileCounter.count("train_step")
+            first_batch = next(batches)
+            compiled_step, step_perf = compile_step(train_step, state, first_batch, config)
+            summary["step_perf"] = step_perf
             state, summary["final_loss"] = _loop(
                 config,
                 state,
-                train_step,
-                batches,
+                compiled_step,
+                itertools.chain([first_batch], batches),
                 checkpointer,
                 writer,
                 start_step,
                 hooks=(visualize, evaluate),
+                images_per_sec_to_mfu=_mfu_scale(step_perf, config),
             )
+            # 1 unless something recompiled the step behind the loop's back.
+            step_perf["compilations"] = perf.CompileCounter.count("train_step") - compiles_before
         checkpointer.wait()
         summary["state_fingerprint"] = state_fingerprint(state)
     finally:
@@ -291,7 +308,56 @@ def train(
     ), summary
 
 
-def _loop(config, state, train_step, batches, checkpointer, writer, start_step, hooks):
+def compile_step(train_step, state: dict, batch: dict, config: ConfigDict):
+    """Compiles the step ahead of time for these exact shapes and shardings and
+    reports what XLA says about it. An AOT-compiled step cannot silently
+    recompile: a batch of another shape would be an error, not a slow step."""
+    started = time.perf_counter()
+    compiled = train_step.lower(state, batch).compile()
+    flops = perf.compiled_flops(compiled)
+    devices = jax.device_count()
+    peak = config.peak_tflops * 1e12 or perf.known_peak_flops(
+        jax.devices()[0], config.compute_dtype
+    )
+    step_perf = {
+        "compile_seconds": round(time.perf_counter() - started, 3),
+        # Per source image of the global batch (SPMD analysis is per device).
+        "flops_per_image": flops * devices / config.batch_size if flops else None,
+        "step_memory_mb": _megabytes(perf.compiled_memory_bytes(compiled)),
+        "peak_flops_per_device": peak,
+    }
+    log.info(
+        "Train step compiled in %.1f s; %s GFLOP per image; %s MB per device.",
+        step_perf["compile_seconds"],
+        f"{flops * devices / config.batch_size / 1e9:.3f}" if flops else "?",
+        step_perf["step_memory_mb"],
+    )
+    return compiled, step_perf
+
+
+def _megabytes(size: int | None) -> float | None:
+    return None if size is None else round(size / 2**20, 1)
+
+
+def _mfu_scale(step_perf: dict, config: ConfigDict) -> float | None:
+    """images/s -> model FLOPs utilisation, when both FLOPs and the peak are known."""
+    flops, peak = step_perf["flops_per_image"], step_perf["peak_flops_per_device"]
+    if not flops or not peak:
+        return None
+    return flops / (peak * jax.device_count())
+
+
+def _loop(
+    config,
+    state,
+    train_step,
+    batches,
+    checkpointer,
+    writer,
+    start_step,
+    hooks,
+    images_per_sec_to_mfu=None,
+):
     """The hot loop; returns the final state and the last logged loss.
 
     Metrics are summed on the device and fetched only every `log_every`
@@ -304,8 +370,8 @@ def _loop(config, state, train_step, batches, checkpointer, writer, start_step, 
     totals, count = None, 0  # metric sums since the last log line, on the device
     first_bad_step = _NO_STEP  # on the device: the first non-finite step since the checkpoint
     last_checkpoint, last_loss = start_step, math.nan
-    timer_start, timed_steps = None, 0
-    first_step_started = time.perf_counter()
+    # The step is compiled already, so every step is timed.
+    timer_start, timed_steps = time.perf_counter(), 0
     for step in range(start_step + 1, config.train_steps + 1):
         state, metrics = train_step(state, next(batches))
         totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
@@ -315,9 +381,6 @@ def _loop(config, state, train_step, batches, checkpointer, writer, start_step, 
             )
         count += 1
         timed_steps += 1
-        if timer_start is None:  # the first step includes compilation: time from after it
-            jax.block_until_ready(metrics)
-            timer_start, timed_steps = time.perf_counter(), 0
         writer.advance()
         is_last = step == config.train_steps
         is_checkpoint = step % config.checkpoint_every == 0 or is_last
@@ -329,11 +392,10 @@ def _loop(config, state, train_step, batches, checkpointer, writer, start_step, 
             good = count - skipped
             means = {k: v / good for k, v in sums.items()} if good else {}
             means["skipped_steps"] = skipped
-            if timed_steps:
-                elapsed = time.perf_counter() - timer_start
-            else:  # only the compiling step so far: report it, compile time included
-                timed_steps, elapsed = 1, timer_start - first_step_started
+            elapsed = time.perf_counter() - timer_start
             means["images_per_sec"] = timed_steps * config.batch_size / max(elapsed, 1e-9)
+            if images_per_sec_to_mfu:
+                means["mfu"] = means["images_per_sec"] * images_per_sec_to_mfu
             means["learning_rate"] = float(metrics["learning_rate"])  # at this step, not a mean
             if evaluate and (step % config.eval_every == 0 or is_last):
                 means.update(evaluate(state))

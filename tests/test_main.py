@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = pathlib.Path(__file__).parents[1]
 
@@ -44,8 +45,14 @@ def test_main_trains_probes_and_writes_results(tmp_path):
         "--config.baselines.supervised=true",
         "--config.baselines.supervised_few_labels=true",
         "--config.probe.labels_per_class=(2,)",
+        "--config.peak_tflops=0.5",
     )
     results = json.loads((workdir / "results.json").read_text())
+    # The step is compiled once, ahead of time, and XLA's analysis is recorded.
+    step_perf = results["step_perf"]
+    assert step_perf["compilations"] == 1
+    assert step_perf["flops_per_image"] > 1e5 and step_perf["step_memory_mb"] > 0
+    assert step_perf["peak_flops_per_device"] == 0.5e12
     assert results["task"] == "rotation" and results["dataset"] == "digits"
     assert results["train_steps"] == 6
     for key in ("linear_probe", "random_init", "supervised"):
@@ -65,8 +72,10 @@ def test_main_trains_probes_and_writes_results(tmp_path):
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     for record in records:
-        assert {"step", "loss", "learning_rate", "images_per_sec"} <= set(record)
+        assert {"step", "loss", "learning_rate", "images_per_sec", "mfu"} <= set(record)
         assert np.isfinite(record["loss"]) and record["images_per_sec"] > 0
+        expected_mfu = record["images_per_sec"] * step_perf["flops_per_image"] / 0.5e12
+        assert record["mfu"] == pytest.approx(expected_mfu, rel=1e-6)
     assert any(
         p.name.startswith("events.out.tfevents") for p in (workdir / "tensorboard").iterdir()
     )
@@ -112,8 +121,14 @@ def test_main_on_an_image_folder_of_real_photos(tmp_path, monkeypatch):
         workdir,
         f"--config.dataset=imagefolder:{tmp_path / 'photos'}",
         "--config.probe.labels_per_class=(2,)",
+        "--config.peak_tflops=0.5",
     )
     results = json.loads((workdir / "results.json").read_text())
+    # The step is compiled once, ahead of time, and XLA's analysis is recorded.
+    step_perf = results["step_perf"]
+    assert step_perf["compilations"] == 1
+    assert step_perf["flops_per_image"] > 1e5 and step_perf["step_memory_mb"] > 0
+    assert step_perf["peak_flops_per_device"] == 0.5e12
     assert results["dataset"] == f"imagefolder:{tmp_path / 'photos'}"
     assert 0.0 <= results["linear_probe"]["top1"] <= 1.0
     assert results["linear_probe"]["few_labels"][0]["per_class"] == 2

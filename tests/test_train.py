@@ -163,3 +163,27 @@ def test_classifier_top1_is_the_supervised_heads_own_accuracy():
     expected = np.mean(np.argmax(np.asarray(task.logits(split.images)), axis=1) == split.labels)
     got = experiment.classifier_top1(train.split_task(task), config, split, pipeline.make_mesh())
     assert got == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_step_and_the_evaluators_features_compile_once_even_across_a_resume(tmp_path):
+    from ssl_jax import perf
+
+    perf.CompileCounter.install()
+    config = _config(eval_every=2, log_every=2, checkpoint_every=4)
+    features_before = perf.CompileCounter.count("apply_task_method")
+    evaluations = []
+
+    def evaluator(trained):
+        features = train.make_features_fn(trained, jax.sharding.Mesh(jax.devices(), ("data",)))
+        evaluations.append(features(np.zeros((4, 8, 8, 3), np.uint8)))
+        return {}
+
+    _, summary = train.train(config, str(tmp_path), _arrays(), evaluator=evaluator)
+    assert summary["step_perf"]["compilations"] == 1
+    assert len(evaluations) == 4  # steps 2, 4, 6, 8
+    assert perf.CompileCounter.count("apply_task_method") - features_before == 1
+
+    # A resumed run compiles its step once more, in its own process's life: once.
+    config.train_steps = 12
+    _, summary = train.train(config, str(tmp_path), _arrays(), evaluator=evaluator)
+    assert summary["resumed_from_step"] == 8 and summary["step_perf"]["compilations"] == 1

@@ -1,0 +1,126 @@
+"""Figures about the compiled step: FLOPs, memory, compilations, the chip's peak.
+
+Used by the training loop (`images_per_sec`, `mfu` in metrics.jsonl) and by
+`experiments/benchmark.py`. FLOPs come from XLA's cost analysis of the
+compiled program, which counts what the chip actually executes (forward,
+backward, augmentation and optimizer, per device under SPMD), not a formula.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import monitoring
+
+# Dense bfloat16 peak TFLOP/s per chip, from the vendors' data sheets (no
+# sparsity). Matched against `device.device_kind` by prefix. float32 peaks
+# depend on TF32 and precision settings, so for float32 pass the peak in.
+KNOWN_BF16_PEAK_TFLOPS = {
+    "NVIDIA H200": 989.0,
+    "NVIDIA H100": 989.0,
+    "NVIDIA A100": 312.0,
+    "NVIDIA L4": 121.0,
+    "TPU v4": 275.0,
+    "TPU v5 lite": 197.0,
+    "TPU v5e": 197.0,
+    "TPU v5p": 459.0,
+    "TPU v6 lite": 918.0,
+    "TPU v6e": 918.0,
+}
+
+
+def known_peak_flops(device: jax.Device, compute_dtype: str) -> float | None:
+    """The data-sheet peak FLOP/s of `device` in `compute_dtype`, or None."""
+    if compute_dtype != "bfloat16":
+        return None
+    for prefix, tflops in KNOWN_BF16_PEAK_TFLOPS.items():
+        if device.device_kind.startswith(prefix):
+            return tflops * 1e12
+    return None
+
+
+def measure_matmul_flops(dtype: Any = jnp.float32, size: int | None = None, repeats: int = 5):
+    """FLOP/s of one large square matmul in `dtype` on the default device, best
+    of `repeats`: a practical peak when the data sheet's is unknown (a CPU)."""
+    if size is None:
+        size = 1024 if jax.default_backend() == "cpu" else 8192
+    keys = jax.random.split(jax.random.key(0))
+    a, b = (jax.random.normal(k, (size, size), dtype) for k in keys)
+    matmul = jax.jit(jnp.matmul)
+    jax.block_until_ready(matmul(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(matmul(a, b))
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
+
+
+def compiled_flops(compiled: Any) -> float | None:
+    """FLOPs of one call of an AOT-compiled function, per device (SPMD
+    programs are analysed after partitioning), or None if XLA gives none."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # some backends do not implement it
+        return None
+    if isinstance(analysis, list | tuple):  # older jax: one dict per program
+        analysis = analysis[0] if analysis else {}
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+def compiled_memory_bytes(compiled: Any) -> int | None:
+    """Device memory of one call by XLA's plan: arguments + outputs + temporaries
+    (donated buffers counted once). Available on every backend, CPU included."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:
+        return None
+    if stats is None:
+        return None
+    return int(
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        + stats.temp_size_in_bytes
+        - stats.alias_size_in_bytes
+    )
+
+
+def peak_device_memory_bytes(device: jax.Device | None = None) -> int | None:
+    """The allocator's high-water mark where the backend reports one (GPU, TPU)."""
+    device = device or jax.local_devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+class CompileCounter:
+    """Counts XLA backend compilations per function name, process-wide.
+
+    A run should compile its train step once; a second compilation means a
+    shape, dtype or sharding changed between steps, which costs a compile's
+    time each time it happens.
+    """
+
+    _counts: collections.Counter = collections.Counter()
+    _installed = False
+
+    @classmethod
+    def install(cls) -> None:
+        if not cls._installed:
+            monitoring.register_event_duration_secs_listener(cls._record)
+            cls._installed = True
+
+    @classmethod
+    def _record(cls, event: str, duration: float, **kwargs: Any) -> None:
+        del duration
+        if event == "/jax/core/compile/backend_compile_duration":
+            cls._counts[str(kwargs.get("fun_name", "?"))] += 1
+
+    @classmethod
+    def count(cls, name: str) -> int:
+        """Compilations so far of functions whose name contains `name`."""
+        return sum(n for fun, n in cls._counts.items() if name in fun)
