@@ -131,6 +131,7 @@ def main(argv: list[str]) -> None:
     status = launch.run_pending([(d, c) for _, d, c in runs], _PARALLEL.value)
 
     table, curves, dataset, models = [], [], "", set()
+    random_inits = set()
     for name, run_dir, _ in runs:
         path = os.path.join(run_dir, "results.json")
         if not os.path.exists(path):
@@ -138,6 +139,12 @@ def main(argv: list[str]) -> None:
             continue
         with open(path) as f:
             results = json.load(f)
+        if "random_init" in results:
+            # Tasks sharing an encoder and seed share its random init: one row.
+            probe = json.dumps(results["random_init"], sort_keys=True)
+            if probe in random_inits:
+                del results["random_init"]
+            random_inits.add(probe)
         table += _rows(name, results)
         dataset = results["probe_dataset"]
         models.add(results["model"])
