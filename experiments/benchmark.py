@@ -35,6 +35,7 @@ variable gets a plot of images/s against it (`DIR/scaling_<variable>.png`).
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import json
 import os
@@ -72,13 +73,16 @@ def _timed(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def peak_flops(config, device) -> tuple[float, str]:
+@functools.cache
+def peak_flops(compute_dtype: str, device: jax.Device) -> tuple[float, str]:
+    """Per-device peak FLOP/s and where it came from; measured once per dtype,
+    so every point of a sweep is divided by the same peak."""
     if _PEAK.value:
         return _PEAK.value * 1e12, "given"
-    known = perf.known_peak_flops(device, config.compute_dtype)
+    known = perf.known_peak_flops(device, compute_dtype)
     if known:
         return known, "data sheet"
-    return perf.measure_matmul_flops(COMPUTE_DTYPES[config.compute_dtype]), "measured matmul"
+    return perf.measure_matmul_flops(COMPUTE_DTYPES[compute_dtype]), "measured matmul"
 
 
 def measure(config, arrays, mesh, peak: tuple[float, str]) -> dict[str, Any]:
@@ -262,7 +266,7 @@ def main(argv: list[str]) -> None:
         splits = splits_cache[config.image_size]
         config = experiment.fill_from_dataset(config, splits[0])
         arrays = {"image": splits[0].images, "label": splits[0].labels}
-        row = measure(config, arrays, mesh, peak_flops(config, jax.devices()[0]))
+        row = measure(config, arrays, mesh, peak_flops(config.compute_dtype, jax.devices()[0]))
         if _PROBE.value:
             row.update(measure_probe(config, splits, mesh))
         # Four significant digits: MFU on a CPU is a small number.

@@ -141,3 +141,6 @@ def device_batches(
             yield item
     finally:
         stop.set()
+        # Wait for the thread to leave JAX: a daemon thread still inside a
+        # transfer when the interpreter exits aborts the process.
+        thread.join(timeout=30)
