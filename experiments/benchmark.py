@@ -18,13 +18,16 @@ device sync) and prints one JSON line:
   TPUs), else a large matmul in the compute dtype timed on the spot
   (`peak_source` says which);
 - `step_memory_mb` (XLA's plan: arguments + outputs + temporaries) and
-  `peak_memory_mb` where the backend reports it (GPU, TPU);
+  `process_peak_memory_mb`, the allocator's high-water mark so far, where the
+  backend reports it (GPU, TPU);
 - where the time goes: `host_input_ms` (gathering a batch on the host and
   transferring it), `augment_ms` (the task's on-device augmentation alone,
   with `views_per_sec`), `model_ms` (the rest of the step), the host's
-  share if input were not overlapped (`host_share_serial`), and the share of
-  time the real loop, which prefetches batches to the device in a background
-  thread, spends waiting for input (`loop_input_wait_share`);
+  share if input were not overlapped (`host_share_serial`), and what input
+  costs the real loop, which prefetches batches to the device in a
+  background thread: `input_slowdown`, the throughput it loses against steps
+  fed with batches already on the device (`host_blocked_share` is the time
+  the host thread waits for a batch, which overlaps device work);
 - with `--probe`, the evaluator's speed: feature extraction (images/s) and
   the linear probe's fit (seconds, the config's L2 grid and steps).
 
@@ -65,6 +68,8 @@ flags.mark_flags_as_required(["config"])
 
 def _timed(fn, repeats: int) -> float:
     """Seconds per call of `fn` (which returns arrays), synced at the end."""
+    if repeats < 1:
+        return 0.0
     start = time.perf_counter()
     out = None
     for i in range(repeats):
@@ -89,6 +94,7 @@ def measure(config, arrays, mesh, peak: tuple[float, str]) -> dict[str, Any]:
     """One point: every figure of the module docstring except the probe's."""
     steps, batch_size = _STEPS.value, config.batch_size
     trained = train.split_task(train.build_task(config))
+    task = trained.module()  # before the state is donated: its buffers may alias these
     tx, schedule = optim.make_optimizer(
         config.optimizer, batch_size=batch_size, total_steps=config.train_steps
     )
@@ -100,7 +106,7 @@ def measure(config, arrays, mesh, peak: tuple[float, str]) -> dict[str, Any]:
 
     host_seconds = _timed(device_batch, steps)
     batches = [device_batch(i) for i in range(min(steps, 4))]
-    compiled, step_perf = train.compile_step(step_fn, state, batches[0], config)
+    compiled, step_perf = train.compile_step(step_fn, state, batches[0], config, mesh)
 
     def run_step(i: int):
         nonlocal state
@@ -111,7 +117,6 @@ def measure(config, arrays, mesh, peak: tuple[float, str]) -> dict[str, Any]:
     step_seconds = _timed(run_step, steps)
 
     # The augmentation alone: the task's own `augment`, jitted by itself.
-    task = trained.module()
     augment = jax.jit(lambda batch, rng: task.augment(batch, rng, train=True))
     rngs = [jax.random.key(i) for i in range(steps)]
     views = augment(batches[0], rngs[0])["image"].shape[0]
@@ -157,14 +162,22 @@ def measure(config, arrays, mesh, peak: tuple[float, str]) -> dict[str, Any]:
         "peak_source": peak[1],
         "mfu": achieved / peak[0] if achieved else None,
         "step_memory_mb": step_perf["step_memory_mb"],
-        "peak_memory_mb": _mb(perf.peak_device_memory_bytes()),
+        # The allocator's high-water mark of the whole process so far (GPU/TPU):
+        # in a sweep, the largest point measured yet. One point per process
+        # gives per-point figures.
+        "process_peak_memory_mb": _mb(perf.peak_device_memory_bytes()),
         "host_input_ms": 1e3 * host_seconds,
         "augment_ms": 1e3 * augment_seconds,
         "views_per_sec": views / augment_seconds,
         "model_ms": 1e3 * max(step_seconds - augment_seconds, 0.0),
         "host_share_serial": host_seconds / (host_seconds + step_seconds),
-        "loop_input_wait_share": waited / loop_seconds,
+        # The loop with its prefetch thread against steps on batches already on
+        # the device: the throughput lost to input (0 when input is hidden).
         "loop_images_per_sec": steps * batch_size / loop_seconds,
+        "input_slowdown": max(0.0, 1.0 - step_seconds * steps / loop_seconds),
+        # Time the host thread sits in next(batches); it overlaps the device's
+        # work on the previous step, so it is not time the device idles.
+        "host_blocked_share": waited / loop_seconds,
     }
 
 

@@ -17,13 +17,19 @@ import jax.numpy as jnp
 from jax import monitoring
 
 # Dense bfloat16 peak TFLOP/s per chip, from the vendors' data sheets (no
-# sparsity). Matched against `device.device_kind` by prefix. float32 peaks
-# depend on TF32 and precision settings, so for float32 pass the peak in.
+# sparsity). Matched against `device.device_kind` by the longest prefix, so
+# "NVIDIA H100 PCIe" is not taken for an SXM card nor an L40S for an L4.
+# float32 peaks depend on TF32 and precision settings: for float32 pass the
+# peak in.
 KNOWN_BF16_PEAK_TFLOPS = {
     "NVIDIA H200": 989.0,
-    "NVIDIA H100": 989.0,
+    "NVIDIA H100": 989.0,  # SXM
+    "NVIDIA H100 PCIe": 756.0,
+    "NVIDIA H100 NVL": 835.0,
     "NVIDIA A100": 312.0,
     "NVIDIA L4": 121.0,
+    "NVIDIA L40": 181.0,
+    "NVIDIA L40S": 362.0,
     "TPU v4": 275.0,
     "TPU v5 lite": 197.0,
     "TPU v5e": 197.0,
@@ -37,17 +43,15 @@ def known_peak_flops(device: jax.Device, compute_dtype: str) -> float | None:
     """The data-sheet peak FLOP/s of `device` in `compute_dtype`, or None."""
     if compute_dtype != "bfloat16":
         return None
-    for prefix, tflops in KNOWN_BF16_PEAK_TFLOPS.items():
-        if device.device_kind.startswith(prefix):
-            return tflops * 1e12
-    return None
+    matches = [name for name in KNOWN_BF16_PEAK_TFLOPS if device.device_kind.startswith(name)]
+    return KNOWN_BF16_PEAK_TFLOPS[max(matches, key=len)] * 1e12 if matches else None
 
 
-def measure_matmul_flops(dtype: Any = jnp.float32, size: int | None = None, repeats: int = 5):
+def measure_matmul_flops(dtype: Any = jnp.float32, size: int | None = None, repeats: int = 10):
     """FLOP/s of one large square matmul in `dtype` on the default device, best
     of `repeats`: a practical peak when the data sheet's is unknown (a CPU)."""
     if size is None:
-        size = 1024 if jax.default_backend() == "cpu" else 8192
+        size = 2048 if jax.default_backend() == "cpu" else 8192
     keys = jax.random.split(jax.random.key(0))
     a, b = (jax.random.normal(k, (size, size), dtype) for k in keys)
     matmul = jax.jit(jnp.matmul)

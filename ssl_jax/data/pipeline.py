@@ -129,7 +129,12 @@ def device_batches(
                         continue
                 step += 1
         except BaseException as error:  # surfaced in the consumer, not lost in the thread
-            slots.put(error)
+            while not stop.is_set():
+                try:
+                    slots.put(error, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
 
     thread = threading.Thread(target=produce, daemon=True, name="ssl_jax-prefetch")
     thread.start()

@@ -64,7 +64,10 @@ def _from_scratch_rows(results: Mapping[str, Any], name: str | None, all_labels:
     points = list(results.get("supervised_from_scratch", ()))
     if not points:
         return []
-    if "top1" in results.get("supervised", {}):
+    # The all-label supervised run trains and tests on the pretraining
+    # dataset; it is this curve's point only when the probe uses that too.
+    same_data = results.get("probe_dataset", results.get("dataset")) == results.get("dataset")
+    if "top1" in results.get("supervised", {}) and same_data:
         points.append({"per_class": all_labels, "top1": results["supervised"]["top1"]})
     encoder = FROM_SCRATCH + (f", {name}'s {results['model']}" if name else "")
     return [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax.numpy as jnp
 from flax import nnx
 
 from ssl_jax.data import augment
@@ -50,7 +51,7 @@ class SupervisedTask(Task):
     def logits(self, images):
         """Class scores of un-augmented uint8 images: the trained classifier itself,
         for scoring a model trained from scratch on few labels."""
-        return self.head(self.features(images), train=False)
+        return self.head(self.features(images), train=False).astype(jnp.float32)
 
 
 @TASKS.register("supervised")

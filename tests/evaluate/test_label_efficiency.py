@@ -56,3 +56,21 @@ def test_supervised_from_scratch_is_its_own_dotted_line_with_the_all_label_point
     assert [r["labels_per_class"] for r in label_efficiency.curve_rows(results)][-1] == 1
     label_efficiency.save_plot(rows, str(tmp_path / "c.png"), title="t")
     assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_from_scratch_curve_skips_the_all_label_point_of_another_dataset():
+    results = {
+        "task": "mae",
+        "model": "vit",
+        "dataset": "tfds:imagenet2012",
+        "probe_dataset": "digits",
+        "probe_train_size": 1000,
+        "num_classes": 10,
+        "linear_probe": _probe(0.9, [(1, 0.4)]),
+        "supervised": {"linear_probe": _probe(0.95, [(1, 0.9)]), "top1": 0.7},
+        "supervised_from_scratch": [{"per_class": 1, "top1": 0.2, "train_size": 10}],
+    }
+    scratch = [
+        r for r in label_efficiency.curve_rows(results) if r["encoder"] == "supervised from scratch"
+    ]
+    assert [r["labels_per_class"] for r in scratch] == [1]
