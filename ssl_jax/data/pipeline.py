@@ -117,24 +117,22 @@ def device_batches(
     stop = threading.Event()
 
     def produce() -> None:
+        def put(item) -> None:
+            """Queue `item`, giving up once the consumer has closed the stream."""
+            while not stop.is_set():
+                try:
+                    slots.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
         step = start_step
         try:
             while not stop.is_set():
-                item = to_global(host_batch(arrays, batch_size, seed, step), mesh)
-                while not stop.is_set():
-                    try:
-                        slots.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                put(to_global(host_batch(arrays, batch_size, seed, step), mesh))
                 step += 1
         except BaseException as error:  # surfaced in the consumer, not lost in the thread
-            while not stop.is_set():
-                try:
-                    slots.put(error, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            put(error)
 
     thread = threading.Thread(target=produce, daemon=True, name="ssl_jax-prefetch")
     thread.start()
