@@ -68,10 +68,7 @@ def _rows(name: str, results: dict[str, Any]) -> list[dict[str, Any]]:
         # Its own classifier trained on that many labels, not a probe: no top-5/kNN.
         row = {
             "encoder": f"supervised from scratch ({name}'s {results['model']})",
-            # With all labels: the all-label supervised run, if it used the probe's data.
-            "top1": results.get("supervised", {}).get("top1")
-            if results["probe_dataset"] == results["dataset"]
-            else None,
+            "top1": label_efficiency.from_scratch_all_labels_top1(results),
         }
         for point in results["supervised_from_scratch"]:
             row[f"top1@{point['per_class']}/class"] = point["top1"]

@@ -290,10 +290,8 @@ def format_table(results: dict[str, Any]) -> str:
         cells = "".join(f"{f['top1']:>12.3f}" for f in p["few_labels"])
         lines.append(f"{name:<24}{p['top1']:>12.3f}{p['top5']:>8.3f}{cells}{p['knn_top1']:>8.3f}")
     if "supervised_from_scratch" in results:
-        # A classifier trained on that many labels, not a probe: no top-5/kNN;
-        # its all-label cell is the supervised run's, if it used the probe's data.
-        same_data = results["probe_dataset"] == results["dataset"]
-        all_labels = results.get("supervised", {}).get("top1") if same_data else None
+        # A classifier trained on that many labels, not a probe: no top-5/kNN.
+        all_labels = label_efficiency.from_scratch_all_labels_top1(results)
         cells = "".join(f"{f['top1']:>12.3f}" for f in results["supervised_from_scratch"])
         first = f"{all_labels:>12.3f}" if all_labels is not None else f"{'-':>12}"
         lines.append(f"{'supervised from scratch':<24}{first}{'-':>8}{cells}{'-':>8}")

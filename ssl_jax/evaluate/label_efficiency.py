@@ -58,17 +58,23 @@ def curve_rows(results: Mapping[str, Any], *, name: str | None = None) -> list[d
     return rows
 
 
+def from_scratch_all_labels_top1(results: Mapping[str, Any]) -> float | None:
+    """The supervised-from-scratch curve's all-label point: the all-label
+    supervised run's own classifier. That run trains and tests on the
+    pretraining dataset, so it is the point only when the probe uses that too."""
+    same_data = results.get("probe_dataset", results.get("dataset")) == results.get("dataset")
+    return results.get("supervised", {}).get("top1") if same_data else None
+
+
 def _from_scratch_rows(results: Mapping[str, Any], name: str | None, all_labels: float):
     """The encoder trained with labels only: its own classifier's top-1 at each
     budget, and with every label when the supervised baseline ran."""
     points = list(results.get("supervised_from_scratch", ()))
     if not points:
         return []
-    # The all-label supervised run trains and tests on the pretraining
-    # dataset; it is this curve's point only when the probe uses that too.
-    same_data = results.get("probe_dataset", results.get("dataset")) == results.get("dataset")
-    if "top1" in results.get("supervised", {}) and same_data:
-        points.append({"per_class": all_labels, "top1": results["supervised"]["top1"]})
+    all_labels_top1 = from_scratch_all_labels_top1(results)
+    if all_labels_top1 is not None:
+        points.append({"per_class": all_labels, "top1": all_labels_top1})
     encoder = FROM_SCRATCH + (f", {name}'s {results['model']}" if name else "")
     return [
         {"encoder": encoder, "labels_per_class": p["per_class"], "top1": p["top1"], "top1_std": 0.0}
