@@ -124,9 +124,7 @@ def get_config(arg: str | None = None):
         config.eval_every = 10_000
         config.probe.label_fractions = (0.01, 0.1)
 
-    if options.dataset != "digits":
-        # Accelerator-sized runs: bfloat16 compute, float32 parameters and optimizer.
-        config.compute_dtype = "bfloat16"
+    config.compute_dtype = config_lib.compute_dtype_for(options)
     if options.runlocal:
         config.model = "convnet_tiny" if options.dataset == "digits" else "resnet_tiny"
         config.model_kwargs = ConfigDict()

@@ -104,7 +104,6 @@ def base_config() -> ConfigDict:
 def apply_runlocal(config: ConfigDict) -> None:
     """The shared part of every config's `runlocal` variant: a few seconds on a
     laptop CPU, for tests and smoke runs. Configs pick their tiny model."""
-    config.compute_dtype = "float32"  # bfloat16 is slow on CPUs
     config.image_size = 16
     config.batch_size = 16
     config.train_steps = 6
@@ -115,6 +114,13 @@ def apply_runlocal(config: ConfigDict) -> None:
     config.probe.steps = 50
     config.probe.batch_size = 64
     config.probe.labels_per_class = (10,)
+
+
+def compute_dtype_for(options: ConfigDict) -> str:
+    """bfloat16 compute for the accelerator-sized datasets; float32 for the
+    embedded digits and for runlocal smoke runs, which run on CPUs, where
+    bfloat16 is slow."""
+    return "float32" if options.dataset == "digits" or options.runlocal else "bfloat16"
 
 
 ENCODERS = ("convnet", "resnet18", "resnet50", "vit")
