@@ -94,7 +94,7 @@ def get_config(arg: str | None = None):
     config.compute_dtype = config_lib.compute_dtype_for(options)
     if options.runlocal:
         config.model = "vit_test"
-        config.model_kwargs = ConfigDict()
+        config.model_kwargs = ConfigDict({"patch_size": 4})  # kept overridable
         config.task_kwargs.update(decoder_dim=16, decoder_depth=1, decoder_heads=2)
         config_lib.apply_runlocal(config)
     return config

@@ -1,55 +1,238 @@
-"""Orbax checkpoints of the whole training state, kept in `WORKDIR/checkpoints`.
+"""Orbax checkpoints of the whole training state, each checked before it is trusted.
 
-Orbax writes each checkpoint into a temporary directory and renames it when
-complete, so a run killed mid-save leaves no directory that looks finished:
-`latest_step` only ever sees complete checkpoints.
+Orbax writes a checkpoint into a temporary directory and renames it when
+complete, so a run killed mid-save leaves nothing that looks finished. On top
+of that:
+
+- a state with a NaN or Inf anywhere is never saved (`NonFiniteStateError`),
+  so "the last good checkpoint" is good;
+- every checkpoint carries a SHA-256 fingerprint of its arrays (and the run's
+  counters) as a small JSON item beside the state, recomputed on restore:
+  orbax's compressed chunks decode flipped bytes without complaint;
+- `restore_latest` falls back from an unusable checkpoint (corrupt, a file
+  missing, NaN inside) to the newest good one, moving the bad ones to
+  `WORKDIR/corrupt_checkpoints/` with a one-line warning; when none is good
+  it stops and moves nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import shutil
+from collections.abc import Mapping
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+CORRUPT_DIR = "corrupt_checkpoints"
+_FORMAT = 1  # bump when the checkpoint's layout changes
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint in the workdir cannot be used; the message says what to do."""
+    """A checkpoint in the workdir cannot be written or used; the message says what to do."""
+
+
+class NonFiniteStateError(CheckpointError):
+    """The state to save holds NaN/Inf; `paths` names the leaves."""
+
+    def __init__(self, step: int, paths: list[str]):
+        self.step, self.paths = step, paths
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        super().__init__(f"the state of step {step} holds NaN/Inf in {shown}")
+
+
+def host_leaves(state: Any) -> list[tuple[str, np.ndarray]]:
+    """(path, numpy value) of every array of the state, in tree order.
+    Replicated arrays: every process holds (and hashes) the whole value."""
+    leaves = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        value = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
+        leaves.append((jax.tree_util.keystr(path), np.asarray(value)))
+    return leaves
+
+
+def fingerprint(leaves: list[tuple[str, np.ndarray]]) -> str:
+    """A hex digest of names, dtypes, shapes and bytes: equal for two states
+    that are equal bit for bit."""
+    digest = hashlib.sha256()
+    for path, value in leaves:
+        digest.update(path.encode())
+        digest.update(str(value.dtype).encode() + str(value.shape).encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
+
+
+def nonfinite_paths(leaves: list[tuple[str, np.ndarray]]) -> list[str]:
+    return [
+        path
+        for path, value in leaves
+        if np.issubdtype(value.dtype, np.inexact) and not np.isfinite(value).all()
+    ]
+
+
+def _reason(error: BaseException) -> str:
+    """The gist of an orbax/tensorstore error in one short line."""
+    text = " ".join(str(error).split())
+    for known in ("No space left on device", "File too large", "Permission denied", "NOT_FOUND"):
+        if known in text:
+            return known
+    return f"{type(error).__name__}: {text[:200]}"
 
 
 class Checkpointer:
     def __init__(self, workdir: str, *, keep: int):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-        self._manager = ocp.CheckpointManager(
+        self.workdir = os.path.abspath(workdir)
+        self.directory = os.path.join(self.workdir, "checkpoints")
+        self._keep = keep
+        self._manager = self._open()
+        self._requested: int | None = None  # the step of the last save started
+
+    def _open(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=self._keep, create=True, cleanup_tmp_directories=True
+            ),
         )
+
+    def path(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def save(self, step: int, state: Any) -> None:
-        """Starts an asynchronous save; training goes on while it is written."""
-        self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    def save(self, step: int, state: Any, counters: Mapping[str, int] | None = None) -> None:
+        """Checks that every leaf is finite, then starts an asynchronous save
+        (training goes on while it is written). `counters` (e.g. skipped
+        steps so far) travel with the checkpoint and come back on restore."""
+        leaves = host_leaves(state)
+        bad = nonfinite_paths(leaves)
+        if bad:
+            raise NonFiniteStateError(step, bad)
+        meta = {"format": _FORMAT, "step": step, "fingerprint": fingerprint(leaves)}
+        meta["counters"] = dict(counters or {})
+        try:
+            # Orbax reports a failed background write at the next save.
+            self._manager.check_for_errors()
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+        except Exception as error:
+            raise self._write_error(error, trying=step) from None
+        self._requested = step
 
-    def restore(self, step: int, like: Any) -> Any:
-        """Restores `step` into the structure, shapes and shardings of `like`."""
+    def _write_error(self, error: BaseException, trying: int | None = None) -> CheckpointError:
+        """A failed write, blamed on the step that failed: the previous save,
+        if it never completed, else the one being started."""
+        done = self._manager.all_steps()
+        failed = self._requested if self._requested not in (None, *done) else trying
+        kept = (
+            f"the checkpoint of step {max(done)} is intact"
+            if done
+            else "no checkpoint is complete yet"
+        )
+        return CheckpointError(
+            f"Cannot write the checkpoint of step {failed} in {self.directory} "
+            f"({_reason(error)}); {kept}. Free disk space (or fix permissions) and rerun the "
+            "same command to resume."
+        )
+
+    def _restore(self, step: int, like: Any) -> tuple[Any, dict[str, int]]:
+        """Restores `step` into the structure, shapes and shardings of `like`,
+        and verifies it against its fingerprint; raises CheckpointError."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         try:
-            return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+                ),
+            )
         except Exception as error:  # orbax raises many types; all mean the same here
-            logging.getLogger(__name__).debug("restore failed", exc_info=True)
-            path = os.path.join(self.directory, str(step))
+            log.debug("restore of step %d failed", step, exc_info=True)
+            raise CheckpointError(f"cannot be read ({_reason(error)})") from error
+        state, meta = restored["state"], restored["meta"]
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            raise CheckpointError("was written by another version of ssl_jax")
+        leaves = host_leaves(state)
+        if fingerprint(leaves) != meta["fingerprint"]:
+            raise CheckpointError("is corrupt (its arrays differ from their recorded SHA-256)")
+        bad = nonfinite_paths(leaves)
+        if bad:
+            raise CheckpointError(f"holds NaN/Inf in {', '.join(bad[:3])}")
+        return state, dict(meta.get("counters", {}))
+
+    def restore_latest(self, like: Any) -> tuple[int, Any, dict[str, int]] | None:
+        """(step, state, counters) of the newest usable checkpoint, or None if
+        there is none at all. Unusable newer ones are moved aside, each with a
+        one-line warning; if no checkpoint is usable, CheckpointError."""
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        failures = []
+        for step in steps:
+            try:
+                state, counters = self._restore(step, like)
+            except CheckpointError as error:
+                failures.append((step, str(error)))
+                continue
+            if failures:
+                self._set_aside(failures, good_step=step)
+            return step, state, counters
+        if failures:
+            listed = "; ".join(f"step {s} {why}" for s, why in failures)
             raise CheckpointError(
-                f"Cannot restore the checkpoint {path} ({type(error).__name__}): it is corrupt or "
-                "was written by a different config. Use a new --workdir, or move the checkpoint "
-                "away to start over."
-            ) from error
+                f"No usable checkpoint in {self.directory}: {listed}. Move {self.directory} "
+                "away to start over (or use another --workdir); nothing was changed."
+            )
+        return None
+
+    def _set_aside(self, failures: list[tuple[int, str]], good_step: int) -> None:
+        target_root = os.path.join(self.workdir, CORRUPT_DIR)
+        if jax.process_index() == 0:
+            os.makedirs(target_root, exist_ok=True)
+            for step, why in failures:
+                target = _free_name(os.path.join(target_root, str(step)))
+                shutil.move(self.path(step), target)
+                log.warning(
+                    "Checkpoint %s %s; moved to %s; resuming from step %d.",
+                    self.path(step),
+                    why,
+                    target,
+                    good_step,
+                )
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("ssl_jax: corrupt checkpoints set aside")
+        self._manager.close()
+        self._manager = self._open()  # it caches the list of steps
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        try:
+            self._manager.wait_until_finished()
+        except Exception as error:
+            raise self._write_error(error) from None
 
     def close(self) -> None:
-        self._manager.close()
+        try:
+            self._manager.close()
+        except Exception as error:
+            raise self._write_error(error) from None
+
+
+def _free_name(path: str) -> str:
+    """`path`, or `path.2`, `path.3`... if taken (the same step can go bad twice)."""
+    candidate, n = path, 1
+    while os.path.exists(candidate):
+        n += 1
+        candidate = f"{path}.{n}"
+    return candidate

@@ -7,6 +7,8 @@ comma-separated list of `key=value` options and bare flags.
 
 from __future__ import annotations
 
+import math
+
 from ml_collections import ConfigDict
 
 from ssl_jax import optim
@@ -68,6 +70,8 @@ def base_config() -> ConfigDict:
     # data sheet's for known GPUs/TPUs in bfloat16 (perf.py), else no mfu.
     config.peak_tflops = 0.0
     config.nonfinite = "stop"  # NaN/Inf loss or gradient: "stop" the run, or "skip" the step
+    # With "skip": the run fails once more than this fraction of train_steps was skipped.
+    config.max_skipped_fraction = 0.1
     config.log_every = 50
     config.checkpoint_every = 500
     config.keep_checkpoints = 3
@@ -141,7 +145,7 @@ def set_encoder(config: ConfigDict, name: str, *, runlocal: bool = False) -> Non
         stem = "cifar" if size <= 32 else "imagenet"
         model, kwargs = ("resnet_tiny", {}) if runlocal else (name, {"stem": stem})
     elif runlocal:
-        model, kwargs = "vit_test", {}
+        model, kwargs = "vit_test", {"patch_size": 4}
     elif size <= 16:
         # The width of the MAE digits default: 16 patches of 4 px.
         model = "vit"
@@ -165,8 +169,22 @@ def set_encoder(config: ConfigDict, name: str, *, runlocal: bool = False) -> Non
         )
 
 
+def _float_fields(tree, prefix: str = ""):
+    """(dotted name, value) of every float in the config, in tuples too."""
+    items = tree.items() if hasattr(tree, "items") else enumerate(tree)
+    for key, value in items:
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, float):
+            yield name, value
+        elif hasattr(value, "items") or isinstance(value, list | tuple):
+            yield from _float_fields(value, name)
+
+
 def validate(config: ConfigDict) -> None:
     """Checks of the common fields; each message says which field to fix."""
+    for name, value in _float_fields(config):
+        if not math.isfinite(value):
+            raise ValueError(f"config.{name} must be a finite number, got {value}.")
     positive = ("image_size", "batch_size", "train_steps", "log_every", "checkpoint_every")
     for field in positive:
         if config[field] <= 0:
@@ -191,6 +209,10 @@ def validate(config: ConfigDict) -> None:
         )
     if config.nonfinite not in ("stop", "skip"):
         raise ValueError(f"config.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}.")
+    if not 0 <= config.max_skipped_fraction <= 1:
+        raise ValueError(
+            f"config.max_skipped_fraction must be in [0, 1], got {config.max_skipped_fraction}."
+        )
     if config.keep_checkpoints < 1:
         raise ValueError(f"config.keep_checkpoints must be >= 1, got {config.keep_checkpoints}.")
     if config.probe.batch_size <= 0 or config.probe.steps <= 0:

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import time
 from typing import Any
@@ -22,7 +22,8 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from ssl_jax import config_lib, train
+from ssl_jax import config_lib, metrics, train
+from ssl_jax import workdir as workdir_lib
 from ssl_jax.data import pipeline
 from ssl_jax.data.datasets import ImageDataset, load_dataset
 from ssl_jax.evaluate import label_efficiency
@@ -43,10 +44,18 @@ def load_splits(name: str, config: ConfigDict) -> tuple[ImageDataset, ImageDatas
 
 def _features(trained: train.TrainedModel, config: ConfigDict, splits, mesh):
     features_fn = train.make_features_fn(trained, mesh)
-    return tuple(
+    features = tuple(
         extract_features(features_fn, split.images, batch_size=config.probe.batch_size)
         for split in splits
     )
+    if not all(np.isfinite(x).all() for x in features):
+        # Finite weights can still be huge enough to overflow (a learning rate
+        # far too high, with nonfinite=skip): no evaluator can use that.
+        raise train.NonFiniteLossError(
+            f"The encoder's features of {splits[0].name} hold NaN/Inf: its weights have "
+            "diverged. Lower the learning rate and train again in a new --workdir."
+        )
+    return features
 
 
 def _knn(config: ConfigDict, splits, train_x, test_x) -> float:
@@ -142,7 +151,9 @@ def classifier_top1(trained: train.TrainedModel, config: ConfigDict, split, mesh
     return float(np.mean(np.argmax(logits, axis=1) == split.labels))
 
 
-def supervised_from_scratch(config: ConfigDict, workdir: str, splits, mesh) -> list[dict[str, Any]]:
+def supervised_from_scratch(
+    config: ConfigDict, workdir: str, splits, mesh, *, allow_config_change: bool = False
+) -> list[dict[str, Any]]:
     """The encoder trained with labels only, from its random init, on each label
     budget of the probe (one seeded balanced draw per budget, the same loop,
     steps and batch size as pretraining), scored by its own classifier: the
@@ -154,21 +165,31 @@ def supervised_from_scratch(config: ConfigDict, workdir: str, splits, mesh) -> l
         subset = balanced_subset(train_split.labels, per_class, seed=config.seed)
         arrays = {"image": train_split.images[subset], "label": train_split.labels[subset]}
         run_dir = os.path.join(workdir, f"supervised_{per_class}_per_class")
-        trained, summary = train.train(sup_config, run_dir, arrays, mesh)
+        trained, summary = train.train(
+            sup_config, run_dir, arrays, mesh, allow_config_change=allow_config_change
+        )
         points.append(
             {
                 "per_class": per_class,
                 "train_size": len(subset),
                 "top1": classifier_top1(trained, config, test_split, mesh),
-                "final_loss": summary.get("final_loss", _last_logged_loss(run_dir)),
+                "final_loss": summary.get("final_loss", metrics.last_logged(run_dir, "loss")),
                 **extra,
             }
         )
     return points
 
 
-def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
+def run(config: ConfigDict, workdir: str, *, allow_config_change: bool = False) -> dict[str, Any]:
+    """The whole experiment, holding the workdir's lock throughout (see
+    `train.train` for `allow_config_change`)."""
     config_lib.validate(config)
+    lock = workdir_lib.locked(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return _run(config, workdir, allow_config_change)
+
+
+def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[str, Any]:
     mesh = pipeline.make_mesh()
     pipeline.check_batch_size(config.batch_size, mesh)
     pipeline.check_batch_size(config.probe.batch_size, mesh, field="probe.batch_size")
@@ -184,7 +205,9 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
     arrays = {"image": train_split.images, "label": train_split.labels}
 
     evaluator = knn_evaluator(config, probe_splits, mesh)
-    trained, summary = train.train(config, workdir, arrays, mesh, evaluator)
+    trained, summary = train.train(
+        config, workdir, arrays, mesh, evaluator, allow_config_change=allow_config_change
+    )
     results: dict[str, Any] = {
         "task": config.task,
         "model": config.model,
@@ -193,8 +216,9 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
         "train_steps": config.train_steps,
         "num_classes": probe_splits[0].num_classes,
         "probe_train_size": len(probe_splits[0].labels),
-        "final_loss": summary.get("final_loss", _last_logged_loss(workdir)),
+        "final_loss": summary.get("final_loss", metrics.last_logged(workdir, "loss")),
         "state_fingerprint": summary["state_fingerprint"],
+        "skipped_steps": summary["skipped_steps"],
         # Compile time, FLOPs and memory of the train step (absent if the run
         # had finished before: nothing was compiled).
         "step_perf": summary.get("step_perf"),
@@ -222,9 +246,16 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
     if config.baselines.supervised:
         sup_config = supervised_config(config, train_split.num_classes)
         sup_workdir = os.path.join(workdir, "supervised")
-        supervised, sup_summary = train.train(sup_config, sup_workdir, arrays, mesh, evaluator)
+        supervised, sup_summary = train.train(
+            sup_config,
+            sup_workdir,
+            arrays,
+            mesh,
+            evaluator,
+            allow_config_change=allow_config_change,
+        )
         results["supervised"] = {
-            "final_loss": sup_summary.get("final_loss", _last_logged_loss(sup_workdir)),
+            "final_loss": sup_summary.get("final_loss", metrics.last_logged(sup_workdir, "loss")),
             "state_fingerprint": sup_summary["state_fingerprint"],
             "top1": classifier_top1(supervised, config, test_split, mesh),
             "linear_probe": probe(
@@ -238,7 +269,7 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
         }
     if config.baselines.supervised_few_labels:
         results["supervised_from_scratch"] = supervised_from_scratch(
-            config, workdir, probe_splits, mesh
+            config, workdir, probe_splits, mesh, allow_config_change=allow_config_change
         )
     results["wall_seconds"] = round(time.time() - started, 1)
     if jax.process_index() == 0:
@@ -249,21 +280,9 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
             os.path.join(workdir, "label_efficiency.png"),
             title=f"Label efficiency on {results['probe_dataset']} ({config.model})",
         )
-        with open(os.path.join(workdir, "results.json.tmp"), "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(os.path.join(workdir, "results.json.tmp"), os.path.join(workdir, "results.json"))
+        workdir_lib.write_json(os.path.join(workdir, "results.json"), results)
         print(format_table(results))
     return results
-
-
-def _last_logged_loss(workdir: str) -> float | None:
-    """A run that had already finished trains no step; report its logged loss."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
-    return json.loads(lines[-1]).get("loss") if lines else None
 
 
 def format_table(results: dict[str, Any]) -> str:

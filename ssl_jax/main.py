@@ -5,6 +5,10 @@
         --config.train_steps=50
 
 Rerunning the same command resumes from the workdir's latest checkpoint.
+
+Exit codes: 0 done; 2 bad input or a failed run (one line on stderr says what
+to do); 130 / 143 stopped by SIGINT / SIGTERM after checkpointing (rerun the
+same command to resume).
 """
 
 from __future__ import annotations
@@ -24,6 +28,12 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, metrics and results (resumed if it exists)."
 )
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks and debug logs.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Resume a workdir with a config that changes what the run computes (model, data, "
+    "optimizer, steps...); the change is recorded in WORKDIR/config_history.jsonl.",
+)
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     False,
@@ -46,6 +56,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from ssl_jax.data.datasets import DatasetError
     from ssl_jax.registry import UnknownNameError
     from ssl_jax.train import NonFiniteLossError
+    from ssl_jax.workdir import WorkdirError
 
     # OSError: an unreadable config file or workdir, a full disk: the message says which.
     return (
@@ -55,18 +66,23 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         UnknownNameError,
         CheckpointError,
         NonFiniteLossError,
+        WorkdirError,
     )
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    # Libraries (orbax above all) log every save at INFO through absl: keep
-    # their chatter for --verbose and show ssl_jax's own messages.
-    absl_logging.set_verbosity(absl_logging.DEBUG if _VERBOSE.value else absl_logging.WARNING)
+        _fail(f"unexpected argument(s) {' '.join(argv[1:])!r}; flags look like --name=value.")
+    # Libraries (orbax above all) log every save at INFO, and the tracebacks
+    # of their background threads at ERROR, through absl: keep that for
+    # --verbose. A failure reaches the main thread and is reported there.
+    absl_logging.set_verbosity(absl_logging.DEBUG if _VERBOSE.value else absl_logging.FATAL)
     logging.getLogger("ssl_jax").setLevel(logging.DEBUG if _VERBOSE.value else logging.INFO)
-    from ssl_jax import distributed, experiment  # after flag parsing: keeps `--help` fast
+    from ssl_jax import distributed, experiment, preemption  # after flag parsing: fast --help
 
+    preemption.install()
+    if not _VERBOSE.value:
+        _quiet_background_errors()
     try:
         distributed.initialize(
             auto=_DISTRIBUTED.value,
@@ -74,12 +90,32 @@ def main(argv: list[str]) -> None:
             num_processes=_NUM_PROCESSES.value,
             process_id=_PROCESS_ID.value,
         )
-        experiment.run(_CONFIG.value, _WORKDIR.value)
+        experiment.run(
+            _CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value
+        )
+    except preemption.Interrupted as stop:
+        print(f"ssl_jax: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
     except _expected_errors() as error:
         if _VERBOSE.value:
             raise
-        print(f"ssl_jax: error: {_one_line(error)}", file=sys.stderr)
-        sys.exit(2)
+        _fail(_one_line(error))
+
+
+def _quiet_background_errors() -> None:
+    """Errors in library threads (orbax's and tensorstore's writers, after a
+    failed save) reach the main thread, which reports them in one line; their
+    own tracebacks would bury that line. --verbose shows them."""
+    import threading
+
+    debug = logging.getLogger("ssl_jax").debug
+    sys.unraisablehook = lambda info: debug("unraisable: %r", info.exc_value)
+    threading.excepthook = lambda args: debug("thread %s: %r", args.thread, args.exc_value)
+
+
+def _fail(message: str) -> None:
+    print(f"ssl_jax: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _one_line(error: BaseException) -> str:
@@ -104,8 +140,24 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except Exception as error:
         if "--verbose" in argv:
             raise
-        print(f"ssl_jax: error: {_one_line(error)} (see --helpfull)", file=sys.stderr)
+        message = _missing_field(error, argv) or f"{_one_line(error)} (see --helpfull)"
+        print(f"ssl_jax: error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def _missing_field(error: Exception, argv: list[str]) -> str | None:
+    """ml_collections reports `--config.a.b=1` on a config without `a.b` as
+    just `'b'`: name the whole field."""
+    key = _one_line(error).strip("'\"")
+    for arg in argv:
+        field = arg.partition("=")[0].removeprefix("--config.")
+        if arg.startswith("--config.") and field.split(".")[-1] == key:
+            config = next((a.partition("=")[2] for a in argv if a.startswith("--config=")), "")
+            return (
+                f"config field {field!r} does not exist in {config or 'the config'}; "
+                "see that file (and configs/) for its fields."
+            )
+    return None
 
 
 if __name__ == "__main__":

@@ -1,36 +1,120 @@
 """Where a run reports: `metrics.jsonl`, TensorBoard event files and a progress bar.
 
-TensorBoard files are written with tensorboardX, which needs no TensorFlow.
-Only process 0 writes, so multi-host runs do not race on the same files.
+Both files are written synchronously, in the caller's thread, at every log
+step: a run killed a second later has lost nothing it logged, and a full disk
+is one error in the main thread (not a traceback from a writer thread). The
+TensorBoard events are encoded with tensorboardX's protos, which need no
+TensorFlow. Only process 0 writes, so multi-host runs do not race.
+
+On resume, the lines after the checkpoint's step are dropped from
+`metrics.jsonl`, and the new events file starts with a TensorBoard "purge"
+(a SessionLog START at that step), so every logged step appears exactly once.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import time
 from collections.abc import Mapping
 
 import jax
 from tqdm import tqdm
+
+from ssl_jax.workdir import WorkdirError
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
 
 
 def _is_writer() -> bool:
     return jax.process_index() == 0
 
 
+def _write_failed(path: str, error: OSError) -> WorkdirError:
+    return WorkdirError(
+        f"Cannot write {path}: {error.strerror or error}. Free disk space (or fix permissions) "
+        "and rerun the same command to resume from the last checkpoint."
+    )
+
+
+def read_records(path: str) -> list[dict]:
+    """The records of a `metrics.jsonl`. A line that is not a JSON object (the
+    truncated last line of a killed or full-disk write) is skipped with a
+    warning naming the file and line, never an error: it must not block a
+    resume."""
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path, errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                log.warning("Ignoring line %d of %s: not a complete JSON record.", number, path)
+                continue
+            records.append(record)
+    return records
+
+
+def last_logged(workdir: str, key: str):
+    """The last value of `key` in the workdir's metrics, or None."""
+    values = [r[key] for r in read_records(os.path.join(workdir, METRICS_FILE)) if key in r]
+    return values[-1] if values else None
+
+
+class _EventFile:
+    """One TensorBoard events file, written through at every call."""
+
+    def __init__(self, directory: str, *, purge_from_step: int | None):
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+        self._event = Event
+        os.makedirs(directory, exist_ok=True)
+        self._writer = EventsWriter(os.path.join(directory, "events"))
+        self.path = self._writer._file_name
+        if purge_from_step is not None:
+            # TensorBoard drops the run's earlier events from this step on.
+            start = SessionLog(status=SessionLog.START)
+            self._write(Event(wall_time=time.time(), step=purge_from_step, session_log=start))
+
+    def _write(self, event) -> None:
+        self._writer.write_event(event)
+        self._writer.flush()
+
+    def scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        from tensorboardX import summary
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        values = [v for name, x in scalars.items() for v in summary.scalar(name, x).value]
+        self._write(self._event(wall_time=time.time(), step=step, summary=Summary(value=values)))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 class MetricWriter:
     def __init__(self, workdir: str, *, total_steps: int, start_step: int):
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self._tensorboard = None
+        self.path = os.path.join(workdir, METRICS_FILE)
+        self._events = None
         self._bar = None
         if not _is_writer():
             return
         os.makedirs(workdir, exist_ok=True)
         self._drop_entries_after(start_step)
-        from tensorboardX import SummaryWriter
-
-        self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        tensorboard = os.path.join(workdir, "tensorboard")
+        try:
+            self._events = _EventFile(tensorboard, purge_from_step=start_step + 1)
+        except OSError as error:
+            raise _write_failed(tensorboard, error) from None
         self._bar = tqdm(
             total=total_steps,
             initial=start_step,
@@ -41,25 +125,33 @@ class MetricWriter:
 
     def _drop_entries_after(self, step: int) -> None:
         """A resumed run repeats the steps after its last checkpoint; drop
-        their old lines so `metrics.jsonl` holds each step once."""
+        their old lines (and any unreadable line) so each step is there once."""
         if not os.path.exists(self.path):
             return
-        with open(self.path) as f:
+        with open(self.path, errors="replace") as f:
             lines = [line for line in f if line.strip()]
-        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+        kept = [json.dumps(r) + "\n" for r in read_records(self.path) if r.get("step", 0) <= step]
         if len(kept) != len(lines):
-            with open(self.path + ".tmp", "w") as f:
-                f.writelines(kept)
-            os.replace(self.path + ".tmp", self.path)
+            try:
+                with open(self.path + ".tmp", "w") as f:
+                    f.writelines(kept)
+                os.replace(self.path + ".tmp", self.path)
+            except OSError as error:
+                raise _write_failed(self.path, error) from None
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not _is_writer():
             return
         record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        for name, value in scalars.items():
-            self._tensorboard.add_scalar(name, float(value), int(step))
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as error:
+            raise _write_failed(self.path, error) from None
+        try:
+            self._events.scalars(int(step), {k: float(v) for k, v in scalars.items()})
+        except OSError as error:
+            raise _write_failed(self._events.path, error) from None
         postfix = {"loss": f"{record.get('loss', float('nan')):.4f}"}
         if "images_per_sec" in record:
             postfix["img/s"] = f"{record['images_per_sec']:.0f}"
@@ -74,5 +166,8 @@ class MetricWriter:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        if self._tensorboard is not None:
-            self._tensorboard.close()
+        if self._events is not None:
+            try:
+                self._events.close()
+            except OSError as error:
+                raise _write_failed(self._events.path, error) from None

@@ -13,17 +13,16 @@ resumed from a checkpoint computes exactly what an uninterrupted run would.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-import hashlib
 import itertools
-import json
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,8 +31,9 @@ import optax
 from flax import nnx
 from ml_collections import ConfigDict
 
-from ssl_jax import optim, perf
-from ssl_jax.checkpoint import Checkpointer
+from ssl_jax import checkpoint, optim, perf, preemption
+from ssl_jax import workdir as workdir_lib
+from ssl_jax.checkpoint import Checkpointer, NonFiniteStateError
 from ssl_jax.data import pipeline
 from ssl_jax.metrics import MetricWriter
 from ssl_jax.models import precision
@@ -87,7 +87,8 @@ def make_train_step(
 ) -> Callable[[dict, dict], tuple[dict, dict]]:
     """`(state, batch) -> (new_state, metrics)`, compiled once, state donated.
 
-    `metrics["nonfinite"]` is 1.0 when the loss or a gradient is NaN/Inf. With
+    `metrics["nonfinite"]` is 1.0 when the loss, a gradient or the new state
+    holds NaN/Inf. With
     `skip_nonfinite`, such a step leaves the state as it was (only the step
     counter advances, so the data moves on) and zeroes its other metrics.
     """
@@ -107,7 +108,6 @@ def make_train_step(
             state["params"]
         )
         grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         new_state = {
             "step": step + 1,
@@ -115,6 +115,9 @@ def make_train_step(
             "model_state": model_state,
             "opt_state": opt_state,
         }
+        # Finite loss and gradients can still give a non-finite state (an
+        # overflowing learning rate, say): such a step counts as bad too.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(new_state)
         metrics = {
             **metrics,
             "loss": loss,
@@ -131,18 +134,17 @@ def make_train_step(
     return jax.jit(train_step, donate_argnums=0)
 
 
+def _all_finite(tree) -> jax.Array:
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def state_fingerprint(state: dict) -> str:
     """A hex digest of every array of the state (parameters, batch-norm
     statistics, optimizer state, step), in tree order: two runs that end in
-    the same state, bit for bit, have the same fingerprint."""
-    digest = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-        # Replicated arrays: every process holds the whole value.
-        value = np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf)
-        digest.update(jax.tree_util.keystr(path).encode())
-        digest.update(str(value.dtype).encode() + str(value.shape).encode())
-        digest.update(np.ascontiguousarray(value).tobytes())
-    return digest.hexdigest()
+    the same state, bit for bit, have the same fingerprint. Checkpoints carry
+    it, so a restore can tell a corrupt one."""
+    return checkpoint.fingerprint(checkpoint.host_leaves(state))
 
 
 def init_state(trained: TrainedModel, tx: optax.GradientTransformation) -> dict:
@@ -219,14 +221,6 @@ def make_visualizer(
     return save
 
 
-def _write_json(path: str, payload: Mapping[str, Any]) -> None:
-    if jax.process_index() != 0:
-        return
-    with open(path + ".tmp", "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
-
-
 Evaluator = Callable[[TrainedModel], Mapping[str, float]]
 
 
@@ -236,29 +230,54 @@ def train(
     arrays: Mapping[str, np.ndarray],
     mesh: jax.sharding.Mesh | None = None,
     evaluator: Evaluator | None = None,
+    *,
+    allow_config_change: bool = False,
 ) -> tuple[TrainedModel, dict]:
     """Trains `config.task` on `arrays` (a dict of equally long numpy arrays)
     for `config.train_steps` steps, resuming from `workdir` if a checkpoint is
     there. Returns the trained model and a summary dict.
+
+    The workdir is locked for the run (one writer at a time). A resume whose
+    config changes what the run computes is refused unless
+    `allow_config_change` (see `workdir.config_changes`).
 
     `evaluator`, if given, runs every `config.eval_every` steps (and at the
     end) on the current model; its figures join that step's metrics line.
     """
     mesh = pipeline.make_mesh() if mesh is None else mesh
     pipeline.check_batch_size(config.batch_size, mesh)
-    os.makedirs(workdir, exist_ok=True)
-    _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    lock = workdir_lib.locked(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return _train(config, workdir, arrays, mesh, evaluator, allow_config_change)
 
+
+def _train(config, workdir, arrays, mesh, evaluator, allow_config_change):
     trained = split_task(build_task(config))
     tx, schedule = optim.make_optimizer(
         config.optimizer, batch_size=config.batch_size, total_steps=config.train_steps
     )
     state = jax.device_put(init_state(trained, tx), pipeline.replicated(mesh))
+    os.makedirs(workdir, exist_ok=True)
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
-    start_step = checkpointer.latest_step() or 0
-    if start_step:
-        state = checkpointer.restore(start_step, like=state)
+    try:
+        # The config is checked before the restore (a refused change must not
+        # look like a corrupt checkpoint) and written only after it.
+        changes = workdir_lib.config_changes(
+            workdir,
+            config,
+            resuming=checkpointer.latest_step() is not None,
+            allow_change=allow_config_change,
+        )
+        restored = checkpointer.restore_latest(like=state)
+    except BaseException:
+        checkpointer.close()
+        raise
+    start_step, counters = 0, {}
+    if restored:
+        start_step, state, counters = restored
         log.info("Resumed from the checkpoint of step %d in %s", start_step, workdir)
+    if jax.process_index() == 0:
+        workdir_lib.save_config(workdir, config, changes=changes, from_step=start_step)
 
     train_step = make_train_step(
         trained.graphdef, tx, schedule, config.seed, skip_nonfinite=config.nonfinite == "skip"
@@ -276,7 +295,11 @@ def train(
     batches = pipeline.device_batches(
         arrays, batch_size=config.batch_size, seed=config.seed, mesh=mesh, start_step=start_step
     )
-    summary = {"train_steps": config.train_steps, "resumed_from_step": start_step}
+    summary = {
+        "train_steps": config.train_steps,
+        "resumed_from_step": start_step,
+        "skipped_steps": counters.get("skipped_steps", 0),
+    }
     try:
         if start_step < config.train_steps:
             perf.CompileCounter.install()
@@ -286,7 +309,7 @@ def train(
             summary["step_perf"] = step_perf
             batch_stream = itertools.chain([first_batch], batches)
             del first_batch  # the chain holds it until step 1 only
-            state, summary["final_loss"] = _loop(
+            state, summary["final_loss"], summary["skipped_steps"] = _loop(
                 config,
                 state,
                 compiled_step,
@@ -296,6 +319,7 @@ def train(
                 start_step,
                 hooks=(visualize, evaluate),
                 images_per_sec_to_mfu=_mfu_scale(step_perf, mesh),
+                skipped_before=summary["skipped_steps"],
             )
             # Compiled ahead of time, the step cannot recompile (another shape
             # is an error), so this is 1; it records that nothing else in the
@@ -307,8 +331,10 @@ def train(
         summary["state_fingerprint"] = state_fingerprint(state)
     finally:
         batches.close()
-        writer.close()
-        checkpointer.close()
+        # Close everything even if one close fails (a full disk), then report the first failure.
+        with contextlib.ExitStack() as closing:
+            closing.callback(checkpointer.close)
+            closing.callback(writer.close)
     return dataclasses.replace(
         trained, params=state["params"], model_state=state["model_state"]
     ), summary
@@ -368,76 +394,129 @@ def _loop(
     start_step,
     hooks,
     images_per_sec_to_mfu=None,
+    skipped_before=0,
 ):
-    """The hot loop; returns the final state and the last logged loss.
+    """The hot loop; returns the final state, the last logged loss and the
+    number of skipped (non-finite) steps of the whole run.
 
     Metrics are summed on the device and fetched only every `log_every`
     steps, so the host does not wait for the device at each step. Non-finite
     steps are found at the next log line or checkpoint, whichever is first,
-    and a state that one has touched is never saved.
+    and a state that one has touched is never saved. A SIGTERM/SIGINT stops
+    the loop at the next step boundary (several processes: the next log
+    step), after a log line and a checkpoint of that step.
     """
     visualize, evaluate = hooks
     stop_on_nonfinite = config.nonfinite == "stop"
     totals, count = None, 0  # metric sums since the last log line, on the device
     first_bad_step = _NO_STEP  # on the device: the first non-finite step since the checkpoint
+    skipped_total = skipped_before
     last_checkpoint, last_loss = start_step, math.nan
     timer_start, timed_steps = None, 0
     first_step_started = time.perf_counter()
-    for step in range(start_step + 1, config.train_steps + 1):
-        state, metrics = train_step(state, next(batches))
-        totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
-        if stop_on_nonfinite:
-            first_bad_step = jnp.minimum(
-                first_bad_step, jnp.where(metrics["nonfinite"] > 0, step, _NO_STEP)
-            )
-        count += 1
-        timed_steps += 1
-        if timer_start is None:
-            # The first step pays one-off costs even though the step is compiled
-            # (first dispatch, the eager ops around it): time from after it.
-            jax.block_until_ready(metrics)
-            timer_start, timed_steps = time.perf_counter(), 0
-        writer.advance()
-        is_last = step == config.train_steps
-        is_checkpoint = step % config.checkpoint_every == 0 or is_last
-        if stop_on_nonfinite and (is_checkpoint or step % config.log_every == 0):
-            _stop_if_nonfinite(int(first_bad_step), last_checkpoint, checkpointer)
-        if step % config.log_every == 0 or is_last:
-            sums = {k: float(v) for k, v in jax.device_get(totals).items()}
-            skipped = sums.pop("nonfinite")
-            good = count - skipped
-            means = {k: v / good for k, v in sums.items()} if good else {}
-            means["skipped_steps"] = skipped
-            if timed_steps:
-                elapsed = time.perf_counter() - timer_start
-            else:  # only the first step so far: report it, one-off costs included
-                timed_steps, elapsed = 1, timer_start - first_step_started
-            means["images_per_sec"] = timed_steps * config.batch_size / max(elapsed, 1e-9)
-            if images_per_sec_to_mfu:
-                means["mfu"] = means["images_per_sec"] * images_per_sec_to_mfu
-            means["learning_rate"] = float(metrics["learning_rate"])  # at this step, not a mean
-            if evaluate and (step % config.eval_every == 0 or is_last):
-                means.update(evaluate(state))
-            writer.write(step, means)
-            last_loss = means.get("loss", last_loss)
-            totals, count = None, 0
-            timer_start, timed_steps = time.perf_counter(), 0
-        if is_checkpoint:
-            checkpointer.save(step, state)
-            last_checkpoint, first_bad_step = step, _NO_STEP
-            if visualize:
-                visualize(state, step)
-    return state, last_loss
+    with preemption.deferred():
+        for step in range(start_step + 1, config.train_steps + 1):
+            state, metrics = train_step(state, next(batches))
+            totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+            if stop_on_nonfinite:
+                first_bad_step = jnp.minimum(
+                    first_bad_step, jnp.where(metrics["nonfinite"] > 0, step, _NO_STEP)
+                )
+            count += 1
+            timed_steps += 1
+            if timer_start is None:
+                # The first step pays one-off costs even though the step is compiled
+                # (first dispatch, the eager ops around it): time from after it.
+                jax.block_until_ready(metrics)
+                timer_start, timed_steps = time.perf_counter(), 0
+            writer.advance()
+            is_last = step == config.train_steps
+            is_log = step % config.log_every == 0 or is_last
+            stop = preemption.should_stop(sync_point=is_log)
+            is_log = is_log or stop
+            is_checkpoint = step % config.checkpoint_every == 0 or is_last or stop
+            if stop_on_nonfinite and (is_checkpoint or is_log):
+                _stop_if_nonfinite(int(first_bad_step), last_checkpoint, checkpointer)
+            if is_log:
+                sums = {k: float(v) for k, v in jax.device_get(totals).items()}
+                skipped = sums.pop("nonfinite")
+                skipped_total += int(skipped)
+                _stop_if_too_many_skipped(
+                    skipped_total, step, config, last_checkpoint, checkpointer
+                )
+                good = count - skipped
+                means = {k: v / good for k, v in sums.items()} if good else {}
+                means["skipped_steps"] = skipped
+                if timed_steps:
+                    elapsed = time.perf_counter() - timer_start
+                else:  # only the first step so far: report it, one-off costs included
+                    timed_steps, elapsed = 1, timer_start - first_step_started
+                means["images_per_sec"] = timed_steps * config.batch_size / max(elapsed, 1e-9)
+                if images_per_sec_to_mfu:
+                    means["mfu"] = means["images_per_sec"] * images_per_sec_to_mfu
+                means["learning_rate"] = float(metrics["learning_rate"])  # at this step
+                if evaluate and (step % config.eval_every == 0 or is_last):
+                    means.update(evaluate(state))
+                writer.write(step, means)
+                last_loss = means.get("loss", last_loss)
+                totals, count = None, 0
+                timer_start, timed_steps = time.perf_counter(), 0
+            if is_checkpoint:
+                _save(checkpointer, step, state, skipped_total, last_checkpoint)
+                last_checkpoint, first_bad_step = step, _NO_STEP
+                if visualize:
+                    visualize(state, step)
+            if stop:
+                checkpointer.wait()  # the checkpoint is on disk before we say so
+                signum = preemption.requested() or signal.SIGTERM
+                raise preemption.Interrupted(
+                    signum,
+                    f"stopped by {preemption.signal_name(signum)} at step {step}; its checkpoint "
+                    f"is saved in {checkpointer.path(step)}. Rerun the same command to resume.",
+                )
+    return state, last_loss, skipped_total
 
 
 _NO_STEP = np.iinfo(np.int32).max
 
 
+def _last_good(last_checkpoint: int, checkpointer) -> str:
+    if last_checkpoint == 0:
+        return "no checkpoint was saved yet"
+    return f"the last good checkpoint is step {last_checkpoint} in {checkpointer.directory}"
+
+
+def _save(checkpointer, step: int, state, skipped_total: int, last_checkpoint: int) -> None:
+    try:
+        checkpointer.save(step, state, counters={"skipped_steps": skipped_total})
+    except NonFiniteStateError as error:
+        raise NonFiniteLossError(
+            f"Not saving a checkpoint: {error}; {_last_good(last_checkpoint, checkpointer)}. "
+            "Lower the learning rate or check the data, then rerun to resume from it."
+        ) from None
+
+
 def _stop_if_nonfinite(first_bad_step: int, last_checkpoint: int, checkpointer) -> None:
     if first_bad_step != _NO_STEP:
         raise NonFiniteLossError(
-            f"The loss or a gradient became NaN/Inf at step {first_bad_step}; the last good "
-            f"checkpoint is step {last_checkpoint} in {checkpointer.directory}. Lower the "
-            "learning rate or check the data, then rerun to resume from it (or set "
-            "--config.nonfinite=skip to skip such steps)."
+            f"The loss, a gradient or the state became NaN/Inf at step {first_bad_step}; "
+            f"{_last_good(last_checkpoint, checkpointer)}. Lower the learning rate or check "
+            "the data, then rerun to resume from it (or set --config.nonfinite=skip to skip "
+            "such steps)."
+        )
+
+
+def _stop_if_too_many_skipped(
+    skipped_total: int, step: int, config, last_checkpoint: int, checkpointer
+) -> None:
+    """With `nonfinite=skip`, a run that skips more than
+    `max_skipped_fraction` of its steps (or every step) has failed."""
+    limit = config.max_skipped_fraction * config.train_steps
+    if skipped_total > limit or (skipped_total and skipped_total == step):
+        raise NonFiniteLossError(
+            f"{skipped_total} of the first {step} steps were skipped as NaN/Inf (the limit is "
+            f"config.max_skipped_fraction={config.max_skipped_fraction} of "
+            f"{config.train_steps} steps): the run failed; "
+            f"{_last_good(last_checkpoint, checkpointer)}. Lower the learning rate or check "
+            "the data."
         )

@@ -148,17 +148,39 @@ def test_probe_can_use_another_dataset(tmp_path):
     assert results["linear_probe"]["top5"] == 1.0
 
 
-def test_corrupt_checkpoint_is_one_clear_line_and_is_left_in_place(tmp_path):
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     workdir = tmp_path / "run"
     run_main(workdir, "--config.baselines.random_init=false")
     files = [p for p in (workdir / "checkpoints" / "6").rglob("*") if p.is_file()]
     for path in files:
         path.write_bytes(b"garbage")
-    before = {p: p.read_bytes() for p in files}
-    result = run_main(workdir, "--config.baselines.random_init=false", check=False)
-    assert result.returncode == 2
-    assert "Cannot restore the checkpoint" in result.stderr and "Traceback" not in result.stderr
-    assert {p: p.read_bytes() for p in files} == before
+    result = run_main(workdir, "--config.baselines.random_init=false")
+    warnings = [line for line in result.stderr.splitlines() if "moved to" in line]
+    assert len(warnings) == 1 and "checkpoints/6 cannot be read" in warnings[0]
+    assert "Resumed from the checkpoint of step 3" in result.stderr
+    # Kept for inspection, not deleted; the run trained steps 4-6 again.
+    moved = workdir / "corrupt_checkpoints" / "6"
+    assert sorted(p.read_bytes() for p in moved.rglob("*") if p.is_file()) == [b"garbage"] * len(
+        files
+    )
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
+        "3",
+        "6",
+    ]
+
+
+def test_when_no_checkpoint_is_usable_the_run_stops_and_moves_nothing(tmp_path):
+    workdir = tmp_path / "run"
+    quick = ("--config.baselines.random_init=false", "--config.keep_checkpoints=1")
+    run_main(workdir, *quick)
+    files = [p for p in (workdir / "checkpoints").rglob("*") if p.is_file()]
+    for path in files:
+        path.write_bytes(b"garbage")
+    result = run_main(workdir, *quick, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "No usable checkpoint" in result.stderr and "step 6 cannot be read" in result.stderr
+    assert all(p.read_bytes() == b"garbage" for p in files)
+    assert not (workdir / "corrupt_checkpoints").exists()
 
 
 def test_missing_tfds_dataset_is_one_clear_line(tmp_path):

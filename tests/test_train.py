@@ -73,7 +73,9 @@ def test_skip_mode_leaves_the_state_unchanged_on_a_poisoned_step(tmp_path):
     constant = {"warmup_steps": 0, "end_lr_fraction": 1.0}
 
     def run(name, steps):
-        config = _config(nonfinite="skip", train_steps=steps, checkpoint_every=steps)
+        config = _config(
+            nonfinite="skip", train_steps=steps, checkpoint_every=steps, max_skipped_fraction=0.5
+        )
         config.optimizer.update(constant)
         return train.train(config, str(tmp_path / name), arrays)
 
@@ -185,5 +187,7 @@ def test_the_step_and_the_evaluators_features_compile_once_even_across_a_resume(
 
     # A resumed run compiles its step once more, in its own process's life: once.
     config.train_steps = 12
-    _, summary = train.train(config, str(tmp_path), _arrays(), evaluator=evaluator)
+    _, summary = train.train(
+        config, str(tmp_path), _arrays(), evaluator=evaluator, allow_config_change=True
+    )
     assert summary["resumed_from_step"] == 8 and summary["step_perf"]["compilations"] == 1

@@ -109,6 +109,21 @@ def load_dataset(
 # ----------------------------------------------------------------------------- images
 
 
+_WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB. 16-bit greys are scaled (x / 257) to 8 bits:
+    PIL's own conversion saturates them, turning most of a 16-bit PNG white.
+    (A 32-bit "I" image whose values fit in 8 bits is kept as it is.)"""
+    if image.mode in _WIDE_GREY_MODES:
+        pixels = np.asarray(image, dtype=np.float64)
+        if image.mode != "I" or pixels.max(initial=0) > 255:
+            pixels = pixels / 257.0
+        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L")
+    return image.convert("RGB")  # Grey, palette, RGBA, CMYK -> 3 channels.
+
+
 def _square(image: Image.Image, size: int) -> np.ndarray:
     """Center-crops to a square and resizes to `size`, as RGB uint8 [size, size, 3].
 
@@ -118,7 +133,7 @@ def _square(image: Image.Image, size: int) -> np.ndarray:
     in every direction: a rotation pretext task cannot read the image's
     orientation from them.
     """
-    image = image.convert("RGB")  # Grey, palette, RGBA, CMYK -> 3 channels.
+    image = to_rgb(image)
     w, h = image.size
     side = min(w, h)
     box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
@@ -423,8 +438,13 @@ def _load_imagefolder(
     root = os.path.abspath(
         os.path.join(os.path.expanduser(data_dir or ""), os.path.expanduser(path))
     )
+    if not path.strip():
+        raise DatasetError(
+            "imagefolder: needs the folder's path, e.g. --config.dataset=imagefolder:/data/photos "
+            "(holding train/<class>/<image> and test/<class>/<image>)."
+        )
     layout = f"expected {root}/train/<class>/<image> and {root}/test/<class>/<image> (or val/)"
-    if not path or not os.path.isdir(root):
+    if not os.path.isdir(root):
         raise DatasetError(f"Image folder {root} does not exist; {layout}.")
     train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir):

@@ -428,6 +428,26 @@ def test_imagefolder_missing_root(tmp_path):
     assert str(missing) in message and "train/<class>/<image>" in message
 
 
+def test_imagefolder_without_a_path_says_so(tmp_path):
+    message = _error(load_dataset, "imagefolder:", "train", image_size=8, data_dir=str(tmp_path))
+    assert "needs the folder's path" in message
+
+
+def test_16_bit_grey_images_are_scaled_not_saturated(tmp_path):
+    root = tmp_path / "deep"
+    levels = (0, 1000, 30000, 65535)  # 16-bit values; 8-bit: 0, 4, 117, 255
+    for split in ("train", "test"):
+        for i, level in enumerate(levels):
+            path = root / split / "grey" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((6, 6), level, np.uint16)).save(path)
+            assert Image.open(path).mode.startswith("I")  # really a 16-bit PNG
+    ds = load_dataset(f"imagefolder:{root}", "train", image_size=6, cache_dir=str(tmp_path / "c"))
+    expected = np.rint(np.asarray(levels) / 257)
+    np.testing.assert_array_equal(ds.images[:, 0, 0, 0], expected)
+    assert (ds.images == ds.images[:, :1, :1, :1]).all()  # every pixel and channel alike
+
+
 def test_imagefolder_missing_split_dirs(tmp_path):
     root = tmp_path / "only_train"
     _write(root / "train/a/1.png", (8, 8), RED)

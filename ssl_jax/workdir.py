@@ -1,0 +1,281 @@
+"""What keeps a workdir trustworthy: one writer at a time, and one run identity.
+
+- `locked(workdir)`: an exclusive lock (`WORKDIR/ssl_jax.lock`, holding the
+  holder's host, pid and start time) that a second process meets with a
+  one-line error. It is an `flock` on the file, which the kernel drops when
+  its process dies, SIGKILL included, so a lock left by a killed run is
+  recognised as stale and taken over without a guess about pids.
+- `config_changes` / `save_config`: the config of a run with checkpoints
+  may change only in fields that cannot change what it computes (logging,
+  evaluation, checkpoint cadence); anything else is refused in one line naming
+  the fields, unless the change is asked for explicitly, and then it is
+  appended to `WORKDIR/config_history.jsonl`. `config.json` is written only
+  after that check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import logging
+import math
+import os
+import socket
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "ssl_jax.lock"
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "config_history.jsonl"
+
+# Config fields (dotted prefixes) that cannot change what a run computes: how
+# often it logs, evaluates and checkpoints, what the evaluators do afterwards,
+# where the data lives, and how it reacts to faults. Everything else (task,
+# model, data, batch, seed, optimizer, schedule, steps, precision...) is the
+# run's identity.
+RESULT_NEUTRAL_FIELDS = (
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "peak_tflops",
+    "data_dir",
+    "nonfinite",
+    "max_skipped_fraction",
+    "knn",
+    "probe",
+    "baselines",
+)
+
+
+class WorkdirError(RuntimeError):
+    """The workdir cannot be used as asked; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- the lock
+
+_held: dict[str, list[int]] = {}  # lock path -> [file descriptor, re-entry count]
+
+
+def _holder_text() -> str:
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return json.dumps(
+        {"host": socket.gethostname(), "pid": os.getpid(), "started": started, "argv": sys.argv}
+    )
+
+
+def _describe_holder(text: str) -> str:
+    try:
+        holder = json.loads(text)
+        return f"process {holder['pid']} on {holder['host']} (since {holder['started']})"
+    except (ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def locked(workdir: str) -> Iterator[None]:
+    """Holds the workdir's lock for the block. Re-entrant within a process, so
+    a run and the baseline runs nested in its workdir share one lock."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.realpath(os.path.join(workdir, LOCK_FILE))
+    if path in _held:
+        _held[path][1] += 1
+        try:
+            yield
+        finally:
+            _held[path][1] -= 1
+        return
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        previous = os.read(fd, 4096).decode(errors="replace").strip()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkdirError(
+                f"{workdir} is in use by {_describe_holder(previous)}: wait for that run to "
+                "end, or use another --workdir."
+            ) from None
+        except OSError as error:
+            # A filesystem without flock (some network mounts): fall back to
+            # the holder's pid, which only tells for a holder on this host.
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            _refuse_if_live_holder_here(workdir, previous)
+        if previous:
+            log.warning(
+                "Taking over the lock of %s in %s: it is no longer running.",
+                _describe_holder(previous),
+                workdir,
+            )
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, _holder_text().encode())
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+    _held[path] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _held[path]
+        # Empty means "released cleanly"; the file stays, so a process that
+        # opened it meanwhile still contends for the same lock.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # releases the flock
+
+
+def _refuse_if_live_holder_here(workdir: str, previous: str) -> None:
+    try:
+        holder = json.loads(previous) if previous else None
+    except ValueError:
+        holder = None
+    if (
+        holder
+        and holder.get("host") == socket.gethostname()
+        and holder.get("pid") != os.getpid()
+        and _pid_alive(int(holder.get("pid", -1)))
+    ):
+        raise WorkdirError(
+            f"{workdir} is in use by {_describe_holder(previous)}: wait for that run to end, "
+            "or use another --workdir."
+        )
+
+
+# ----------------------------------------------------------------------------- run identity
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _is_neutral(field: str) -> bool:
+    return any(field == f or field.startswith(f + ".") for f in RESULT_NEUTRAL_FIELDS)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def identity_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """{field: [old, new]} for every field outside `RESULT_NEUTRAL_FIELDS` that
+    differs (a field present on one side only counts, as `None` on the other)."""
+    old_flat, new_flat = _flatten(old), _flatten(new)
+    changes = {}
+    for field in sorted(old_flat.keys() | new_flat.keys()):
+        before, after = old_flat.get(field), new_flat.get(field)
+        if not _is_neutral(field) and not _same(before, after):
+            changes[field] = [before, after]
+    return changes
+
+
+def _as_json(config: Any) -> dict[str, Any]:
+    """The config as `config.json` stores it (tuples become lists), so a stored
+    and a new config compare equal when they are."""
+    plain = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return json.loads(json.dumps(plain))
+
+
+def read_config(workdir: str) -> dict[str, Any] | None:
+    path = os.path.join(workdir, CONFIG_FILE)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except ValueError as error:
+        raise WorkdirError(
+            f"{path} is not valid JSON ({error}); restore it, or move it away to accept the "
+            "current config for this run."
+        ) from None
+
+
+def _format_changes(changes: Mapping[str, list[Any]]) -> str:
+    return ", ".join(f"{field} {old!r} -> {new!r}" for field, (old, new) in changes.items())
+
+
+def config_changes(
+    workdir: str, config: Any, *, resuming: bool, allow_change: bool = False
+) -> dict[str, list[Any]]:
+    """The changes of `config` to the run's identity against the `config.json`
+    stored with the workdir's checkpoints ({} for a fresh start, where any
+    config goes). A change is refused in one line naming the fields unless
+    `allow_change`. Writes nothing: `save_config` does, after the restore."""
+    old = read_config(workdir) if resuming else None
+    changes = identity_changes(old, _as_json(config)) if old is not None else {}
+    if changes and not allow_change:
+        raise WorkdirError(
+            f"The config differs from the one of the checkpoints in {workdir} in what it "
+            f"computes: {_format_changes(changes)}. Rerun without these changes, use another "
+            "--workdir, or pass --allow_config_change to continue with them (recorded in "
+            f"{HISTORY_FILE})."
+        )
+    return changes
+
+
+def save_config(
+    workdir: str, config: Any, *, changes: Mapping[str, list[Any]], from_step: int
+) -> None:
+    """Writes `config.json`, and appends accepted `changes` (with the step
+    they apply from) to `config_history.jsonl`."""
+    if changes:
+        entry = {
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "from_step": from_step,
+            "changes": changes,
+        }
+        path = os.path.join(workdir, HISTORY_FILE)
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+        except OSError as error:
+            raise WorkdirError(f"Cannot write {path}: {error.strerror}.") from None
+        log.warning("Config changed from step %d on: %s", from_step, _format_changes(changes))
+    write_json(os.path.join(workdir, CONFIG_FILE), _as_json(config))
+
+
+def write_json(path: str, payload: Any) -> None:
+    """Writes JSON atomically (a temporary file renamed over the target), so a
+    kill or a full disk never leaves half a file; a failure names the file."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise WorkdirError(
+            f"Cannot write {path}: {error.strerror}. Free disk space (or fix permissions) and "
+            "rerun the same command; what was saved before is intact."
+        ) from None

@@ -1,0 +1,99 @@
+"""Checkpoints that are checked: finite before saving, fingerprinted, and a
+corrupt one replaced by the newest good one, never silently."""
+
+import logging
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssl_jax.checkpoint import CORRUPT_DIR, Checkpointer, CheckpointError, NonFiniteStateError
+
+
+def _state(step: int):
+    # Random values: constant arrays compress to a few bytes, real weights do not.
+    weights = np.random.default_rng(step).standard_normal((64, 32)).astype(np.float32)
+    return {"step": jnp.int32(step), "params": {"w": jnp.asarray(weights), "b": jnp.zeros((32,))}}
+
+
+def _saved(tmp_path, steps=(1, 2, 3), keep=3):
+    checkpointer = Checkpointer(str(tmp_path), keep=keep)
+    for step in steps:
+        checkpointer.save(step, _state(step), counters={"skipped_steps": step * 10})
+    checkpointer.close()
+    return Checkpointer(str(tmp_path), keep=keep)
+
+
+def _largest_array_file(directory):
+    """The biggest of the state's array data files (tensorstore's `d/` chunks)."""
+    chunks = [p for p in (directory / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    return max(chunks, key=lambda p: p.stat().st_size)
+
+
+def _flip_bytes(directory):
+    """Flips bytes in the middle of the largest array file, the way a bad disk
+    or a careless copy would: orbax's reader itself does not notice."""
+    biggest = _largest_array_file(directory)
+    data = bytearray(biggest.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 8):
+        data[i] ^= 0xFF
+    biggest.write_bytes(bytes(data))
+
+
+def test_round_trip_with_counters(tmp_path):
+    checkpointer = _saved(tmp_path)
+    step, state, counters = checkpointer.restore_latest(like=_state(0))
+    assert step == 3 and counters == {"skipped_steps": 30}
+    np.testing.assert_array_equal(state["params"]["w"], _state(3)["params"]["w"])
+    checkpointer.close()
+
+
+def test_a_state_with_nan_is_never_saved(tmp_path):
+    checkpointer = Checkpointer(str(tmp_path), keep=3)
+    bad = _state(1)
+    bad["params"]["b"] = bad["params"]["b"].at[3].set(jnp.nan)
+    with pytest.raises(NonFiniteStateError, match=r"step 7 holds NaN/Inf in \['params'\]\['b'\]"):
+        checkpointer.save(7, bad)
+    checkpointer.close()
+    assert checkpointer.latest_step() is None
+
+
+def test_flipped_bytes_fall_back_to_the_previous_checkpoint_with_a_warning(tmp_path, caplog):
+    checkpointer = _saved(tmp_path)
+    _flip_bytes(tmp_path / "checkpoints" / "3")
+    with caplog.at_level(logging.WARNING):
+        step, state, counters = checkpointer.restore_latest(like=_state(0))
+    assert step == 2 and counters == {"skipped_steps": 20}
+    np.testing.assert_array_equal(state["params"]["w"], _state(2)["params"]["w"])
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "checkpoints/3 is corrupt" in warning and "resuming from step 2" in warning
+    assert (tmp_path / CORRUPT_DIR / "3").is_dir()  # kept for inspection
+    assert sorted(checkpointer._manager.all_steps()) == [1, 2]
+    # Training goes on: step 3 can be saved again.
+    checkpointer.save(3, _state(3))
+    checkpointer.close()
+
+
+def test_a_missing_file_falls_back_too(tmp_path):
+    checkpointer = _saved(tmp_path)
+    _largest_array_file(tmp_path / "checkpoints" / "3").unlink()
+    step, _, _ = checkpointer.restore_latest(like=_state(0))
+    assert step == 2
+    checkpointer.close()
+
+
+def test_no_usable_checkpoint_is_an_error_that_moves_nothing(tmp_path):
+    checkpointer = _saved(tmp_path, steps=(1, 2), keep=2)
+    for step in (1, 2):
+        _flip_bytes(tmp_path / "checkpoints" / str(step))
+    with pytest.raises(CheckpointError, match="No usable checkpoint.*step 2 is corrupt.*step 1"):
+        checkpointer.restore_latest(like=_state(0))
+    assert not (tmp_path / CORRUPT_DIR).exists()
+    assert sorted(checkpointer._manager.all_steps()) == [1, 2]
+    checkpointer.close()
+
+
+def test_an_empty_workdir_has_nothing_to_restore(tmp_path):
+    checkpointer = Checkpointer(str(tmp_path), keep=1)
+    assert checkpointer.restore_latest(like=_state(0)) is None
+    checkpointer.close()
