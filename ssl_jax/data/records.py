@@ -1,0 +1,463 @@
+"""ArrayRecord datasets of encoded images: writing ours, reading ours and TFDS's.
+
+The streaming input path (`ssl_jax.data.streaming`) reads records at random
+through these sources, one record at a time, so its memory does not grow with
+the dataset. Every source has `len`, `source[i] -> {"image": bytes, "label":
+int, "key": str}`, `__getitems__`, `name`, `split`, `num_classes` and
+`class_names`, and pickles cheaply (readers are opened lazily, per process),
+so grain's worker processes can each hold one.
+
+Our format, written by `write_records` (and `python -m ssl_jax.prepare`):
+
+    <dir>/<split>-NNNNN-of-MMMMM.array_record   shards, "group_size:1" (one
+        record per chunk, for random access), uncompressed (JPEG/PNG bytes do
+        not compress); each record is a msgpack map
+        {"image": bytes (the encoded file as is), "label": int, "key": str}
+    <dir>/dataset_info.json                     written last: format version,
+        num_classes, class_names, per split its shards and their example
+        counts, and what produced it
+
+A directory without `dataset_info.json` is not a dataset: shards are written
+under temporary names, renamed when their split is complete, and the info file
+is written (atomically) only after every split, so a killed writer never
+leaves something that looks complete.
+
+`open_source("arrayrecord:/dir" | "tfds:NAME[/CONFIG][:VERSION]", split)`
+opens either kind. Split "test" falls back to "validation" or "val" where the
+dataset has no "test" split, as `ssl_jax.data.datasets` does.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import datetime
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import msgpack
+
+from ssl_jax.data.datasets import SPLITS, DatasetError, _only_feature
+
+INFO_FILE = "dataset_info.json"
+FORMAT = "ssl_jax.records"
+FORMAT_VERSION = 1
+DEFAULT_EXAMPLES_PER_SHARD = 1024
+# One record per chunk (random access reads one chunk); no compression of
+# already-compressed image bytes.
+_WRITER_OPTIONS = "group_size:1,uncompressed"
+_SHARD_RE = re.compile(r"^(?:\.tmp-)?[\w.-]+-\d{5}(?:-of-\d{5})?\.array_record$")
+# Where a split has no "test", evaluation uses these (the order is the preference).
+_TEST_FALLBACKS = ("test", "validation", "val")
+Record = dict[str, Any]  # {"image": bytes, "label": int, "key": str}
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One example to write: `key` names it in errors (e.g. the file's relative path)."""
+
+    key: str
+    image: bytes  # The encoded file (JPEG, PNG, ...), stored as is.
+    label: int
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return f"{split}-{index:05d}-of-{count:05d}.array_record"
+
+
+def encode_record(example: Example) -> bytes:
+    return msgpack.packb(
+        {"image": bytes(example.image), "label": int(example.label), "key": str(example.key)},
+        use_bin_type=True,
+    )
+
+
+def decode_record(data: bytes) -> Record:
+    """msgpack bytes -> {"image", "label", "key"}; ValueError saying what is malformed."""
+    try:
+        record = msgpack.unpackb(data, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise ValueError(f"not msgpack ({type(e).__name__}: {e})") from None
+    if not (
+        isinstance(record, dict)
+        and isinstance(record.get("image"), bytes)
+        and isinstance(record.get("label"), int)
+        and isinstance(record.get("key"), str)
+    ):
+        raise ValueError("not a {image: bytes, label: int, key: str} map")
+    return record
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_records(
+    out_dir: str,
+    splits: Mapping[str, Iterable[Example]],
+    *,
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+    examples_per_shard: int = DEFAULT_EXAMPLES_PER_SHARD,
+    producer: str = "",
+    overwrite: bool = False,
+) -> dict:
+    """Writes each split's examples into shards under `out_dir`; returns dataset_info.
+
+    The examples are consumed one at a time (never a whole split in memory).
+    A dataset already in `out_dir`, or shards a killed writer left there, are
+    an error unless `overwrite` (then they are removed first, the info file
+    before the shards). Files that are not shards are never touched. If the
+    call fails, the shards it wrote are removed again.
+    """
+    if not isinstance(examples_per_shard, int) or examples_per_shard < 1:
+        raise DatasetError(f"examples_per_shard must be a positive int, got {examples_per_shard}.")
+    if class_names is not None and len(class_names) != num_classes:
+        raise DatasetError(f"{len(class_names)} class names for {num_classes} classes.")
+    info_path = os.path.join(out_dir, INFO_FILE)
+    os.makedirs(out_dir, exist_ok=True)
+    stale = [e for e in os.listdir(out_dir) if _SHARD_RE.match(e)]
+    if not overwrite and os.path.exists(info_path):
+        raise DatasetError(
+            f"{out_dir} already holds a dataset; pass overwrite (prepare: --overwrite) "
+            "to replace it."
+        )
+    if not overwrite and stale:
+        raise DatasetError(
+            f"{out_dir} holds shards of an unfinished write (no {INFO_FILE}); "
+            "pass overwrite (prepare: --overwrite) to replace them."
+        )
+    # The info file goes first: from here on the directory does not look complete.
+    if os.path.exists(info_path):
+        os.remove(info_path)
+    for entry in stale:
+        os.remove(os.path.join(out_dir, entry))
+
+    written: list[str] = []  # Removed again if this call fails.
+    try:
+        info_splits = {
+            split: _write_split(out_dir, split, examples, num_classes, examples_per_shard, written)
+            for split, examples in splits.items()
+        }
+    except BaseException:
+        for path in written:
+            if os.path.exists(path):
+                os.remove(path)
+        raise
+
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "record": "msgpack map {image: bytes (encoded file), label: int, key: str}",
+        "num_classes": num_classes,
+        "class_names": list(class_names) if class_names is not None else None,
+        "splits": info_splits,
+        "producer": producer,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    _write_json_atomically(info_path, info)
+    return info
+
+
+def _write_split(
+    out_dir: str,
+    split: str,
+    examples: Iterable[Example],
+    num_classes: int,
+    examples_per_shard: int,
+    written: list[str],
+) -> dict:
+    """Streams one split into temporary shards, then renames them to their final names."""
+    from array_record.python import array_record_module
+
+    if not re.fullmatch(r"\w+", split):
+        raise DatasetError(f"Split name {split!r} must be letters, digits or '_'.")
+    temp_paths, counts, num_bytes, writer = [], [], 0, None
+    try:
+        for example in examples:
+            if not 0 <= example.label < num_classes:
+                raise DatasetError(
+                    f"Label {example.label} of {example.key} is outside [0, {num_classes})."
+                )
+            if writer is None or counts[-1] == examples_per_shard:
+                if writer is not None:
+                    writer.close()
+                name = f".tmp-{split}-{len(temp_paths):05d}.array_record"
+                temp_paths.append(os.path.join(out_dir, name))
+                written.append(temp_paths[-1])
+                writer = array_record_module.ArrayRecordWriter(temp_paths[-1], _WRITER_OPTIONS)
+                counts.append(0)
+            data = encode_record(example)
+            writer.write(data)
+            counts[-1] += 1
+            num_bytes += len(data)
+    finally:
+        if writer is not None:
+            writer.close()
+    if not counts:
+        raise DatasetError(f"Split {split!r} has no examples to write.")
+    shards = []
+    for index, (temp, count) in enumerate(zip(temp_paths, counts, strict=True)):
+        name = shard_name(split, index, len(counts))
+        os.replace(temp, os.path.join(out_dir, name))
+        written.append(os.path.join(out_dir, name))
+        shards.append({"file": name, "num_examples": count})
+    return {"num_examples": sum(counts), "num_bytes": num_bytes, "shards": shards}
+
+
+def _write_json_atomically(path: str, value: dict) -> None:
+    fd, temp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        os.remove(temp)
+        raise
+
+
+# ----------------------------------------------------------------------------- reading ours
+
+
+def read_info(directory: str) -> dict:
+    """The dataset_info.json of a records directory, checked; DatasetError if absent or bad."""
+    path = os.path.join(directory, INFO_FILE)
+    if not os.path.isdir(directory):
+        raise DatasetError(f"Records directory {directory} does not exist; write it with prepare.")
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        raise DatasetError(
+            f"{directory} has no {INFO_FILE}: not a records dataset, or its writer was "
+            "stopped before the end; (re)run python -m ssl_jax.prepare."
+        ) from None
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"Cannot read {path}: {e}; re-run ssl_jax.prepare.") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise DatasetError(f"{path} is not an {FORMAT} info file.")
+    if info.get("format_version") != FORMAT_VERSION:
+        raise DatasetError(
+            f"{path} has format version {info.get('format_version')}, this code reads "
+            f"{FORMAT_VERSION}; re-run ssl_jax.prepare."
+        )
+    if not isinstance(info.get("splits"), dict) or not isinstance(info.get("num_classes"), int):
+        raise DatasetError(f"{path} lacks 'splits' or 'num_classes'; re-run ssl_jax.prepare.")
+    return info
+
+
+class RecordSource:
+    """Random access to one split of a directory written by `write_records`."""
+
+    def __init__(self, directory: str, split: str):
+        self.directory = os.path.abspath(directory)
+        info = read_info(self.directory)
+        self.split = _pick_split(split, list(info["splits"]), f"arrayrecord:{self.directory}")
+        self.name = f"arrayrecord:{self.directory}"
+        self.num_classes = int(info["num_classes"])
+        names = info.get("class_names")
+        self.class_names = tuple(names) if names is not None else None
+        shards = info["splits"][self.split]["shards"]
+        self._files = [os.path.join(self.directory, s["file"]) for s in shards]
+        self._counts = [int(s["num_examples"]) for s in shards]
+        for path in self._files:
+            if not os.path.isfile(path):
+                raise DatasetError(f"Shard {path} is missing; re-run ssl_jax.prepare.")
+        self._starts = [0]
+        for count in self._counts:
+            self._starts.append(self._starts[-1] + count)
+        self._source = None  # Opened lazily in each process that reads.
+
+    def __getstate__(self):
+        return {**self.__dict__, "_source": None}  # Readers are per process.
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def _data_source(self):
+        if self._source is None:
+            from array_record.python.array_record_data_source import ArrayRecordDataSource
+
+            # "path[0:n]" tells the reader the shard's length, so opening a split does
+            # not open every shard; each is opened on its first read.
+            self._source = ArrayRecordDataSource(
+                [f"{p}[0:{n}]" for p, n in zip(self._files, self._counts, strict=True)]
+            )
+        return self._source
+
+    def where(self, index: int) -> str:
+        """Names record `index` for error messages: its shard file and position in it."""
+        shard = bisect.bisect_right(self._starts, index) - 1
+        position = index - self._starts[shard]
+        return (
+            f"{index} of {self.name} split {self.split} "
+            f"(shard {self._files[shard]}, record {position})"
+        )
+
+    def __getitem__(self, index: int) -> Record:
+        index = _check_index(index, len(self))
+        try:
+            return decode_record(self._data_source()[index])
+        except (RuntimeError, ValueError, OSError) as e:  # Riegeli's errors are RuntimeErrors.
+            raise self._error(index, e) from None
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Record]:
+        """Reads many records at once (ArrayRecord reads each shard's in parallel)."""
+        indices = [_check_index(i, len(self)) for i in indices]
+        try:
+            return [decode_record(d) for d in self._data_source().__getitems__(indices)]
+        except (RuntimeError, ValueError, OSError):
+            return [self[i] for i in indices]  # One by one, to name the bad record.
+
+    def _error(self, index: int, error: BaseException) -> DatasetError:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        return DatasetError(
+            f"Cannot read record {self.where(index)}: {reason}. The shard is damaged: "
+            "re-run ssl_jax.prepare."
+        )
+
+
+def _check_index(index: int, length: int) -> int:
+    index = int(index)
+    if not 0 <= index < length:
+        raise IndexError(f"Record index {index} outside [0, {length}).")
+    return index
+
+
+def _pick_split(split: str, available: list[str], name: str) -> str:
+    if split not in SPLITS:
+        raise DatasetError(f"Unknown split {split!r}: use one of {', '.join(SPLITS)}.")
+    wanted = [split] if split == "train" else list(_TEST_FALLBACKS)
+    chosen = next((s for s in wanted if s in available), None)
+    if chosen is None:
+        raise DatasetError(f"{name} has no split {' or '.join(wanted)}; it has {available}.")
+    return chosen
+
+
+# ----------------------------------------------------------------------------- reading tfds
+
+
+class TfdsSource:
+    """Random access to a TFDS dataset prepared in ArrayRecord format, without TensorFlow.
+
+    Images stay encoded (tfds's `SkipDecoding`); keys are `tfds:SPEC[split][i]`,
+    as in `ssl_jax.data.datasets`.
+    """
+
+    def __init__(self, spec: str, split: str, data_dir: str | None = None):
+        self.spec, self.data_dir = spec, data_dir
+        builder = self._builder()
+        self.name = f"tfds:{spec}"
+        self.split = _pick_split(split, list(builder.info.splits), self.name)
+        self._length = builder.info.splits[self.split].num_examples
+        import tensorflow_datasets as tfds
+
+        features = builder.info.features
+        self._image_key = _only_feature(features, tfds.features.Image, "image", spec)
+        self._label_key = _only_feature(features, tfds.features.ClassLabel, "label", spec)
+        self.num_classes = features[self._label_key].num_classes
+        self.class_names = tuple(features[self._label_key].names)
+        self._source = None
+        self._data_source()  # Fails now, not in a worker, if the format is wrong.
+
+    def __getstate__(self):
+        # tfds's own source pickles its builder's info, which a worker process cannot
+        # always rebuild (a builder class defined at run time); we reopen by name.
+        return {**self.__dict__, "_source": None}
+
+    def _builder(self):
+        import tensorflow_datasets as tfds  # Lazy: importing tfds takes a moment.
+
+        try:
+            builder = tfds.builder(self.spec, data_dir=self.data_dir)
+        except ValueError as e:  # Includes tfds's DatasetNotFoundError.
+            where = self.data_dir or "the default tfds data_dir"
+            raise DatasetError(
+                f"tfds does not know {self.spec!r} and found no prepared copy in {where} "
+                f"({type(e).__name__}); check the name in the tfds catalog."
+            ) from None
+        if not builder.is_prepared():
+            raise DatasetError(
+                f"tfds:{self.spec} is not prepared in {builder.data_dir_root}. "
+                f"{_tfds_prepare_hint(self.spec, builder.data_dir_root)}"
+            )
+        return builder
+
+    def _data_source(self):
+        if self._source is None:
+            import tensorflow_datasets as tfds
+
+            builder = self._builder()
+            try:
+                self._source = builder.as_data_source(
+                    split=self.split, decoders={self._image_key: tfds.decode.SkipDecoding()}
+                )
+            except NotImplementedError:  # Prepared as TFRecord: needs TensorFlow to read.
+                raise DatasetError(
+                    f"tfds:{self.spec} is not in ArrayRecord format. "
+                    f"{_tfds_prepare_hint(self.spec, builder.data_dir_root)}"
+                ) from None
+        return self._source
+
+    def __len__(self) -> int:
+        return self._length
+
+    def where(self, index: int) -> str:
+        return f"{self.name}[{self.split}][{index}]"
+
+    def __getitem__(self, index: int) -> Record:
+        index = _check_index(index, len(self))
+        try:
+            example = self._data_source()[index]
+            image, label = example[self._image_key], int(example[self._label_key])
+        except (RuntimeError, ValueError, OSError, KeyError, TypeError) as e:
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise DatasetError(f"Cannot read record {self.where(index)}: {reason}.") from None
+        if not isinstance(image, bytes):
+            raise DatasetError(f"Record {self.where(index)} holds no encoded image.")
+        return {"image": image, "label": label, "key": self.where(index)}
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Record]:
+        return [self[i] for i in indices]
+
+
+def _tfds_prepare_hint(spec: str, data_dir_root: str) -> str:
+    return (
+        "Prepare it once (needs network and TensorFlow, e.g. in a separate env with "
+        f"`pip install tensorflow tensorflow-datasets`): tfds build {spec} "
+        f"--data_dir={data_dir_root} --file_format=array_record"
+    )
+
+
+# ----------------------------------------------------------------------------- opening
+
+
+def source_names() -> list[str]:
+    return ["arrayrecord:/path/to/dir", "tfds:NAME[/CONFIG][:VERSION]"]
+
+
+def open_source(spec: str, split: str, *, data_dir: str | None = None):
+    """Opens `split` ("train" or "test") of `arrayrecord:DIR` or `tfds:NAME`.
+
+    A relative DIR is taken relative to `data_dir` when one is given; for tfds,
+    `data_dir` is tfds's data directory.
+    """
+    kind, _, arg = spec.partition(":")
+    if kind == "arrayrecord" and arg:
+        path = os.path.join(os.path.expanduser(data_dir or ""), os.path.expanduser(arg))
+        return RecordSource(path, split)
+    if kind == "tfds" and arg:
+        if split not in SPLITS:
+            raise DatasetError(f"Unknown split {split!r}: use one of {', '.join(SPLITS)}.")
+        return TfdsSource(arg, split, data_dir)
+    hint = ""
+    if kind == "imagefolder":
+        hint = " Convert an image folder first: python -m ssl_jax.prepare --source=... --out=DIR."
+    raise DatasetError(
+        f"Unknown streaming source {spec!r}: use {' or '.join(source_names())}.{hint}"
+    )

@@ -1,0 +1,359 @@
+"""Streaming input: records read at random, decoded and cropped on grain workers.
+
+The in-memory path (`datasets` + `pipeline`) decodes a whole split into host
+RAM once; this one keeps the images encoded on disk (`records`: our ArrayRecord
+shards or a TFDS ArrayRecord dataset) and builds each batch when it is needed,
+so memory does not grow with the dataset and the random-resized crop is taken
+from the original image (`decode.crops`).
+
+    ds = StreamingDataset("arrayrecord:/data/imagenet", "train")
+    with ds.host_batches(batch_size=1024, seed=0, start_step=step,
+                         process_index=jax.process_index(),
+                         process_count=jax.process_count(),
+                         transform=crop_transform(decode.RECIPES["simclr"]),
+                         num_workers=8) as batches:
+        for batch in batches: ...   # this process's rows of each global batch
+
+Order and randomness are the in-memory path's: the global batch at step `s` is
+`pipeline.batch_indices(num_examples, batch_size, seed, s)` (one seeded
+permutation per epoch), process `p` of `P` takes rows `[p*B/P, (p+1)*B/P)`,
+and row `r` is transformed with `np.random.default_rng([seed, s, r])`. So a
+batch is a pure function of (seed, step): resuming at `start_step=k` needs no
+iterator state, and the process count and worker count change nothing.
+
+Each host batch is a dict of numpy arrays with a leading batch axis: the
+transform's outputs, `label` (int32) and `skipped` (int32, see below).
+
+Bad records (`on_bad_record`): "stop" (default) ends the iteration with one
+`DatasetError` line naming the record (index, shard or key). "skip" replaces a
+record that cannot be read or decoded by the record at the next position of
+the epoch stream (the next row's record, or the one after, ...), transformed
+with the original row's generator, so the replacement is deterministic too;
+`batch["skipped"][i]` counts the bad records passed over for row i, and
+`batch["skipped"].sum()` is the number of skipped examples in the batch (the
+loop logs it as `skipped_examples`; a per-row array shards over devices like
+every other key).
+
+Workers: each global step is mapped in one piece by one grain worker process
+(`num_workers` of them, round robin, in order), which reads its rows, decodes,
+crops and stacks them; the main process only receives finished batches through
+shared memory. Mapping per example and batching in the main process cost more
+CPU for the same batches (on 2 cores: 460 vs 590 images per CPU-second of the
+process tree, and 17 vs 2.5 ms of the main process's CPU per batch of 64 at
+224 px: experiments/data_benchmark.py, section "mapping"); the main process is
+the one that also drives the accelerator. `num_workers=0` runs everything in
+the calling process (tests, debugging). Iterators are closable (`close()`, or
+use them as context managers); closing stops the workers. A program using
+workers must guard its entry point (`if __name__ == "__main__":`): grain starts
+them with "spawn".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from ssl_jax.data import decode, pipeline, records
+from ssl_jax.data.datasets import DatasetError
+
+Transform = Callable[[records.Record, np.random.Generator], dict[str, np.ndarray]]
+ON_BAD_RECORD = ("stop", "skip")
+# "skip" gives up after this many unreadable records in a row: a dataset that
+# bad needs fixing, not skipping.
+MAX_CONSECUTIVE_BAD = 100
+_RESERVED_KEYS = ("label", "skipped", "mask")
+_ENDLESS = 2**62  # Steps of an endless stream (grain needs a length).
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def crop_transform(specs, flip_probability: float = 0.5, draft: bool = True) -> Transform:
+    """Decode + random-resized crops (`decode.crops`) per record.
+
+    Spec `i` gives key `image` (i = 0) or `image_<i>`, shaped [size, size, 3]
+    when its count is 1, else [count, size, size, 3].
+    """
+    return functools.partial(_crop_record, tuple(specs), flip_probability, draft)
+
+
+def _crop_record(specs, flip_probability, draft, record, rng) -> dict[str, np.ndarray]:
+    out = decode.crops(
+        record["image"],
+        specs,
+        rng,
+        key=record["key"],
+        flip_probability=flip_probability,
+        draft=draft,
+    )
+    return {
+        "image" if i == 0 else f"image_{i}": crop[0] if spec.count == 1 else crop
+        for i, (spec, crop) in enumerate(zip(specs, out, strict=True))
+    }
+
+
+def center_transform(size: int) -> Transform:
+    """Decode + the evaluation transform (`decode.center_square`): key `image`, [size, size, 3]."""
+    return functools.partial(_center_record, size)
+
+
+def _center_record(size, record, rng) -> dict[str, np.ndarray]:
+    del rng  # Deterministic.
+    return {
+        "image": decode.center_square(decode.decode_image(record["image"], record["key"]), size)
+    }
+
+
+# ----------------------------------------------------------------------------- loading rows
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failure:
+    """Returned (not raised) by a worker, so the error reaches the consumer as one line
+    instead of a traceback dumped and re-raised across processes."""
+
+    message: str
+
+
+def _load(source, transform: Transform, index: int, rng_seed: list[int]) -> tuple[dict, int]:
+    """(transform outputs, label) of record `index`; DatasetError naming it if bad."""
+    record = source[index]
+    try:
+        out = transform(record, np.random.default_rng(rng_seed))
+    except DatasetError as e:
+        message = str(e)
+        if record["key"] not in message:
+            message = f"{message} (key {record['key']})"
+        raise DatasetError(f"{message} [record {source.where(index)}]") from None
+    return out, record["label"]
+
+
+def _train_row(source, transform, seed, step, row, batch_size, index, on_bad):
+    """(outputs, label, bad records skipped) of one row of the global batch at `step`."""
+    rng_seed = [seed, step, row]
+    try:
+        return (*_load(source, transform, index, rng_seed), 0)
+    except DatasetError as error:
+        if on_bad == "stop":
+            raise
+        last = error
+    # "skip": the record at the next position of the endless stream (one epoch
+    # permutation after another) that loads. batch_indices with batch size 1 is
+    # the record at one position.
+    position = step * batch_size + row
+    for skipped in range(1, MAX_CONSECUTIVE_BAD):
+        index = int(pipeline.batch_indices(len(source), 1, seed, position + skipped)[0])
+        try:
+            return (*_load(source, transform, index, rng_seed), skipped)
+        except DatasetError as error:
+            last = error
+    raise DatasetError(f"{MAX_CONSECUTIVE_BAD} records in a row are unreadable, the last: {last}")
+
+
+def _train_batch(step, *, source, transform, batch_size, seed, rows, on_bad):
+    """This process's rows of the global batch at `step`, stacked (runs on a worker)."""
+    indices = pipeline.batch_indices(len(source), batch_size, seed, step)
+    try:
+        examples = [
+            _train_row(source, transform, seed, step, row, batch_size, int(indices[row]), on_bad)
+            for row in rows
+        ]
+    except DatasetError as error:
+        hint = "; on_bad_record='skip' would skip it." if on_bad == "stop" else ""
+        return _Failure(f"{error}{hint}")
+    return _stack(examples)
+
+
+def _stack(examples: list[tuple[dict, int, int]], mask: list[bool] | None = None) -> dict:
+    outputs = [out for out, _, _ in examples]
+    keys = outputs[0].keys()
+    clash = [k for k in keys if k in _RESERVED_KEYS]
+    if clash:
+        raise ValueError(f"A transform must not return the keys {clash}: the loader sets them.")
+    batch = {k: np.stack([np.asarray(o[k]) for o in outputs]) for k in keys}
+    batch["label"] = np.array([label for _, label, _ in examples], np.int32)
+    batch["skipped"] = np.array([skipped for _, _, skipped in examples], np.int32)
+    if mask is not None:
+        batch["mask"] = np.array(mask, bool)
+    return batch
+
+
+def _eval_batch(number, *, source, transform, batch_size, seed, on_bad):
+    """Batch `number` of the split in order; rows past the end (and skipped ones) are
+    zeros with mask False."""
+    start = number * batch_size
+    indices = range(start, min(start + batch_size, len(source)))
+    loaded = []
+    for index in indices:
+        try:
+            out, label = _load(source, transform, index, [seed, index])
+            loaded.append((out, label, 0))
+        except DatasetError as error:
+            if on_bad == "stop":
+                return _Failure(f"{error}; on_bad_record='skip' would mask it out.")
+            loaded.append(None)
+    good = next((example for example in loaded if example is not None), None)
+    if good is None:
+        return _Failure(
+            f"Every record of {source.name} in [{start}, {indices.stop}) is unreadable."
+        )
+    blank = ({k: np.zeros_like(v) for k, v in good[0].items()}, 0, 0)
+    mask = [example is not None for example in loaded] + [False] * (batch_size - len(loaded))
+    examples = [example or (blank[0], 0, 1) for example in loaded]
+    examples += [blank] * (batch_size - len(loaded))
+    return _stack(examples, mask)
+
+
+# ----------------------------------------------------------------------------- iterators
+
+
+class Batches(Iterator[dict[str, np.ndarray]]):
+    """Host batches from a grain pipeline; `close()` (or leaving a `with`) stops its workers."""
+
+    def __init__(self, grain_dataset):
+        self._iterator = iter(grain_dataset)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._iterator is None:
+            raise StopIteration
+        try:
+            item = next(self._iterator)
+        except BaseException:  # The end, or a bug in a transform: stop the workers either way.
+            self.close()
+            raise
+        if isinstance(item, _Failure):
+            self.close()
+            raise DatasetError(item.message)
+        return item
+
+    def close(self) -> None:
+        iterator, self._iterator = self._iterator, None
+        if iterator is not None:
+            iterator.close()
+
+    def __enter__(self) -> Batches:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+
+def _pipeline(steps, load: Callable, num_workers: int, prefetch: int) -> Batches:
+    import grain  # Lazy: importing grain takes most of a second.
+
+    dataset = steps.map(load).to_iter_dataset(
+        # Each process computes one batch at a time; parallelism comes from the
+        # worker processes (threads would fight over the GIL in Python code).
+        grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+    )
+    if num_workers > 0:
+        from absl import flags
+
+        # grain reads absl flags when it starts workers; a program that does not
+        # parse them (a test, a notebook) would get UnparsedFlagAccessError.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        dataset = dataset.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch)
+        )
+    return Batches(dataset)
+
+
+class StreamingDataset:
+    """One split of a streamed dataset (`arrayrecord:/dir` or `tfds:NAME`, see `records`)."""
+
+    def __init__(self, spec: str, split: str, data_dir: str | None = None):
+        self.source = records.open_source(spec, split, data_dir=data_dir)
+        self.name: str = self.source.name
+        self.split: str = self.source.split  # e.g. "validation" where "test" was asked for.
+        self.num_examples: int = len(self.source)
+        self.num_classes: int = self.source.num_classes
+        self.class_names: tuple[str, ...] | None = self.source.class_names
+
+    def host_batches(
+        self,
+        *,
+        batch_size: int,
+        seed: int,
+        transform: Transform,
+        start_step: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+        num_workers: int = 0,
+        on_bad_record: str = "stop",
+        prefetch: int = 2,
+    ) -> Batches:
+        """This process's rows of the global batches of steps `start_step`, `start_step + 1`, ...
+
+        Endless (epoch after epoch). `prefetch` batches are buffered per worker.
+        """
+        _check_options(num_workers, on_bad_record, prefetch)
+        if not 0 <= process_index < process_count or batch_size % process_count:
+            raise ValueError(
+                f"batch_size={batch_size} must divide over process_count={process_count} "
+                f"and process_index={process_index} lie in [0, {process_count})."
+            )
+        if batch_size < 1 or start_step < 0:
+            raise ValueError(
+                f"Need batch_size >= 1 and start_step >= 0, got {batch_size}, {start_step}."
+            )
+        per_process = batch_size // process_count
+        load = functools.partial(
+            _train_batch,
+            source=self.source,
+            transform=transform,
+            batch_size=batch_size,
+            seed=seed,
+            rows=range(process_index * per_process, (process_index + 1) * per_process),
+            on_bad=on_bad_record,
+        )
+        import grain
+
+        steps = grain.MapDataset.range(start_step, _ENDLESS)
+        return _pipeline(steps, load, num_workers, prefetch)
+
+    def iterate(
+        self,
+        batch_size: int,
+        transform: Transform,
+        *,
+        num_workers: int = 0,
+        on_bad_record: str = "stop",
+        prefetch: int = 2,
+        seed: int = 0,
+    ) -> Batches:
+        """The whole split once, in order, for evaluation and feature extraction.
+
+        Every batch has exactly `batch_size` rows (one compiled shape) and a bool
+        `mask`: False for the zero rows padding the last batch and, with "skip",
+        for unreadable records (counted in `skipped`). Row i's transform gets
+        `np.random.default_rng([seed, i])`.
+        """
+        _check_options(num_workers, on_bad_record, prefetch)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        load = functools.partial(
+            _eval_batch,
+            source=self.source,
+            transform=transform,
+            batch_size=batch_size,
+            seed=seed,
+            on_bad=on_bad_record,
+        )
+        import grain
+
+        steps = grain.MapDataset.range(-(-self.num_examples // batch_size))
+        return _pipeline(steps, load, num_workers, prefetch)
+
+
+def _check_options(num_workers: int, on_bad_record: str, prefetch: int) -> None:
+    if on_bad_record not in ON_BAD_RECORD:
+        raise ValueError(f"on_bad_record must be one of {ON_BAD_RECORD}, got {on_bad_record!r}.")
+    if num_workers < 0 or prefetch < 1:
+        raise ValueError(f"Need num_workers >= 0 and prefetch >= 1, got {num_workers}, {prefetch}.")

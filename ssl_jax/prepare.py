@@ -1,0 +1,226 @@
+"""Writes a dataset's images, still encoded, into ArrayRecord shards for streaming.
+
+    python -m ssl_jax.prepare --source=imagefolder:/data/imagenet --out=/data/imagenet_records
+    python -m ssl_jax.prepare --source=tfds:imagenette --data_dir=~/tensorflow_datasets \
+        --out=/data/imagenette_records
+
+An image folder is `root/train/<class>/<image>` plus `root/test/<class>/...`
+(or `root/val/...`), with the classes (and their label order) taken from
+train/, as `ssl_jax.data.datasets` reads it; its test split is written under
+its folder's name ("test" or "val"). A tfds source (prepared in ArrayRecord
+format) is copied split by split ("train" and "test", or "validation").
+
+Files are copied byte for byte (fast; memory bounded: examples stream through
+a small window). `--verify` decodes every image once on a thread pool and stops
+at the first one that cannot be decoded, naming it. The output is readable as
+`arrayrecord:<out>` by `ssl_jax.data.streaming` (see `ssl_jax.data.records`
+for the format). Bad input ends with one line on stderr and exit code 2
+(`--verbose` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+from ssl_jax.data import decode, records
+from ssl_jax.data.datasets import IMAGE_EXTENSIONS, DatasetError, _visible_entries
+
+_SOURCE = flags.DEFINE_string("source", None, "imagefolder:/path/to/root or tfds:NAME.")
+_OUT = flags.DEFINE_string("out", None, "Directory to write the shards and dataset_info.json into.")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "tfds data_dir; or the base of a relative image-folder path."
+)
+_EXAMPLES_PER_SHARD = flags.DEFINE_integer(
+    "examples_per_shard", records.DEFAULT_EXAMPLES_PER_SHARD, "Examples per shard file."
+)
+_VERIFY = flags.DEFINE_bool("verify", False, "Decode every image once; stop at a broken one.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a dataset (or leftovers) in --out.")
+_THREADS = flags.DEFINE_integer("threads", os.cpu_count() or 1, "Threads reading and verifying.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks.")
+flags.mark_flags_as_required(["source", "out"])
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def list_imagefolder(root: str) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
+    """(classes, {split: [(file, label), ...]}) of an image folder, splits "train" and the
+    first of "test", "val" present; the rules and messages of `datasets`' image folder."""
+    layout = f"expected {root}/train/<class>/<image> and {root}/test/<class>/<image> (or val/)"
+    if not os.path.isdir(root):
+        raise DatasetError(f"Image folder {root} does not exist; {layout}.")
+    train_dir = os.path.join(root, "train")
+    if not os.path.isdir(train_dir):
+        raise DatasetError(f"Image folder has no {train_dir}; {layout}.")
+    classes = [c for c in _visible_entries(train_dir) if os.path.isdir(os.path.join(train_dir, c))]
+    test = next((n for n in ("test", "val") if os.path.isdir(os.path.join(root, n))), None)
+    if test is None:
+        raise DatasetError(f"Image folder has no {root}/test or {root}/val; {layout}.")
+
+    splits = {}
+    for split in ("train", test):
+        split_dir, files = os.path.join(root, split), []
+        for c in _visible_entries(split_dir):
+            class_dir = os.path.join(split_dir, c)
+            if not os.path.isdir(class_dir):
+                continue
+            if c not in classes:
+                raise DatasetError(
+                    f"Class directory {class_dir} has no counterpart in {train_dir}; "
+                    "add it to train/ or remove it."
+                )
+            files += [
+                (os.path.join(class_dir, f), classes.index(c))
+                for f in _visible_entries(class_dir)
+                if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+            ]
+        if not files:
+            extensions = " ".join(sorted(IMAGE_EXTENSIONS))
+            raise DatasetError(f"No images ({extensions}) under {split_dir}/<class>/; {layout}.")
+        splits[split] = files
+    return classes, splits
+
+
+def _read_file(root: str, verify: bool, item: tuple[str, int]) -> records.Example:
+    path, label = item
+    key = os.path.relpath(path, root)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise DatasetError(f"Cannot read {path}: {e.strerror or e}.") from None
+    if verify:
+        decode.decode_image(data, path)  # Raises DatasetError naming the file.
+    return records.Example(key, data, label)
+
+
+def _ordered_map(fn: Callable, items: Iterable, threads: int) -> Iterator:
+    """fn over items on a thread pool, in order, with at most 4 * threads in flight
+    (PIL and file reads release the GIL; the window bounds memory)."""
+    pending: collections.deque = collections.deque()
+    pool = concurrent.futures.ThreadPoolExecutor(max(threads, 1))
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 4 * max(threads, 1):
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _imagefolder_splits(path: str, data_dir: str | None, verify: bool, threads: int):
+    root = os.path.abspath(
+        os.path.join(os.path.expanduser(data_dir or ""), os.path.expanduser(path))
+    )
+    classes, splits = list_imagefolder(root)
+    read = lambda item: _read_file(root, verify, item)
+    examples = {split: _ordered_map(read, files, threads) for split, files in splits.items()}
+    return examples, classes
+
+
+def _tfds_splits(spec: str, data_dir: str | None, verify: bool, threads: int):
+    sources = [records.TfdsSource(spec, split, data_dir) for split in ("train", "test")]
+
+    def read(source: records.TfdsSource, index: int) -> records.Example:
+        record = source[index]
+        if verify:
+            decode.decode_image(record["image"], record["key"])
+        return records.Example(record["key"], record["image"], record["label"])
+
+    examples = {
+        s.split: _ordered_map(lambda i, s=s: read(s, i), range(len(s)), threads) for s in sources
+    }
+    return examples, list(sources[0].class_names)
+
+
+_SOURCES = {"imagefolder": _imagefolder_splits, "tfds": _tfds_splits}
+
+
+def prepare(
+    source: str,
+    out: str,
+    *,
+    data_dir: str | None = None,
+    examples_per_shard: int = records.DEFAULT_EXAMPLES_PER_SHARD,
+    verify: bool = False,
+    overwrite: bool = False,
+    threads: int = 1,
+) -> dict:
+    """Writes `source` into `out`; returns the dataset_info written."""
+    kind, _, arg = source.partition(":")
+    if kind not in _SOURCES or not arg:
+        raise DatasetError(f"Unknown source {source!r}: use imagefolder:/path or tfds:NAME.")
+    examples, classes = _SOURCES[kind](arg, data_dir, verify, threads)
+    return records.write_records(
+        os.path.expanduser(out),
+        examples,
+        num_classes=len(classes),
+        class_names=classes,
+        examples_per_shard=examples_per_shard,
+        producer=f"ssl_jax.prepare --source={source}" + (" --verify" if verify else ""),
+        overwrite=overwrite,
+    )
+
+
+def _summary(info: dict, out: str, seconds: float) -> str:
+    lines = [f"wrote {os.path.abspath(out)} ({info['num_classes']} classes, {seconds:.1f} s)"]
+    for split, s in info["splits"].items():
+        lines.append(
+            f"  {split}: {s['num_examples']:,} examples, {len(s['shards'])} shard(s), "
+            f"{s['num_bytes'] / 1e6:,.1f} MB"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    # tfds logs every metadata read at INFO through absl: keep that for --verbose.
+    absl_logging.set_verbosity(absl_logging.INFO if _VERBOSE.value else absl_logging.WARNING)
+    start = time.perf_counter()
+    try:
+        info = prepare(
+            _SOURCE.value,
+            _OUT.value,
+            data_dir=_DATA_DIR.value,
+            examples_per_shard=_EXAMPLES_PER_SHARD.value,
+            verify=_VERIFY.value,
+            overwrite=_OVERWRITE.value,
+            threads=_THREADS.value,
+        )
+    except (DatasetError, OSError, ValueError) as error:
+        if _VERBOSE.value:
+            raise
+        print(f"prepare: error: {' '.join(str(error).split())}", file=sys.stderr)
+        sys.exit(2)
+    print(_summary(info, _OUT.value, time.perf_counter() - start))
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, but a bad or missing flag is one line and exit code 2."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        if "--verbose" in argv:
+            raise
+        print(f"prepare: error: {error} (see --helpfull)", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)
