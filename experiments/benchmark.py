@@ -99,7 +99,9 @@ def measure(config, arrays, mesh, peak: tuple[float, str]) -> dict[str, Any]:
         config.optimizer, batch_size=batch_size, total_steps=config.train_steps
     )
     state = jax.device_put(train.init_state(trained, tx), pipeline.replicated(mesh))
-    step_fn = train.make_train_step(trained.graphdef, tx, schedule, config.seed)
+    step_fn = train.make_train_step(
+        trained.graphdef, tx, schedule, config.seed, total_steps=config.train_steps
+    )
 
     def device_batch(i: int) -> dict[str, jax.Array]:
         return pipeline.to_global(pipeline.host_batch(arrays, batch_size, config.seed, i), mesh)

@@ -38,6 +38,7 @@ from ssl_jax.data import pipeline
 from ssl_jax.metrics import MetricWriter
 from ssl_jax.models import precision
 from ssl_jax.registry import MODELS, TASKS
+from ssl_jax.tasks.base import implements
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,8 @@ def build_task(config: ConfigDict) -> nnx.Module:
 
 
 def split_task(task: nnx.Module) -> TrainedModel:
-    graphdef, params, model_state = nnx.split(task, nnx.Param, ...)
+    """Trained parameters (the task's `trainable` filter) apart from the rest."""
+    graphdef, params, model_state = nnx.split(task, task.trainable, ...)
     return TrainedModel(graphdef, nnx.as_pure(params), nnx.as_pure(model_state))
 
 
@@ -83,9 +85,13 @@ def make_train_step(
     schedule: optax.Schedule,
     seed: int,
     *,
+    total_steps: int,
     skip_nonfinite: bool = False,
 ) -> Callable[[dict, dict], tuple[dict, dict]]:
     """`(state, batch) -> (new_state, metrics)`, compiled once, state donated.
+
+    After the optimizer update the task's `after_update` hook (if it has one)
+    updates the model state that gradients do not train (a momentum teacher).
 
     `metrics["nonfinite"]` is 1.0 when the loss, a gradient or the new state
     holds NaN/Inf. With
@@ -94,6 +100,10 @@ def make_train_step(
     """
     train_key = jax.random.fold_in(jax.random.key(seed), _TRAIN_STREAM)
 
+    def split_state(task):
+        _, params, model_state = nnx.split(task, task.trainable, ...)
+        return nnx.as_pure(params), nnx.as_pure(model_state)
+
     def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
         step = state["step"]
         rng = jax.random.fold_in(train_key, step)
@@ -101,17 +111,21 @@ def make_train_step(
         def loss_fn(params):
             task = nnx.merge(graphdef, params, state["model_state"])
             loss, metrics = task.loss(batch, rng, train=True)
-            _, _, model_state = nnx.split(task, nnx.Param, ...)
-            return loss, (metrics, nnx.as_pure(model_state))
+            return loss, (metrics, split_state(task)[1])
 
         (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"]
         )
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        task = nnx.merge(graphdef, params, model_state)
+        if implements(task, "after_update"):
+            task.after_update(step + 1, total_steps)
+            model_state = split_state(task)[1]
         new_state = {
             "step": step + 1,
-            "params": optax.apply_updates(state["params"], updates),
+            "params": params,
             "model_state": model_state,
             "opt_state": opt_state,
         }
@@ -193,11 +207,10 @@ def make_features_fn(
 def make_visualizer(
     trained: TrainedModel, arrays: Mapping[str, np.ndarray], workdir: str, *, examples: int = 8
 ) -> Callable[[dict, int], None] | None:
-    """For tasks that define `visualize(batch, rng) -> uint8 [H, W, 3]` (MAE's
-    reconstructions, say): a function that saves that picture of the same
-    fixed examples, with the same randomness, as `visuals/step_<N>.png`.
-    None for tasks without pictures."""
-    if not hasattr(type(trained.module()), "visualize"):
+    """For tasks with the `visualize` hook (MAE's reconstructions, say): a
+    function that saves that picture of the same fixed examples, with the same
+    randomness, as `visuals/step_<N>.png`. None for tasks without pictures."""
+    if not implements(trained.module(), "visualize"):
         return None
     batch = {name: array[:examples] for name, array in arrays.items()}
     rng = jax.random.key(0)  # the same masks/views at every step: only the model changes
@@ -280,7 +293,12 @@ def _train(config, workdir, arrays, mesh, evaluator, allow_config_change):
         workdir_lib.save_config(workdir, config, changes=changes, from_step=start_step)
 
     train_step = make_train_step(
-        trained.graphdef, tx, schedule, config.seed, skip_nonfinite=config.nonfinite == "skip"
+        trained.graphdef,
+        tx,
+        schedule,
+        config.seed,
+        total_steps=config.train_steps,
+        skip_nonfinite=config.nonfinite == "skip",
     )
     writer = MetricWriter(workdir, total_steps=config.train_steps, start_step=start_step)
     visualize = make_visualizer(trained, arrays, workdir)

@@ -43,7 +43,7 @@ def test_bfloat16_compute_keeps_float32_state_and_a_close_float32_loss(name):
         trained = train.split_task(train.build_task(config))
         tx, schedule = optim.make_optimizer(config.optimizer, batch_size=16, total_steps=4)
         state = train.init_state(trained, tx)
-        step = train.make_train_step(trained.graphdef, tx, schedule, seed=0)
+        step = train.make_train_step(trained.graphdef, tx, schedule, seed=0, total_steps=4)
         features = jax.eval_shape(trained.module().features, batch["image"])
         assert features.dtype == jnp.float32
         for i in range(2):

@@ -1,17 +1,9 @@
 """Pieces shared by the convolutional encoders (`convnet.py`, `resnet.py`).
 
-Every encoder follows one contract, which the training loop and all tasks rely
-on:
-
-- `model(x, *, train)` maps float32 images `[B, H, W, C]` (NHWC, roughly in
-  [-1, 1]) to pooled features `[B, model.feature_dim]`; there is no classifier
-  head, tasks add their own.
-- `model.feature_map(x, *, train)` returns the last stage's map `[B, h, w, D]`
-  before pooling, for tasks that need spatial features.
-- Batch norm uses batch statistics when `train=True` (and updates its running
-  averages), and only the running averages when `train=False`, so evaluation is
-  per example. There is no `axis_name`: the loop jits over global sharded
-  arrays, so batch statistics already cover the global batch.
+Every encoder follows the contract written in `ssl_jax/tasks/base.py`
+(`encoder(x, *, train) -> [B, feature_dim]`, batch statistics only when
+training). The convolutional ones also offer `feature_map(x, *, train)`, the
+last stage's map `[B, h, w, D]` before pooling.
 """
 
 from __future__ import annotations

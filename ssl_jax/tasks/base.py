@@ -1,22 +1,54 @@
-"""The interface between a pretext task and the shared training loop.
+"""The whole interface between a pretext task and the rest of ssl_jax.
 
-A task is an `nnx.Module` that holds the encoder and its own heads, and
-answers two questions:
+A task is an `nnx.Module` holding an encoder and its own heads, built by a
+constructor registered with `ssl_jax.registry.TASKS`:
 
-- `loss(batch, rng, train=...) -> (scalar loss, dict of scalar metrics)`:
-  `batch` is a dict of global arrays (for image tasks `image`: uint8
-  `[B, H, W, C]`, and `label` when the dataset has labels). The task does its
-  own augmentation inside, from `rng`, which the loop derives from
-  (seed, step). The loop knows nothing else about the task.
-- `features(images) -> [B, D]`: frozen, deterministic features of uint8 images
-  for the evaluators (linear probe, ...).
-- `augment(batch, rng, train=True) -> dict of arrays`: the input pipeline on
-  the device (uint8 batch -> the normalised views the encoder sees), which
-  `loss` calls first. It has no parameters, so the benchmark can time it
+    @TASKS.register("name")
+    def name(encoder, *, rngs, **task_kwargs) -> Task: ...
+
+`config.task_kwargs` are the keyword arguments. Subclass `Task` and define:
+
+Required
+- `augment(batch, rng, *, train=True) -> dict of arrays`: the task's input
+  pipeline on the device: uint8 batch -> what the networks see (views,
+  rotations, crops). It has no parameters, so the benchmark can time it
   apart from the rest of the step.
+- `loss(batch, rng, *, train) -> (scalar loss, dict of scalar metrics)`: calls
+  `augment` first. `batch` is a dict of global arrays (image tasks: `image`
+  uint8 [B, H, W, C], and `label` int32 [B] when the dataset has labels);
+  `rng` is derived by the loop from (seed, step), and per-example keys from it
+  with `augment.example_keys`, so draws survive a resume and do not depend on
+  the device count. The loop knows nothing else about the task. Losses and
+  metrics are float32 whatever the compute dtype.
 
-Tasks register a constructor `fn(encoder, *, rngs, **task_kwargs) -> Task`
-with `ssl_jax.registry.TASKS`.
+Provided (override when the default is wrong for the task)
+- `features(images) -> [B, D] float32`: frozen, deterministic features of
+  uint8 images for every evaluator (linear probe, kNN, ...): the encoder on
+  the normalised image, batch norm in inference mode.
+- `trainable`: an `nnx` filter of the variables the optimizer trains (default
+  every `nnx.Param`). Everything else (batch-norm statistics, a momentum
+  teacher, DINO's centre) is "model state": carried through the step,
+  checkpointed, never given gradients or weight decay.
+
+Optional hooks (the base versions do nothing; `implements(task, name)` tells
+whether a task overrides one)
+- `after_update(step, total_steps)`: called inside the compiled step after the
+  optimizer update, with the new parameters in place; updates model state that
+  is not trained by gradients (an EMA teacher). `step` counts from 1.
+- `visualize(batch, rng) -> uint8 [H, W, 3]`: a picture of what the task does
+  on a few fixed examples (MAE's reconstructions), saved at every checkpoint.
+- `logits(images) -> [B, num_classes] float32`: a task with its own classifier
+  (the supervised baseline) scores un-augmented images with it.
+
+The encoder contract, which every model in `ssl_jax/models` follows and every
+task relies on:
+- `encoder(x, *, train) -> [B, encoder.feature_dim]`: float images
+  [B, H, W, C] (NHWC, roughly in [-1, 1], see `augment.normalize`) to pooled
+  features, no classifier head;
+- `train=True` uses batch statistics (and updates the running averages),
+  `train=False` only the running averages, so evaluation is per example;
+  there is no `axis_name`: the loop jits over globally sharded arrays, so
+  batch statistics already cover the global batch.
 """
 
 from __future__ import annotations
@@ -27,18 +59,51 @@ import optax
 from flax import nnx
 
 from ssl_jax.data import augment
+from ssl_jax.evaluate import collapse
+
+HOOKS = ("after_update", "visualize", "logits")
 
 
 class Task(nnx.Module):
-    """Shared behaviour of image tasks. Subclasses set `self.encoder` and define
-    `loss(self, batch, rng, *, train) -> (loss, metrics)`."""
+    """Base class of every task; see the module docstring for the contract."""
 
     encoder: nnx.Module
+    trainable = nnx.Param
+
+    def augment(self, batch: dict, rng: jax.Array, *, train: bool = True) -> dict:
+        raise TypeError(f"{type(self).__name__} must define augment(batch, rng, *, train).")
+
+    def loss(
+        self, batch: dict, rng: jax.Array, *, train: bool
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        raise TypeError(f"{type(self).__name__} must define loss(batch, rng, *, train).")
 
     def features(self, images: jax.Array) -> jax.Array:
         """Encoder features of un-augmented images, batch-norm in inference mode."""
         features = self.encoder(augment.normalize(augment.to_float(images)), train=False)
         return features.astype(jnp.float32)  # bfloat16 compute still hands evaluators float32
+
+    # Optional hooks: the loop and the evaluators call them only when a task
+    # overrides them (`implements`).
+
+    def after_update(self, step: jax.Array, total_steps: int) -> None:
+        """Update non-gradient model state after the optimizer step."""
+
+    def visualize(self, batch: dict, rng: jax.Array) -> jax.Array:
+        """uint8 [H, W, 3] picture of the task on `batch`."""
+        raise TypeError(f"{type(self).__name__} draws no pictures.")
+
+    def logits(self, images: jax.Array) -> jax.Array:
+        """Class scores of un-augmented uint8 images by the task's own classifier."""
+        raise TypeError(f"{type(self).__name__} has no classifier of its own.")
+
+
+def implements(task: nnx.Module | type, hook: str) -> bool:
+    """Whether `task` (or its class) overrides the optional `hook`."""
+    if hook not in HOOKS:
+        raise ValueError(f"Unknown task hook {hook!r}; hooks are {HOOKS}.")
+    cls = task if isinstance(task, type) else type(task)
+    return getattr(cls, hook) is not getattr(Task, hook)
 
 
 def classification_loss(
@@ -50,3 +115,20 @@ def classification_loss(
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
     return loss, {"accuracy": accuracy}
+
+
+# Rows of the batch the collapse monitor looks at: its SVD must stay a small
+# part of the step at ImageNet batch sizes.
+_MONITOR_ROWS = 512
+
+
+def collapse_metrics(embeddings: jax.Array) -> dict[str, jax.Array]:
+    """The collapse monitor every task logs (`evaluate/collapse.py`): the
+    per-dimension std of the l2-normalised embeddings (about 1/sqrt(D) when
+    healthy, 0 when collapsed) and their effective rank (RankMe), on at most
+    the first 512 rows, without gradients."""
+    z = jax.lax.stop_gradient(embeddings[:_MONITOR_ROWS]).astype(jnp.float32)
+    return {
+        "embedding_std": collapse.normalized_std(z),
+        "effective_rank": collapse.effective_rank(z),
+    }
