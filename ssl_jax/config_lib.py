@@ -49,9 +49,9 @@ def base_config() -> ConfigDict:
     locked by `main`, so `--config.typo=1` is an error.
     """
     config = ConfigDict()
-    config.task = "rotation"
+    config.task = ""  # set by every config file (a name in ssl_jax.registry.TASKS)
     config.task_kwargs = ConfigDict()
-    config.model = "convnet"
+    config.model = ""  # set by config_lib.set_encoder from the recipe's encoder family
     config.model_kwargs = ConfigDict()
 
     config.dataset = "digits"
@@ -96,6 +96,7 @@ def base_config() -> ConfigDict:
     config.baselines = ConfigDict()
     config.baselines.random_init = True
     config.baselines.supervised = False
+    config.baselines.supervised_task = "supervised"  # the task the supervised baselines train
     config.baselines.supervised_task_kwargs = ConfigDict({"crop_padding": 2, "flip": True})
     # Also train the encoder from scratch with labels only, on each label budget
     # of the probe (labels_per_class, label_fractions): the label-efficiency
@@ -105,9 +106,118 @@ def base_config() -> ConfigDict:
     return config
 
 
+# Options every config file takes after the colon (`configs/x.py:dataset=...`).
+COMMON_OPTIONS = {"dataset": "digits", "runlocal": False, "supervised": False, "encoder": ""}
+
+
+def options(arg: str | None, **extra) -> ConfigDict:
+    """`parse_arg` with the common options and a config's own `extra` ones."""
+    return parse_arg(arg, **COMMON_OPTIONS, **extra)
+
+
+# ----------------------------------------------------------------------------- data profiles
+# Recipes follow the data's properties, not its name: the shorter side of its
+# original images decides which of these a config's recipe table uses.
+#   tiny:   up to 16 px (the embedded 8x8 digits): CPU-sized runs at 16 px
+#   small:  up to 40 px (CIFAR, 32 px photos): 32 px, CIFAR-stem ResNets
+#   medium: up to 160 px (STL-10, small photos): 64 px
+#   large:  beyond, or photos of varying size (ImageNet): 224 px
+PROFILES = ("tiny", "small", "medium", "large")
+_PROFILE_LIMITS = ((16, "tiny"), (40, "small"), (160, "medium"))
+# The shared part of every config's recipe for a profile.
+PROFILE_DEFAULTS = {
+    "tiny": {"image_size": 16, "log_every": 50, "probe": {"labels_per_class": (1, 5, 10, 20)}},
+    "small": {"image_size": 32, "log_every": 100, "probe": {"label_fractions": (0.01, 0.1)}},
+    "medium": {"image_size": 64, "log_every": 100, "probe": {"label_fractions": (0.01, 0.1)}},
+    "large": {
+        "image_size": 224,
+        "log_every": 100,
+        "probe": {"label_fractions": (0.01, 0.1), "batch_size": 1024},
+    },
+}
+
+
+def data_profile(dataset: str) -> str:
+    """The profile (see `PROFILES`) of a dataset, from the size of its original
+    images (`datasets.native_size`): an image folder of 32 px photos is
+    "small" like CIFAR-10, whatever its name. Unknown sizes: synthetic data is
+    "small", TFDS photos of varying size "large", anything else "medium"."""
+    from ssl_jax.data.datasets import native_size
+
+    size = native_size(dataset)
+    if size is None:
+        kind = dataset.partition(":")[0]
+        return {"synthetic": "small", "tfds": "large"}.get(kind, "medium")
+    return next((name for limit, name in _PROFILE_LIMITS if size <= limit), "large")
+
+
+def start(task: str, options: ConfigDict) -> tuple[ConfigDict, str]:
+    """The base config for `task` on `options.dataset`, with its profile's
+    shared defaults; returns it and the profile for the config's recipe table."""
+    profile = data_profile(options.dataset)
+    config = base_config()
+    config.task = task
+    config.dataset = options.dataset
+    config.baselines.supervised = options.supervised
+    update(config, PROFILE_DEFAULTS[profile])
+    return config, profile
+
+
+def update(config: ConfigDict, overrides: dict) -> None:
+    """Nested update: dicts merge into existing sub-configs (or become new ones)."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and key in config and isinstance(config[key], ConfigDict):
+            update(config[key], value)
+        else:
+            config[key] = ConfigDict(value) if isinstance(value, dict) else value
+
+
+def from_recipes(
+    task: str,
+    options: ConfigDict,
+    recipes: dict[str, dict],
+    *,
+    common: dict | None = None,
+    runlocal: dict | None = None,
+) -> ConfigDict:
+    """A config file's whole `get_config`: the base config for `task`, the
+    profile's defaults, the config's `common` fields, its recipe for the data's
+    profile (`recipes[profile]`, whose `encoder` names the encoder family),
+    `runlocal`'s overrides when asked, then `finish`."""
+    config, profile = start(task, options)
+    update(config, common or {})
+    recipe = dict(recipes[profile])
+    encoder = recipe.pop("encoder")
+    update(config, recipe)
+    if options.runlocal:
+        update(config, runlocal or {})
+    return finish(config, options, profile, encoder=encoder)
+
+
+def finish(config: ConfigDict, options: ConfigDict, profile: str, *, encoder: str) -> ConfigDict:
+    """The tail every config shares: the encoder (`encoder` family from the
+    recipe, or the `encoder=` option, sized by image_size, the family's tiny
+    variant under `runlocal`), checkpoint and evaluation cadence from the
+    step count, the compute dtype, and `runlocal`'s shrinking."""
+    if options.runlocal:
+        apply_runlocal(config)
+    family = options.encoder or encoder
+    # A recipe's model_kwargs tune its own family (a stem stride); another
+    # family or the tiny test variant starts from its preset alone.
+    extra = {} if options.encoder or options.runlocal else config.model_kwargs.to_dict()
+    set_encoder(config, family, runlocal=options.runlocal)
+    config.model_kwargs.update(extra)
+    if not options.runlocal:
+        # About four checkpoints and kNN evaluations per run, on log steps.
+        quarter = config.train_steps // 4 // config.log_every * config.log_every
+        config.checkpoint_every = config.eval_every = max(config.log_every, quarter)
+    config.compute_dtype = "float32" if profile == "tiny" or options.runlocal else "bfloat16"
+    return config
+
+
 def apply_runlocal(config: ConfigDict) -> None:
     """The shared part of every config's `runlocal` variant: a few seconds on a
-    laptop CPU, for tests and smoke runs. Configs pick their tiny model."""
+    laptop CPU, for tests and smoke runs (`finish` picks the tiny encoder)."""
     config.image_size = 16
     config.batch_size = 16
     config.train_steps = 6
@@ -118,55 +228,25 @@ def apply_runlocal(config: ConfigDict) -> None:
     config.probe.steps = 50
     config.probe.batch_size = 64
     config.probe.labels_per_class = (10,)
+    config.probe.label_fractions = ()
 
 
-def compute_dtype_for(options: ConfigDict) -> str:
-    """bfloat16 compute for the accelerator-sized datasets; float32 for the
-    embedded digits and for runlocal smoke runs, which run on CPUs, where
-    bfloat16 is slow."""
-    return "float32" if options.dataset == "digits" or options.runlocal else "bfloat16"
+def set_encoder(config: ConfigDict, family: str, *, runlocal: bool = False) -> None:
+    """An encoder family (`ssl_jax.registry.ENCODERS`: convnet, resnet18,
+    resnet50, vit, ...) sized by `config.image_size`, its tiny variant under
+    `runlocal`. A family that needs another optimizer than the config's (a
+    ViT after a ConvNet's SGD or LARS recipe) brings its own; the config's
+    warm-up is kept."""
+    from ssl_jax.registry import ENCODERS, UnknownNameError
 
-
-ENCODERS = ("convnet", "resnet18", "resnet50", "vit")
-
-
-def set_encoder(config: ConfigDict, name: str, *, runlocal: bool = False) -> None:
-    """The configs' `encoder=` option: one encoder family for every pretext
-    task, sized by `config.image_size`, so a comparison differs in the task
-    alone. ViTs are trained with AdamW: the SGD and LARS recipes of the
-    ConvNet configs do not transfer to them (the config's lr warm-up is kept).
-    `runlocal` picks the tiny variant for tests."""
-    if name not in ENCODERS:
-        raise ValueError(f"Unknown encoder {name!r}; choose one of {list(ENCODERS)}.")
-    size = config.image_size
-    if name == "convnet":
-        model, kwargs = ("convnet_tiny", {}) if runlocal else ("convnet", {})
-    elif name.startswith("resnet"):
-        stem = "cifar" if size <= 32 else "imagenet"
-        model, kwargs = ("resnet_tiny", {}) if runlocal else (name, {"stem": stem})
-    elif runlocal:
-        model, kwargs = "vit_test", {"patch_size": 4}
-    elif size <= 16:
-        # The width of the MAE digits default: 16 patches of 4 px.
-        model = "vit"
-        kwargs = {"patch_size": 4, "embed_dim": 128, "depth": 4, "num_heads": 4, "pool": "cls"}
-    else:
-        model = "vit_tiny" if size <= 32 else "vit_small"
-        kwargs = {"patch_size": 4 if size <= 32 else 8 if size <= 64 else 16, "pool": "cls"}
-    config.model = model
-    config.model_kwargs = ConfigDict(kwargs)
-    if name == "vit" and config.optimizer.name != "adamw":
-        # Per 256 images, scaled linearly: 1e-3 for the small digits ViT (the
-        # measured comparison), MAE's and MoCo v3's 1.5e-4 for larger ViTs,
-        # whose batches of thousands would make 1e-3 diverge.
-        config.optimizer.update(
-            name="adamw",
-            learning_rate=1e-3 if size <= 16 else 1.5e-4,
-            lr_scaling="linear",
-            b1=0.9,
-            b2=0.95,
-            weight_decay=0.05,
-        )
+    try:
+        preset = ENCODERS.get(family)(config.image_size, test=runlocal)
+    except UnknownNameError as error:
+        raise ValueError(str(error).replace("encoder family", "encoder")) from None
+    config.model = preset.model
+    config.model_kwargs = ConfigDict(preset.kwargs)
+    if preset.optimizer and config.optimizer.name != preset.optimizer["name"]:
+        config.optimizer.update(preset.optimizer)
 
 
 def _float_fields(tree, prefix: str = ""):

@@ -136,7 +136,7 @@ def supervised_config(config: ConfigDict, num_classes: int) -> ConfigDict:
     `baselines.supervised_steps` (default: the pretraining budget)."""
     supervised = config.copy_and_resolve_references()
     with supervised.unlocked():
-        supervised.task = "supervised"
+        supervised.task = config.baselines.supervised_task
         supervised.train_steps = config.baselines.supervised_steps or config.train_steps
         supervised.task_kwargs = ConfigDict(
             {**config.baselines.supervised_task_kwargs.to_dict(), "num_classes": num_classes}

@@ -66,3 +66,7 @@ class Registry:
 
 TASKS = Registry("task", "ssl_jax.tasks")
 MODELS = Registry("model", "ssl_jax.models")
+# Encoder families (convnet, resnet18, vit, ...): each maps an image size to
+# the family's variant for it (`ssl_jax.models.presets.EncoderPreset`), so the
+# configs' `encoder=` option and recipes name a family, never a size.
+ENCODERS = Registry("encoder family", "ssl_jax.models")

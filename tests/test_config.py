@@ -86,3 +86,51 @@ def test_set_encoder_sizes_by_image_size_and_rejects_unknown_names():
     assert config.model == "vit_small" and config.model_kwargs.patch_size == 8
     with pytest.raises(ValueError, match="Unknown encoder 'vgg'"):
         config_lib.set_encoder(config, "vgg")
+
+
+def _photo_folder(root, size):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (size, size + 4 * i), (40 * i, 90, 30)).save(
+                    root / split / c / f"{i}.jpg"
+                )
+    return root
+
+
+@pytest.mark.parametrize(
+    "size, profile, image_size, stem", [(32, "small", 32, "cifar"), (96, "medium", 64, "imagenet")]
+)
+def test_recipes_follow_the_image_size_not_the_dataset_name(
+    tmp_path, size, profile, image_size, stem
+):
+    # An image folder of 32 px photos gets CIFAR's recipe (32 px, CIFAR stem),
+    # not an upscaled ImageNet one, although its name says nothing of CIFAR.
+    root = _photo_folder(tmp_path / "photos", size)
+    assert config_lib.data_profile(f"imagefolder:{root}") == profile
+    for name in ("rotation.py", "simclr.py"):
+        config = _load(CONFIGS[0].with_name(name)).get_config(f"dataset=imagefolder:{root}")
+        assert (config.image_size, config.model_kwargs.stem) == (image_size, stem)
+
+
+def test_profiles_of_the_known_datasets():
+    assert config_lib.data_profile("digits") == "tiny"
+    assert config_lib.data_profile("tfds:cifar10") == "small"
+    assert config_lib.data_profile("tfds:stl10") == "medium"
+    assert config_lib.data_profile("tfds:imagenet2012") == "large"
+    assert config_lib.data_profile("synthetic") == "small"
+
+
+def test_every_encoder_family_names_registered_models_at_every_size():
+    from ssl_jax.registry import ENCODERS
+
+    for family in ENCODERS.names():
+        for size in (16, 32, 64, 224):
+            for test in (False, True):
+                preset = ENCODERS.get(family)(size, test=test)
+                MODELS.get(preset.model)
+        # The tiny test variant is the family's own (a ViT stays a ViT).
+        assert family[:3] in ENCODERS.get(family)(32, test=True).model

@@ -106,6 +106,51 @@ def load_dataset(
     return _LOADERS[kind](arg, split, image_size, data_dir, cache_dir)
 
 
+def native_size(name: str, data_dir: str | None = None, *, peek: int = 16) -> int | None:
+    """The typical shorter side, in pixels, of a dataset's original images,
+    found without loading it (config recipes follow it): digits 8, CIFAR 32,
+    an image folder or record shards the median over their first `peek`
+    training images. None when it cannot tell cheaply: synthetic data (any
+    size), TFDS datasets of varying sizes (ImageNet), a missing path."""
+    kind, _, arg = name.partition(":")
+    if kind == "digits":
+        return 8
+    sizes: list[int] = []
+    try:
+        if kind == "tfds":
+            import tensorflow_datasets as tfds
+
+            features = tfds.builder(arg, data_dir=data_dir).info.features
+            shape = features[_only_feature(features, tfds.features.Image, "image", arg)].shape
+            return shape[0] if shape[0] and shape[1] else None
+        if kind == "imagefolder":
+            root = os.path.join(os.path.expanduser(data_dir or ""), os.path.expanduser(arg))
+            train = os.path.join(root, "train")
+            for c in _visible_entries(train):
+                files = [f for f in _visible_entries(os.path.join(train, c)) if _is_image(f)]
+                sizes += [_shorter_side(os.path.join(train, c, f)) for f in files[:peek]]
+                if len(sizes) >= peek:
+                    break
+        elif kind == "arrayrecord":
+            from ssl_jax.data import records  # records imports this module
+
+            source = records.open_source(name, "train", data_dir=data_dir)
+            indices = range(min(peek, len(source)))
+            sizes = [_shorter_side(io.BytesIO(source[i]["image"])) for i in indices]
+    except (OSError, ValueError, DatasetError):
+        return None
+    return int(np.median(sizes)) if sizes else None
+
+
+def _is_image(filename: str) -> bool:
+    return os.path.splitext(filename)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _shorter_side(source) -> int:
+    with Image.open(source) as image:  # reads the header only
+        return min(image.size)
+
+
 # ----------------------------------------------------------------------------- images
 
 
@@ -469,7 +514,7 @@ def _load_imagefolder(
                 "add it to train/ or remove it."
             )
         for f in _visible_entries(class_dir):
-            if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+            if _is_image(f):
                 files.append(os.path.join(class_dir, f))
                 labels.append(classes.index(c))
     if not files:

@@ -27,7 +27,8 @@ import jax
 from flax import nnx
 
 from ssl_jax.models.layers import ConvBN, global_avg_pool
-from ssl_jax.registry import MODELS
+from ssl_jax.models.presets import EncoderPreset
+from ssl_jax.registry import ENCODERS, MODELS
 
 
 class ConvNet(nnx.Module):
@@ -74,3 +75,10 @@ def convnet_tiny(*, rngs: nnx.Rngs, **kwargs) -> ConvNet:
     kwargs.setdefault("depth", 1)
     kwargs.setdefault("stem_stride", 1)
     return ConvNet(rngs=rngs, **kwargs)
+
+
+@ENCODERS.register("convnet")
+def convnet_preset(image_size: int, *, test: bool = False) -> EncoderPreset:
+    """The default ConvNet at any size (recipes may set `stem_stride`); tiny for tests."""
+    del image_size
+    return EncoderPreset("convnet_tiny") if test else EncoderPreset("convnet")

@@ -21,7 +21,8 @@ import jax
 from flax import nnx
 
 from ssl_jax.models.layers import ConvBN, global_avg_pool
-from ssl_jax.registry import MODELS
+from ssl_jax.models.presets import EncoderPreset
+from ssl_jax.registry import ENCODERS, MODELS
 
 
 class BasicBlock(nnx.Module):
@@ -180,3 +181,17 @@ def resnet_tiny(*, rngs: nnx.Rngs, **kwargs) -> ResNet:
     """Two one-block stages at width 8 (feature_dim 16): for tests."""
     kwargs.setdefault("width", 8)
     return ResNet(BasicBlock, (1, 1), rngs=rngs, **kwargs)
+
+
+def _resnet_preset(name: str):
+    def preset(image_size: int, *, test: bool = False) -> EncoderPreset:
+        """The CIFAR stem (3x3, stride 1, no pooling) up to 32 px, ImageNet's above."""
+        if test:
+            return EncoderPreset("resnet_tiny")
+        return EncoderPreset(name, {"stem": "cifar" if image_size <= 32 else "imagenet"})
+
+    ENCODERS.register(name)(preset)
+
+
+for _name in ("resnet18", "resnet34", "resnet50"):
+    _resnet_preset(_name)
