@@ -34,3 +34,73 @@ class MLPHead(nnx.Module):
         for linear, norm in zip(self.linears, self.norms, strict=True):
             x = nnx.relu(norm(linear(x), use_running_average=not train))
         return self.out(x)
+
+
+class MLP(nnx.Module):
+    """The projectors, predictors and expanders of the SSL methods.
+
+    `dims` = [in, hidden..., out]. Each hidden layer is Linear -> (BatchNorm)
+    -> activation; the last is Linear, optionally followed by a batch norm
+    (`last_norm="affine"`, or `"plain"` without scale and offset, as SimSiam's
+    projector and MoCo v3's heads end). Linear layers before a batch norm have
+    no bias (the norm's offset replaces it).
+    """
+
+    def __init__(
+        self,
+        dims: Sequence[int],
+        *,
+        norm: bool = True,
+        last_norm: str | None = None,
+        activation: str = "relu",
+        last_bias: bool = True,
+        rngs: nnx.Rngs,
+    ):
+        if len(dims) < 2 or last_norm not in (None, "affine", "plain"):
+            raise ValueError(
+                f"MLP needs [in, ..., out] dims and last_norm None, 'affine' or 'plain', "
+                f"got {dims}, {last_norm!r}."
+            )
+        pairs = list(zip(dims[:-1], dims[1:], strict=True))
+        self.activation = activation
+        self.linears = nnx.List(
+            [
+                nnx.Linear(
+                    d_in,
+                    d_out,
+                    use_bias=not norm if i < len(pairs) - 1 else last_bias and not last_norm,
+                    rngs=rngs,
+                )
+                for i, (d_in, d_out) in enumerate(pairs)
+            ]
+        )
+        hidden_norms = (
+            [_batch_norm(d_out, affine=True, rngs=rngs) for _, d_out in pairs[:-1]] if norm else []
+        )
+        self.norms = nnx.List(hidden_norms)
+        self.last_norm = (
+            _batch_norm(dims[-1], affine=last_norm == "affine", rngs=rngs) if last_norm else None
+        )
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        act = {"relu": nnx.relu, "gelu": lambda y: nnx.gelu(y, approximate=False)}[self.activation]
+        for i, linear in enumerate(self.linears[:-1]):
+            x = linear(x)
+            if self.norms:
+                x = self.norms[i](x, use_running_average=not train)
+            x = act(x)
+        x = self.linears[-1](x)
+        if self.last_norm is not None:
+            x = self.last_norm(x, use_running_average=not train)
+        return x
+
+
+def _batch_norm(dim: int, *, affine: bool, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    return nnx.BatchNorm(
+        dim,
+        momentum=0.9,
+        use_running_average=False,
+        use_bias=affine,
+        use_scale=affine,
+        rngs=rngs,
+    )

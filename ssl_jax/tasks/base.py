@@ -117,6 +117,29 @@ def classification_loss(
     return loss, {"accuracy": accuracy}
 
 
+def view_recipes(views) -> tuple[augment.ViewRecipe, ...]:
+    """Config dicts (fields of `augment.ViewRecipe`, one per view) as recipes;
+    tuples, so a module can keep them as static attributes."""
+    recipes = []
+    for view in views:
+        fields = view.to_dict() if hasattr(view, "to_dict") else dict(view)
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        recipes.append(augment.ViewRecipe(**fields))
+    return tuple(recipes)
+
+
+def augmented_views(rng: jax.Array, images: jax.Array, recipes) -> jax.Array:
+    """uint8 [B, H, W, C] -> the normalised views [V * B, h, w, C], view 0 of
+    every image first; view v's draws come from fold_in(rng, v) and the
+    example's index, so they do not depend on the batch or device count."""
+    images = augment.to_float(images)
+    views = [
+        augment.view_batch(jax.random.fold_in(rng, v), images, recipe)
+        for v, recipe in enumerate(recipes)
+    ]
+    return augment.normalize(jnp.concatenate(views))
+
+
 # Rows of the batch the collapse monitor looks at: its SVD must stay a small
 # part of the step at ImageNet batch sizes.
 _MONITOR_ROWS = 512
