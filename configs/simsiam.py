@@ -1,0 +1,78 @@
+"""python -m ssl_jax.main --config=configs/simsiam.py --workdir=runs/simsiam
+
+SimSiam (Chen & He, CVPR 2021): a siamese network with a predictor and a
+stop-gradient, without negatives or momentum encoder. On the embedded
+`digits` default (a small ConvNet at 16 px, 2 CPU cores) it takes a few
+minutes and the probe of the pretrained encoder should beat the same encoder
+at random initialisation (see README).
+
+Variants, picked by the argument after the colon (comma-separated):
+  configs/simsiam.py:runlocal                  tiny model, a handful of steps (tests, smoke runs)
+  configs/simsiam.py:dataset=tfds:cifar10      ResNet-18 (CIFAR stem), 32 px, paper's CIFAR recipe
+  configs/simsiam.py:dataset=tfds:imagenet2012 ResNet-50, 224 px, the paper's recipe
+  configs/simsiam.py:supervised                also train the supervised baseline
+  configs/simsiam.py:encoder=vit               the ViT of the other configs' encoder=vit
+"""
+
+from ssl_jax import config_lib
+
+# The paper's CIFAR-10 setting (appendix D): ResNet-18 variant, SGD at
+# 0.03 x B/256, weight decay 5e-4, batch 512, 800 epochs, 2048-d projections.
+_SMALL = {
+    "encoder": "resnet18",
+    "task_kwargs": {"views": config_lib.simsiam_views(), "projection_dim": 2048},
+    "batch_size": 512,
+    "train_steps": 78_000,
+    "optimizer": {"name": "sgd", "learning_rate": 0.03, "warmup_steps": 0, "weight_decay": 5e-4},
+}
+
+RECIPES = {
+    "tiny": {
+        "encoder": "convnet",
+        "model_kwargs": {"stem_stride": 1},
+        "task_kwargs": {
+            "views": (config_lib.DIGITS_VIEW, config_lib.DIGITS_VIEW),
+            "projection_dim": 256,
+            "prediction_hidden_dim": 64,
+        },
+        "baselines": {"supervised_task_kwargs": {"flip": False}},
+        "batch_size": 256,
+        "train_steps": 300,
+        "optimizer": {
+            "name": "sgd",
+            "learning_rate": 0.05,
+            "warmup_steps": 0,
+            "weight_decay": 5e-4,
+        },
+    },
+    "small": _SMALL,
+    "medium": _SMALL,
+    # The paper's ImageNet recipe (section 4): ResNet-50, SGD at 0.05 x B/256,
+    # momentum 0.9, weight decay 1e-4, batch 512, 100 epochs, projector 2048,
+    # predictor bottleneck 512.
+    "large": {
+        "encoder": "resnet50",
+        "task_kwargs": {"views": config_lib.simsiam_views(), "projection_dim": 2048},
+        "batch_size": 512,
+        "train_steps": 250_000,
+        "optimizer": {
+            "name": "sgd",
+            "learning_rate": 0.05,
+            "warmup_steps": 0,
+            "weight_decay": 1e-4,
+        },
+    },
+}
+
+
+def get_config(arg: str | None = None):
+    return config_lib.from_recipes(
+        "simsiam",
+        config_lib.options(arg),
+        RECIPES,
+        common={
+            "task_kwargs": {"prediction_hidden_dim": 512},
+            "optimizer": {"lr_scaling": "linear"},
+        },
+        runlocal={"task_kwargs": {"projection_dim": 32, "prediction_hidden_dim": 8}},
+    )
