@@ -22,8 +22,8 @@ from ssl_jax.tasks.base import implements
 from tests.test_main import run_main
 
 ROOT = pathlib.Path(__file__).parents[2]
-METHODS = ["byol", "simsiam"]
-WITH_TEACHER = {"byol"}
+METHODS = ["byol", "simsiam", "moco_v3"]
+WITH_TEACHER = {"byol", "moco_v3"}
 
 
 def _config(method, **overrides):
