@@ -1,0 +1,64 @@
+"""Barlow Twins (Zbontar, Jing, Misra, LeCun & Deny, ICML 2021).
+
+Two views go through one encoder and a wide projector; the cross-correlation
+matrix of the two views' batch-standardised embeddings is pushed to the
+identity (`losses.barlow_twins_loss`): diagonal terms to 1 (invariance),
+off-diagonal ones to 0 with weight lambda = 5e-3 (redundancy reduction). No
+negatives, no momentum, no predictor.
+
+Details that matter:
+- The projector is 3 layers of 8192 in the paper (Linear-BN-ReLU twice, then
+  a bias-free Linear); its width matters (the paper's figure 4): small widths
+  are for tests and CPUs only.
+- The cross-correlation is over the global batch: the loop computes it on
+  arrays sharded over devices, so one device or eight give the same matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from flax import nnx
+
+from ssl_jax import losses
+from ssl_jax.models.heads import MLP
+from ssl_jax.registry import TASKS
+from ssl_jax.tasks.base import Task, augmented_views, collapse_metrics, view_recipes
+
+
+class BarlowTwinsTask(Task):
+    def __init__(
+        self,
+        encoder: nnx.Module,
+        *,
+        rngs: nnx.Rngs,
+        views: Sequence[dict],
+        projection_dims: Sequence[int] = (8192, 8192, 8192),
+        lambd: float = 5e-3,
+    ):
+        if len(views) != 2 or lambd < 0:
+            raise ValueError(
+                f"Barlow Twins needs 2 views and lambd >= 0, got {len(views)}, {lambd}."
+            )
+        self.encoder = encoder
+        self.projector = MLP([encoder.feature_dim, *projection_dims], last_bias=False, rngs=rngs)
+        self.lambd = float(lambd)
+        self.views = view_recipes(views)
+
+    def augment(self, batch, rng, *, train=True):
+        """uint8 images -> the two normalised views, stacked [2B, H, W, C]."""
+        del train
+        return {"image": augmented_views(rng, batch["image"], self.views)}
+
+    def loss(self, batch, rng, *, train):
+        n = batch["image"].shape[0]
+        features = self.encoder(self.augment(batch, rng, train=train)["image"], train=train)
+        z = self.projector(features, train=train)
+        terms = losses.barlow_twins_terms(z[:n], z[n:])
+        loss = terms["invariance"] + self.lambd * terms["redundancy"]
+        return loss, {**terms, **collapse_metrics(features[:n])}
+
+
+@TASKS.register("barlow_twins")
+def barlow_twins(encoder: nnx.Module, *, rngs: nnx.Rngs, **kwargs) -> BarlowTwinsTask:
+    return BarlowTwinsTask(encoder, rngs=rngs, **kwargs)
