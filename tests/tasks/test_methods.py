@@ -22,7 +22,7 @@ from ssl_jax.tasks.base import implements
 from tests.test_main import run_main
 
 ROOT = pathlib.Path(__file__).parents[2]
-METHODS = ["byol", "simsiam", "moco_v3", "barlow_twins"]
+METHODS = ["byol", "simsiam", "moco_v3", "barlow_twins", "vicreg"]
 WITH_TEACHER = {"byol", "moco_v3"}
 
 

@@ -1,0 +1,86 @@
+"""python -m ssl_jax.main --config=configs/vicreg.py --workdir=runs/vicreg
+
+VICReg (Bardes, Ponce & LeCun, ICLR 2022): invariance, variance and
+covariance terms on two views' embeddings (weights 25 / 25 / 1). On the
+embedded `digits` default (a small ConvNet at 16 px, 2 CPU cores) it takes a
+few minutes and the probe of the pretrained encoder should beat the same
+encoder at random initialisation (see README).
+
+Variants, picked by the argument after the colon (comma-separated):
+  configs/vicreg.py:runlocal                  tiny model, a handful of steps (tests, smoke runs)
+  configs/vicreg.py:dataset=tfds:cifar10      ResNet-18 (CIFAR stem), 32 px
+  configs/vicreg.py:dataset=tfds:imagenet2012 ResNet-50, 224 px, the paper's recipe
+  configs/vicreg.py:supervised                also train the supervised baseline
+  configs/vicreg.py:encoder=vit               the ViT of the other configs' encoder=vit
+"""
+
+from ssl_jax import config_lib
+
+# Small images: solo-learn's CIFAR recipe (LARS 0.3 x B/256, weight decay
+# 1e-4, expander 3 x 2048, 1000 epochs at batch 256).
+_SMALL = {
+    "encoder": "resnet18",
+    "task_kwargs": {"views": config_lib.byol_views(), "expander_dims": (2048, 2048, 2048)},
+    "batch_size": 256,
+    "train_steps": 195_300,
+    "optimizer": {
+        "name": "lars",
+        "learning_rate": 0.3,
+        "warmup_steps": 1_950,
+        "weight_decay": 1e-4,
+    },
+}
+
+RECIPES = {
+    "tiny": {
+        "encoder": "convnet",
+        "model_kwargs": {"stem_stride": 1},
+        "task_kwargs": {
+            "views": (config_lib.DIGITS_VIEW, config_lib.DIGITS_VIEW),
+            "expander_dims": (512, 512, 512),
+        },
+        "baselines": {"supervised_task_kwargs": {"flip": False}},
+        "batch_size": 256,
+        "train_steps": 300,
+        "optimizer": {
+            "name": "lars",
+            "learning_rate": 0.3,
+            "warmup_steps": 30,
+            "weight_decay": 1e-6,
+        },
+    },
+    "small": _SMALL,
+    "medium": _SMALL,
+    # The paper's ImageNet recipe (section 4.1, appendix C): ResNet-50,
+    # expander 3 x 8192, batch 2048, LARS at 0.2 x B/256, weight decay 1e-6,
+    # 10 warm-up epochs, 1000 epochs.
+    "large": {
+        "encoder": "resnet50",
+        "task_kwargs": {"views": config_lib.byol_views(), "expander_dims": (8192, 8192, 8192)},
+        "batch_size": 2048,
+        "train_steps": 625_000,
+        "optimizer": {
+            "name": "lars",
+            "learning_rate": 0.2,
+            "warmup_steps": 6_250,
+            "weight_decay": 1e-6,
+        },
+    },
+}
+
+
+def get_config(arg: str | None = None):
+    return config_lib.from_recipes(
+        "vicreg",
+        config_lib.options(arg),
+        RECIPES,
+        common={
+            "task_kwargs": {
+                "invariance_weight": 25.0,
+                "variance_weight": 25.0,
+                "covariance_weight": 1.0,
+            },
+            "optimizer": {"lr_scaling": "linear"},
+        },
+        runlocal={"task_kwargs": {"expander_dims": (32, 32)}},
+    )
