@@ -8,7 +8,8 @@ the signal, and the loop checkpoints at the next step boundary and raises
 is in flight that a checkpoint would keep, so the handler raises `Interrupted`
 at once. `main` turns it into one line and exit code 128 + the signal's number
 (130 for SIGINT, 143 for SIGTERM: the shell's "ended by that signal"); rerunning
-the same command resumes. A second signal stops at once (KeyboardInterrupt).
+the same command resumes. A second signal stops the process at once (one line,
+the same exit code).
 
 Several processes must stop at the same step, or the ones still training
 wait forever in a collective: with more than one process, the loop asks
@@ -18,6 +19,7 @@ wait forever in a collective: with more than one process, the loop asks
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 from collections.abc import Iterator
 
@@ -53,8 +55,16 @@ def install() -> None:
 
 def _handle(signum: int, frame) -> None:
     global _received
-    if _received is not None:  # asked twice: stop now
-        raise KeyboardInterrupt
+    if _received is not None:
+        # Asked twice: stop now, wherever we are (orbax's save included: a
+        # checkpoint is renamed into place only when complete, so the last
+        # complete one stays good), with one line and no traceback.
+        os.write(
+            2,
+            f"ssl_jax: stopped at once by a second {signal_name(signum)}; the last complete "
+            "checkpoint is kept. Rerun the same command to resume.\n".encode(),
+        )
+        os._exit(128 + signum)
     _received = signum
     if not _deferring:
         raise Interrupted(signum, _outside_loop(signum))

@@ -217,3 +217,19 @@ def test_an_extra_argument_is_one_line(tmp_path):
     (error,) = _error_lines(result.stderr)
     assert result.returncode == 2 and "'extra'" in error
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_second_signal_stops_at_once_in_one_line(tmp_path):
+    workdir = tmp_path / "run"
+    process = _start(workdir, *QUICK, "--config.train_steps=300", "--config.checkpoint_every=5")
+    _wait_for_steps(workdir, process, 12)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("ssl_jax:")]
+    assert len(lines) in (1, 2) and "Rerun the same command" in lines[-1]  # 2: the first stop won
+    result = run_main(workdir, *QUICK, "--config.train_steps=300", "--config.checkpoint_every=5")
+    assert "Resumed from the checkpoint of step" in result.stderr
