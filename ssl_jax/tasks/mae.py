@@ -36,7 +36,7 @@ from ssl_jax.data import augment
 from ssl_jax.losses import mae_loss
 from ssl_jax.models.vit import Block, ViT, layer_norm, linear, patchify, sincos_2d, unpatchify
 from ssl_jax.registry import TASKS
-from ssl_jax.tasks.base import Task
+from ssl_jax.tasks.base import Task, collapse_metrics
 
 _GREY = 128  # masked patches in the pictures
 
@@ -122,7 +122,7 @@ class MAETask(Task):
         if not hasattr(encoder, "encode_tokens"):
             raise ValueError(
                 f"MAE needs a ViT encoder (with encode_tokens), got {type(encoder).__name__}: "
-                "set config.model to one of vit, vit_test, vit_tiny, vit_small, vit_base."
+                "use a ViT encoder family (encoder=vit)."
             )
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"task_kwargs.mask_ratio must be in (0, 1), got {mask_ratio}.")
@@ -157,17 +157,18 @@ class MAETask(Task):
 
     def reconstruct(
         self, images: jax.Array, rng: jax.Array
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """Model-range images `[B, H, W, C]` -> (predicted patches, target
-        patches, mask), all per patch in grid order; only visible patches are
-        encoded."""
+        patches, mask, pooled encoding of the visible patches), per patch in
+        grid order; only visible patches are encoded."""
         p = self.encoder.patch_size
         grid = self.encoder.grid(images)
         target = patchify(images, p)
         keep, restore, mask = random_masking(rng, target.shape[0], target.shape[1], self.mask_ratio)
         visible = jnp.take_along_axis(target, keep[:, :, None], axis=1)
         tokens = self.encoder.encode_tokens(visible, keep, grid)
-        return self.decoder(tokens, restore, grid), target, mask
+        pooled = self.encoder.pool_tokens(tokens)
+        return self.decoder(tokens, restore, grid), target, mask, pooled
 
     def augment(self, batch, rng, *, train=True):
         """uint8 images -> normalised images, crop-resized and flipped when
@@ -180,9 +181,9 @@ class MAETask(Task):
     def loss(self, batch, rng, *, train):
         aug_rng, mask_rng = jax.random.split(rng)
         images = self.augment(batch, aug_rng, train=train)["image"]
-        pred, target, mask = self.reconstruct(images, mask_rng)
+        pred, target, mask, pooled = self.reconstruct(images, mask_rng)
         loss = mae_loss(pred, target, mask, norm_pix_loss=self.norm_pix_loss)
-        return loss, {"visible_fraction": 1.0 - jnp.mean(mask)}
+        return loss, {"visible_fraction": 1.0 - jnp.mean(mask), **collapse_metrics(pooled)}
 
     def visualize(self, batch, rng) -> jax.Array:
         """uint8 [3H, nW, 3]: one column per example of `batch["image"]`; rows:
@@ -193,7 +194,7 @@ class MAETask(Task):
         patch to show it (a picture only, never a metric)."""
         original = batch["image"].astype(jnp.uint8)
         images = augment.normalize(augment.to_float(original))
-        pred, target, mask = self.reconstruct(images, rng)
+        pred, target, mask, _ = self.reconstruct(images, rng)
         if self.norm_pix_loss:
             mean = target.mean(axis=-1, keepdims=True)
             std = jnp.sqrt(target.var(axis=-1, keepdims=True) + 1e-6)

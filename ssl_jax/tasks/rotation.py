@@ -24,7 +24,7 @@ from flax import nnx
 from ssl_jax.data import augment
 from ssl_jax.models.heads import MLPHead
 from ssl_jax.registry import TASKS
-from ssl_jax.tasks.base import Task, classification_loss
+from ssl_jax.tasks.base import Task, classification_loss, collapse_metrics
 
 NUM_ROTATIONS = 4
 
@@ -73,7 +73,9 @@ class RotationTask(Task):
         inputs = self.augment(batch, rng, train=train)
         features = self.encoder(inputs["image"], train=train)
         loss, metrics = classification_loss(self.head(features, train=train), inputs["label"])
-        return loss, {"rotation_accuracy": metrics["accuracy"]}
+        # Rows [0, B) are the unrotated images.
+        monitor = collapse_metrics(features[: batch["image"].shape[0]])
+        return loss, {"rotation_accuracy": metrics["accuracy"], **monitor}
 
 
 @TASKS.register("rotation")

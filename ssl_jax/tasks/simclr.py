@@ -36,7 +36,7 @@ from flax import nnx
 from ssl_jax import losses
 from ssl_jax.data import augment
 from ssl_jax.registry import TASKS
-from ssl_jax.tasks.base import Task
+from ssl_jax.tasks.base import Task, collapse_metrics
 
 
 class ProjectionHead(nnx.Module):
@@ -138,6 +138,7 @@ class SimCLRTask(Task):
         metrics = {
             "contrastive_loss": loss,
             "contrastive_accuracy": losses.contrastive_accuracy(z[:n], z[n:]),
+            **collapse_metrics(features[:n]),
         }
         if self.online_probe is not None and "label" in batch:
             logits = self.online_probe(jax.lax.stop_gradient(features[:n])).astype(jnp.float32)
