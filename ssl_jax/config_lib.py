@@ -58,6 +58,15 @@ def base_config() -> ConfigDict:
     config.data_dir = ""  # tfds data_dir; "" = tfds' default (~/tensorflow_datasets)
     config.image_size = 32
     config.seed = 0
+    # How the data reaches the loop (ssl_jax/data/streaming.py): "auto" streams
+    # record datasets (arrayrecord:, and tfds: ones too big for host memory),
+    # "always" / "never" force it. Streamed images are decoded and cropped on
+    # `workers` processes (-1: the CPU cores but two, 0: in the training
+    # process); an unreadable record stops the run ("stop") or is replaced and
+    # counted as skipped_examples ("skip").
+    config.input = ConfigDict(
+        {"streaming": "auto", "workers": -1, "on_bad_record": "stop", "memory_limit_gb": 16.0}
+    )
 
     # "bfloat16": layers compute in bfloat16, parameters and optimizer state
     # stay float32 (models/precision.py); for GPUs and TPUs.
@@ -348,6 +357,16 @@ def validate(config: ConfigDict) -> None:
         )
     if config.nonfinite not in ("stop", "skip"):
         raise ValueError(f"config.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}.")
+    if config.input.streaming not in ("auto", "always", "never"):
+        raise ValueError(
+            f"config.input.streaming must be auto, always or never, got {config.input.streaming!r}."
+        )
+    if config.input.on_bad_record not in ("stop", "skip"):
+        raise ValueError(
+            f"config.input.on_bad_record must be stop or skip, got {config.input.on_bad_record!r}."
+        )
+    if config.input.workers < -1:
+        raise ValueError(f"config.input.workers must be >= -1, got {config.input.workers}.")
     if not 0 <= config.max_skipped_fraction <= 1:
         raise ValueError(
             f"config.max_skipped_fraction must be in [0, 1], got {config.max_skipped_fraction}."

@@ -20,52 +20,86 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 from ml_collections import ConfigDict
 
 from ssl_jax import config_lib, metrics, train
 from ssl_jax import workdir as workdir_lib
-from ssl_jax.data import pipeline
+from ssl_jax.data import pipeline, streaming
 from ssl_jax.data.datasets import ImageDataset, load_dataset
 from ssl_jax.evaluate import label_efficiency
 from ssl_jax.evaluate.embedding_map import save_map
 from ssl_jax.evaluate.knn import knn_top1
 from ssl_jax.evaluate.linear_probe import (
     balanced_subset,
-    extract_features,
     few_label_probe,
     fit_linear_probe,
 )
 
 
-def load_splits(name: str, config: ConfigDict) -> tuple[ImageDataset, ImageDataset]:
-    kwargs = {"image_size": config.image_size, "data_dir": config.data_dir or None}
+def load_splits(name: str, config: ConfigDict):
+    """The train and test splits of `name`: in memory (`ImageDataset`), or
+    streamed from records (`streaming.StreamSplit`) when `data.streams` says so."""
+    data_dir = config.data_dir or None
+    if streaming.streams(name, config.input, image_size=config.image_size, data_dir=data_dir):
+        kwargs = {
+            "image_size": config.image_size,
+            "data_dir": data_dir,
+            "num_workers": streaming.num_workers(config.input.workers),
+            "on_bad_record": config.input.on_bad_record,
+        }
+        return tuple(streaming.StreamSplit(name, split, **kwargs) for split in ("train", "test"))
+    kwargs = {"image_size": config.image_size, "data_dir": data_dir}
     return load_dataset(name, "train", **kwargs), load_dataset(name, "test", **kwargs)
 
 
-def _features(trained: train.TrainedModel, config: ConfigDict, splits, mesh):
-    features_fn = train.make_features_fn(trained, mesh)
-    features = tuple(
-        extract_features(features_fn, split.images, batch_size=config.probe.batch_size)
-        for split in splits
+def training_data(config: ConfigDict, train_split):
+    """What the loop trains on: the in-memory arrays, or the streamed records
+    cropped on the host as the task asks (`Task.host_crops`)."""
+    if not isinstance(train_split, streaming.StreamSplit):
+        return pipeline.InMemory({"image": train_split.images, "label": train_split.labels})
+    crops = nnx.eval_shape(lambda: train.build_task(config)).host_crops(config.image_size)
+    transform = (
+        streaming.view_transform(crops) if crops else streaming.center_transform(config.image_size)
     )
-    if not all(np.isfinite(x).all() for x in features):
-        # Finite weights can still be huge enough to overflow (a learning rate
-        # far too high, with nonfinite=skip): no evaluator can use that.
-        raise train.NonFiniteLossError(
-            f"The encoder's features of {splits[0].name} hold NaN/Inf: its weights have "
-            "diverged. Lower the learning rate and train again in a new --workdir."
-        )
-    return features
+    return streaming.StreamingSource(
+        train_split.dataset,
+        transform,
+        image_size=config.image_size,
+        num_workers=train_split.num_workers,
+        on_bad_record=train_split.on_bad_record,
+    )
 
 
-def _knn(config: ConfigDict, splits, train_x, test_x) -> float:
-    train_split, test_split = splits
+def _features(trained: train.TrainedModel, config: ConfigDict, splits, mesh):
+    """((train features, labels), (test features, labels)) of the frozen encoder."""
+    features_fn = train.make_features_fn(trained, mesh)
+    out = []
+    for split in splits:
+        # Kept on the device until the end: dispatch is asynchronous, so the
+        # host prepares the next batch while the device computes this one.
+        parts = [(features_fn(x), m, y) for x, m, y in split.batches(config.probe.batch_size)]
+        x = np.concatenate([np.asarray(f, np.float32)[m] for f, m, _ in parts])
+        y = np.concatenate([y[m] for _, m, y in parts]).astype(np.int32)
+        if not np.isfinite(x).all():
+            # Finite weights can still be huge enough to overflow (a learning
+            # rate far too high, with nonfinite=skip): no evaluator can use that.
+            raise train.NonFiniteLossError(
+                f"The encoder's features of {split.name} hold NaN/Inf: its weights have "
+                "diverged. Lower the learning rate and train again in a new --workdir."
+            )
+        out.append((x, y))
+    return tuple(out)
+
+
+def _knn(config: ConfigDict, num_classes: int, train_xy, test_xy) -> float:
+    (train_x, train_y), (test_x, test_y) = train_xy, test_xy
     return knn_top1(
         train_x,
-        train_split.labels,
+        train_y,
         test_x,
-        test_split.labels,
-        num_classes=train_split.num_classes,
+        test_y,
+        num_classes=num_classes,
         k=min(config.knn.k, len(train_x)),
         temperature=config.knn.temperature,
     )
@@ -73,8 +107,9 @@ def _knn(config: ConfigDict, splits, train_x, test_x) -> float:
 
 def knn_evaluator(config: ConfigDict, splits, mesh) -> train.Evaluator:
     """kNN top-1 of the current encoder, for `train`'s periodic evaluation."""
+    num_classes = splits[0].num_classes
     return lambda trained: {
-        "knn_top1": _knn(config, splits, *_features(trained, config, splits, mesh))
+        "knn_top1": _knn(config, num_classes, *_features(trained, config, splits, mesh))
     }
 
 
@@ -83,7 +118,7 @@ def _label_budgets(config: ConfigDict, train_split) -> list[tuple[int, dict]]:
     per-class counts, then the fractions of the train split, balanced."""
     budgets = [(k, {}) for k in config.probe.labels_per_class]
     for fraction in config.probe.label_fractions:
-        per_class = max(1, round(fraction * len(train_split.labels) / train_split.num_classes))
+        per_class = max(1, round(fraction * len(train_split) / train_split.num_classes))
         budgets.append((per_class, {"fraction": fraction}))
     return budgets
 
@@ -95,11 +130,9 @@ def probe(
     class, and the kNN classifier, all on the same frozen features; and the
     2-D PCA map of the test features as a PNG at `map_path`."""
     train_split, test_split = splits
-    train_x, test_x = _features(trained, config, splits, mesh)
+    (train_x, train_y), (test_x, test_y) = _features(trained, config, splits, mesh)
     if jax.process_index() == 0:
-        save_map(
-            test_x, test_split.labels, map_path, title=title, class_names=test_split.class_names
-        )
+        save_map(test_x, test_y, map_path, title=title, class_names=test_split.class_names)
     fit_kwargs = {
         "num_classes": train_split.num_classes,
         "l2_grid": tuple(config.probe.l2_grid),
@@ -107,7 +140,7 @@ def probe(
         "steps": config.probe.steps,
         "seed": config.seed,
     }
-    data = (train_x, train_split.labels, test_x, test_split.labels)
+    data = (train_x, train_y, test_x, test_y)
     result = fit_linear_probe(*data, **fit_kwargs).to_dict()
     result["few_labels"] = [
         {
@@ -116,7 +149,7 @@ def probe(
         }
         for k, extra in _label_budgets(config, train_split)
     ]
-    result["knn_top1"] = _knn(config, splits, train_x, test_x)
+    result["knn_top1"] = _knn(config, train_split.num_classes, (train_x, train_y), (test_x, test_y))
     return result
 
 
@@ -147,8 +180,11 @@ def supervised_config(config: ConfigDict, num_classes: int) -> ConfigDict:
 def classifier_top1(trained: train.TrainedModel, config: ConfigDict, split, mesh) -> float:
     """Test top-1 of a supervised task's own classifier (no probe on top)."""
     logits_fn = train.make_features_fn(trained, mesh, method="logits")
-    logits = extract_features(logits_fn, split.images, batch_size=config.probe.batch_size)
-    return float(np.mean(np.argmax(logits, axis=1) == split.labels))
+    correct = [
+        (np.argmax(np.asarray(logits_fn(x)), axis=1) == y)[m]
+        for x, m, y in split.batches(config.probe.batch_size)
+    ]
+    return float(np.mean(np.concatenate(correct)))
 
 
 def supervised_from_scratch(
@@ -162,8 +198,10 @@ def supervised_from_scratch(
     sup_config = supervised_config(config, train_split.num_classes)
     points = []
     for per_class, extra in _label_budgets(config, train_split):
-        subset = balanced_subset(train_split.labels, per_class, seed=config.seed)
-        arrays = {"image": train_split.images[subset], "label": train_split.labels[subset]}
+        subset = train_split.subset(
+            balanced_subset(train_split.labels, per_class, seed=config.seed)
+        )
+        arrays = {"image": subset.images, "label": subset.labels}
         run_dir = os.path.join(workdir, f"supervised_{per_class}_per_class")
         trained, summary = train.train(
             sup_config, run_dir, arrays, mesh, allow_config_change=allow_config_change
@@ -171,7 +209,7 @@ def supervised_from_scratch(
         points.append(
             {
                 "per_class": per_class,
-                "train_size": len(subset),
+                "train_size": len(subset.labels),
                 "top1": classifier_top1(trained, config, test_split, mesh),
                 "final_loss": summary.get("final_loss", metrics.last_logged(run_dir, "loss")),
                 **extra,
@@ -202,11 +240,11 @@ def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[st
         else (train_split, test_split)
     )
     config = fill_from_dataset(config, train_split)
-    arrays = {"image": train_split.images, "label": train_split.labels}
+    data = training_data(config, train_split)
 
     evaluator = knn_evaluator(config, probe_splits, mesh)
     trained, summary = train.train(
-        config, workdir, arrays, mesh, evaluator, allow_config_change=allow_config_change
+        config, workdir, data, mesh, evaluator, allow_config_change=allow_config_change
     )
     results: dict[str, Any] = {
         "task": config.task,
@@ -249,7 +287,7 @@ def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[st
         supervised, sup_summary = train.train(
             sup_config,
             sup_workdir,
-            arrays,
+            training_data(sup_config, train_split),
             mesh,
             evaluator,
             allow_config_change=allow_config_change,

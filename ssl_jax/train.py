@@ -138,6 +138,8 @@ def make_train_step(
             "learning_rate": schedule(step),
             "grad_norm": grad_norm,
         }
+        if "skipped" in batch:  # streamed data: unreadable records replaced in this batch
+            metrics["skipped_examples"] = jnp.sum(batch["skipped"]).astype(jnp.float32)
         if skip_nonfinite:
             keep = lambda new, old: jnp.where(finite, new, old)
             new_state = {**jax.tree.map(keep, new_state, state), "step": step + 1}
@@ -205,14 +207,14 @@ def make_features_fn(
 
 
 def make_visualizer(
-    trained: TrainedModel, arrays: Mapping[str, np.ndarray], workdir: str, *, examples: int = 8
+    trained: TrainedModel, data, workdir: str, *, examples: int = 8
 ) -> Callable[[dict, int], None] | None:
     """For tasks with the `visualize` hook (MAE's reconstructions, say): a
     function that saves that picture of the same fixed examples, with the same
     randomness, as `visuals/step_<N>.png`. None for tasks without pictures."""
     if not implements(trained.module(), "visualize"):
         return None
-    batch = {name: array[:examples] for name, array in arrays.items()}
+    batch = data.examples(examples)
     rng = jax.random.key(0)  # the same masks/views at every step: only the model changes
 
     @jax.jit
@@ -240,14 +242,15 @@ Evaluator = Callable[[TrainedModel], Mapping[str, float]]
 def train(
     config: ConfigDict,
     workdir: str,
-    arrays: Mapping[str, np.ndarray],
+    data,
     mesh: jax.sharding.Mesh | None = None,
     evaluator: Evaluator | None = None,
     *,
     allow_config_change: bool = False,
 ) -> tuple[TrainedModel, dict]:
-    """Trains `config.task` on `arrays` (a dict of equally long numpy arrays)
-    for `config.train_steps` steps, resuming from `workdir` if a checkpoint is
+    """Trains `config.task` on `data` (`pipeline.InMemory`,
+    `streaming.StreamingSource`, or a dict of equally long numpy arrays) for
+    `config.train_steps` steps, resuming from `workdir` if a checkpoint is
     there. Returns the trained model and a summary dict.
 
     The workdir is locked for the run (one writer at a time). A resume whose
@@ -261,10 +264,11 @@ def train(
     pipeline.check_batch_size(config.batch_size, mesh)
     lock = workdir_lib.locked(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock:
-        return _train(config, workdir, arrays, mesh, evaluator, allow_config_change)
+        return _train(config, workdir, data, mesh, evaluator, allow_config_change)
 
 
-def _train(config, workdir, arrays, mesh, evaluator, allow_config_change):
+def _train(config, workdir, data, mesh, evaluator, allow_config_change):
+    data = pipeline.InMemory(data) if isinstance(data, Mapping) else data
     trained = split_task(build_task(config))
     tx, schedule = optim.make_optimizer(
         config.optimizer, batch_size=config.batch_size, total_steps=config.train_steps
@@ -301,7 +305,7 @@ def _train(config, workdir, arrays, mesh, evaluator, allow_config_change):
         skip_nonfinite=config.nonfinite == "skip",
     )
     writer = MetricWriter(workdir, total_steps=config.train_steps, start_step=start_step)
-    visualize = make_visualizer(trained, arrays, workdir)
+    visualize = make_visualizer(trained, data, workdir)
     evaluate = None
     if evaluator is not None and config.eval_every:
         evaluate = lambda state: evaluator(
@@ -311,7 +315,7 @@ def _train(config, workdir, arrays, mesh, evaluator, allow_config_change):
         visualize(state, 0)
     # A generator: its prefetch thread starts with the first batch taken.
     batches = pipeline.device_batches(
-        arrays, batch_size=config.batch_size, seed=config.seed, mesh=mesh, start_step=start_step
+        data, batch_size=config.batch_size, seed=config.seed, mesh=mesh, start_step=start_step
     )
     summary = {
         "train_steps": config.train_steps,
@@ -458,6 +462,7 @@ def _loop(
             if is_log:
                 sums = {k: float(v) for k, v in jax.device_get(totals).items()}
                 skipped = sums.pop("nonfinite")
+                skipped_examples = sums.pop("skipped_examples", None)
                 skipped_total += int(skipped)
                 _stop_if_too_many_skipped(
                     skipped_total, step, config, last_checkpoint, checkpointer
@@ -465,6 +470,8 @@ def _loop(
                 good = count - skipped
                 means = {k: v / good for k, v in sums.items()} if good else {}
                 means["skipped_steps"] = skipped
+                if skipped_examples is not None:  # a count over the interval, not a mean
+                    means["skipped_examples"] = skipped_examples
                 if timed_steps:
                     elapsed = time.perf_counter() - timer_start
                 else:  # only the first step so far: report it, one-off costs included

@@ -48,6 +48,7 @@ RESULT_NEUTRAL_FIELDS = (
     "data_dir",
     "nonfinite",
     "max_skipped_fraction",
+    "input.workers",
     "knn",
     "probe",
     "baselines",

@@ -71,6 +71,23 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def batches(self, batch_size: int):
+        """(images, mask, labels) in order, every batch exactly `batch_size`
+        rows (one compiled shape): the last one padded with zeros, mask False."""
+        for start in range(0, len(self), batch_size):
+            images = self.images[start : start + batch_size]
+            labels = self.labels[start : start + batch_size]
+            valid = len(images)
+            mask = np.arange(batch_size) < valid
+            if valid < batch_size:
+                pad = batch_size - valid
+                images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), np.uint8)])
+                labels = np.concatenate([labels, np.zeros(pad, np.int32)])
+            yield images, mask, labels
+
+    def subset(self, indices) -> ImageDataset:
+        return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
+
 
 class DatasetError(ValueError):
     """Bad dataset name, path or content; the message is one line: what is wrong, what to do."""

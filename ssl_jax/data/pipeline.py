@@ -96,8 +96,32 @@ def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
     }
 
 
+class InMemory:
+    """Training data held in host memory (a dict of equally long arrays): each
+    step gathers its rows by index. The streaming counterpart is
+    `streaming.StreamingSource`; both offer `num_examples`, `host_batches`
+    and `examples`."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray]):
+        if not arrays or len({len(a) for a in arrays.values()}) != 1:
+            raise ValueError("InMemory needs a non-empty dict of equally long arrays.")
+        self.arrays = dict(arrays)
+        self.num_examples = len(next(iter(arrays.values())))
+
+    def host_batches(self, *, batch_size: int, seed: int, start_step: int) -> Iterator[dict]:
+        """This process's rows of the global batches of steps start_step, ...."""
+        step = start_step
+        while True:
+            yield host_batch(self.arrays, batch_size, seed, step)
+            step += 1
+
+    def examples(self, count: int) -> dict[str, np.ndarray]:
+        """The first `count` examples, whole (for pictures of fixed examples)."""
+        return {name: array[:count] for name, array in self.arrays.items()}
+
+
 def device_batches(
-    arrays: Mapping[str, np.ndarray],
+    source,
     *,
     batch_size: int,
     seed: int,
@@ -105,14 +129,15 @@ def device_batches(
     start_step: int,
     prefetch: int = 2,
 ) -> Iterator[dict[str, jax.Array]]:
-    """Yields the global batches of steps `start_step, start_step + 1, ...`.
+    """Yields the global batches of steps `start_step, start_step + 1, ...` of
+    `source` (`InMemory`, a `streaming.StreamingSource`, or a dict of arrays).
 
-    A background thread gathers and transfers the next `prefetch` batches while
-    the device computes, so the host never stalls the compiled step.
+    A background thread takes the host batches and transfers the next
+    `prefetch` of them while the device computes, so the host never stalls the
+    compiled step.
     """
     check_batch_size(batch_size, mesh)
-    if not arrays or len({len(a) for a in arrays.values()}) != 1:
-        raise ValueError("device_batches needs a non-empty dict of equally long arrays.")
+    source = InMemory(source) if isinstance(source, Mapping) else source
     slots: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
     stop = threading.Event()
 
@@ -126,13 +151,15 @@ def device_batches(
                 except queue.Full:
                     continue
 
-        step = start_step
+        host = source.host_batches(batch_size=batch_size, seed=seed, start_step=start_step)
         try:
             while not stop.is_set():
-                put(to_global(host_batch(arrays, batch_size, seed, step), mesh))
-                step += 1
+                put(to_global(next(host), mesh))
         except BaseException as error:  # surfaced in the consumer, not lost in the thread
             put(error)
+        finally:
+            if hasattr(host, "close"):
+                host.close()  # stops a streaming source's worker processes
 
     thread = threading.Thread(target=produce, daemon=True, name="ssl_jax-prefetch")
     thread.start()

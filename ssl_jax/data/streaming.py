@@ -68,6 +68,46 @@ _RESERVED_KEYS = ("label", "skipped", "mask")
 _ENDLESS = 2**62  # Steps of an endless stream (grain needs a length).
 
 
+# ----------------------------------------------------------------------------- choosing
+
+
+def streams(name: str, options, *, image_size: int, data_dir: str | None = None) -> bool:
+    """Whether `name` is streamed from records (`options` is `config.input`).
+
+    "auto": `arrayrecord:` datasets always; `tfds:` ones when decoding the train
+    split at `image_size` would take more than `options.memory_limit_gb` of
+    host memory (ImageNet at 224 px: 193 GB); everything else in memory.
+    "always" / "never" force it (only record datasets can stream, and
+    `arrayrecord:` datasets cannot be loaded whole)."""
+    kind = name.partition(":")[0]
+    if options.streaming == "never":
+        if kind == "arrayrecord":
+            raise DatasetError(
+                f"{name} can only be streamed; set --config.input.streaming=auto (or always)."
+            )
+        return False
+    if kind not in ("arrayrecord", "tfds"):
+        if options.streaming == "always":
+            raise DatasetError(
+                f"Only record datasets stream; write {name} into records first: "
+                "python -m ssl_jax.prepare --source=imagefolder:/path --out=/records, then "
+                "--config.dataset=arrayrecord:/records."
+            )
+        return False
+    if options.streaming == "always" or kind == "arrayrecord":
+        return True
+    decoded = len(records.open_source(name, "train", data_dir=data_dir)) * image_size**2 * 3
+    return decoded > options.memory_limit_gb * 2**30
+
+
+def num_workers(requested: int) -> int:
+    """`config.input.workers`: -1 is one worker per CPU core but two (at most
+    16), 0 decodes in the training process."""
+    import os
+
+    return requested if requested >= 0 else max(1, min(16, (os.cpu_count() or 1) - 2))
+
+
 # ----------------------------------------------------------------------------- transforms
 
 
@@ -105,6 +145,25 @@ def _center_record(size, record, rng) -> dict[str, np.ndarray]:
     return {
         "image": decode.center_square(decode.decode_image(record["image"], record["key"]), size)
     }
+
+
+def view_transform(groups, draft: bool = True) -> Transform:
+    """Decode + the crops a task asks for (`Task.host_crops`): `groups` maps a
+    batch key to its crop specs; each key holds all its crops stacked on a view
+    axis, [views, size, size, 3] (so a batch is [B, views, size, size, 3]).
+    No flip here: the task's augmentation on the device flips."""
+    groups = tuple((key, tuple(specs)) for key, specs in dict(groups).items())
+    return functools.partial(_view_record, groups, draft)
+
+
+def _view_record(groups, draft, record, rng) -> dict[str, np.ndarray]:
+    out = {}
+    for key, specs in groups:
+        crops = decode.crops(
+            record["image"], specs, rng, key=record["key"], flip_probability=0.0, draft=draft
+        )
+        out[key] = np.concatenate(crops)
+    return out
 
 
 # ----------------------------------------------------------------------------- loading rows
@@ -357,3 +416,104 @@ def _check_options(num_workers: int, on_bad_record: str, prefetch: int) -> None:
         raise ValueError(f"on_bad_record must be one of {ON_BAD_RECORD}, got {on_bad_record!r}.")
     if num_workers < 0 or prefetch < 1:
         raise ValueError(f"Need num_workers >= 0 and prefetch >= 1, got {num_workers}, {prefetch}.")
+
+
+class StreamingSource:
+    """Training data streamed from records, for the loop (the streaming
+    counterpart of `pipeline.InMemory`): each process reads its rows of every
+    global batch through `transform` on `num_workers` worker processes."""
+
+    def __init__(
+        self,
+        dataset: StreamingDataset,
+        transform: Transform,
+        *,
+        image_size: int,
+        num_workers: int = 0,
+        on_bad_record: str = "stop",
+    ):
+        _check_options(num_workers, on_bad_record, 1)
+        self.dataset = dataset
+        self.transform = transform
+        self.image_size = image_size
+        self.num_workers = num_workers
+        self.on_bad_record = on_bad_record
+        self.num_examples = dataset.num_examples
+
+    def host_batches(self, *, batch_size: int, seed: int, start_step: int) -> Batches:
+        import jax
+
+        return self.dataset.host_batches(
+            batch_size=batch_size,
+            seed=seed,
+            transform=self.transform,
+            start_step=start_step,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            num_workers=self.num_workers,
+            on_bad_record=self.on_bad_record,
+        )
+
+    def examples(self, count: int) -> dict[str, np.ndarray]:
+        """The split's first `count` images, centre-cropped (for pictures)."""
+        transform = center_transform(self.image_size)
+        with self.dataset.iterate(count, transform, on_bad_record=self.on_bad_record) as batches:
+            batch = next(batches)
+        keep = batch["mask"]
+        return {"image": batch["image"][keep], "label": batch["label"][keep]}
+
+
+class StreamSplit:
+    """A streamed split as the evaluators see it (the interface of an
+    in-memory `datasets.ImageDataset`): centre-cropped images in order,
+    `labels`, and decoded subsets, without ever holding the split."""
+
+    def __init__(
+        self,
+        spec: str,
+        split: str,
+        *,
+        image_size: int,
+        data_dir: str | None = None,
+        num_workers: int = 0,
+        on_bad_record: str = "stop",
+    ):
+        self.dataset = StreamingDataset(spec, split, data_dir)
+        self.name = spec
+        self.num_classes = self.dataset.num_classes
+        self.class_names = self.dataset.class_names
+        self.image_size = image_size
+        self.num_workers = num_workers
+        self.on_bad_record = on_bad_record
+        self._labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.dataset.num_examples
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Every record's label, read once (a pass over the records)."""
+        if self._labels is None:
+            source = self.dataset.source
+            self._labels = np.array([source[i]["label"] for i in range(len(source))], np.int32)
+        return self._labels
+
+    def batches(self, batch_size: int):
+        """(images, mask, labels) in order, the last batch padded (mask False),
+        as `datasets.ImageDataset.batches`."""
+        transform = center_transform(self.image_size)
+        with self.dataset.iterate(
+            batch_size, transform, num_workers=self.num_workers, on_bad_record=self.on_bad_record
+        ) as batches:
+            for batch in batches:
+                yield batch["image"], batch["mask"], batch["label"]
+
+    def subset(self, indices):
+        """The records at `indices`, decoded and centre-cropped into memory."""
+        from ssl_jax.data.datasets import ImageDataset
+
+        source, transform = self.dataset.source, center_transform(self.image_size)
+        records = [source[int(i)] for i in indices]
+        images = np.stack([transform(r, None)["image"] for r in records])
+        labels = np.array([r["label"] for r in records], np.int32)
+        return ImageDataset(images, labels, self.num_classes, self.name, self.class_names)

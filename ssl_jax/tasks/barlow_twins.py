@@ -23,7 +23,7 @@ from flax import nnx
 from ssl_jax import losses
 from ssl_jax.models.heads import MLP
 from ssl_jax.registry import TASKS
-from ssl_jax.tasks.base import Task, augmented_views, collapse_metrics, view_recipes
+from ssl_jax.tasks.base import Task, augmented_views, collapse_metrics, view_crops, view_recipes
 
 
 class BarlowTwinsTask(Task):
@@ -44,6 +44,9 @@ class BarlowTwinsTask(Task):
         self.projector = MLP([encoder.feature_dim, *projection_dims], last_bias=False, rngs=rngs)
         self.lambd = float(lambd)
         self.views = view_recipes(views)
+
+    def host_crops(self, image_size):
+        return view_crops(self.views, image_size)
 
     def augment(self, batch, rng, *, train=True):
         """uint8 images -> the two normalised views, stacked [2B, H, W, C]."""

@@ -25,6 +25,14 @@ Provided (override when the default is wrong for the task)
 - `features(images) -> [B, D] float32`: frozen, deterministic features of
   uint8 images for every evaluator (linear probe, kNN, ...): the encoder on
   the normalised image, batch norm in inference mode.
+- `host_crops(image_size) -> {batch key: crop specs} | None`: what streamed
+  data (`data/streaming.py`) crops from each ORIGINAL image on the host,
+  before the batch reaches the device (`data/decode.CropSpec`); None (the
+  default) is the centre square at `image_size`, as the in-memory data holds
+  it. Tasks whose augmentation starts with random-resized crops return them,
+  so crops come from the full-resolution original as in the papers; their
+  `augment` then receives the key as [B, views, S, S, C] and does not crop
+  again (`augmented_views` handles both layouts).
 - `trainable`: an `nnx` filter of the variables the optimizer trains (default
   every `nnx.Param`). Everything else (batch-norm statistics, a momentum
   teacher, DINO's centre) is "model state": carried through the step,
@@ -53,12 +61,14 @@ task relies on:
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from ssl_jax.data import augment
+from ssl_jax.data import augment, decode
 from ssl_jax.evaluate import collapse
 
 HOOKS = ("after_update", "visualize", "logits")
@@ -77,6 +87,10 @@ class Task(nnx.Module):
         self, batch: dict, rng: jax.Array, *, train: bool
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         raise TypeError(f"{type(self).__name__} must define loss(batch, rng, *, train).")
+
+    def host_crops(self, image_size: int) -> dict[str, tuple[decode.CropSpec, ...]] | None:
+        """Crops of each original image that streamed data delivers (see above)."""
+        return None
 
     def features(self, images: jax.Array) -> jax.Array:
         """Encoder features of un-augmented images, batch-norm in inference mode."""
@@ -131,13 +145,36 @@ def view_recipes(views) -> tuple[augment.ViewRecipe, ...]:
 def augmented_views(rng: jax.Array, images: jax.Array, recipes) -> jax.Array:
     """uint8 [B, H, W, C] -> the normalised views [V * B, h, w, C], view 0 of
     every image first; view v's draws come from fold_in(rng, v) and the
-    example's index, so they do not depend on the batch or device count."""
+    example's index, so they do not depend on the batch or device count.
+
+    uint8 [B, V, S, S, C] (views already cropped on the host from the original
+    images, see `view_crops`): view v is `images[:, v]`, augmented without a
+    second crop."""
     images = augment.to_float(images)
+    if images.ndim == 5:
+        inputs = [images[:, v] for v in range(images.shape[1])]
+        # The whole square at its own size: the crop is the identity.
+        whole = {"crop_scale": (1.0, 1.0), "crop_ratio": (1.0, 1.0), "size": None}
+        recipes = [dataclasses.replace(recipe, **whole) for recipe in recipes]
+    else:
+        inputs = [images] * len(recipes)
     views = [
-        augment.view_batch(jax.random.fold_in(rng, v), images, recipe)
-        for v, recipe in enumerate(recipes)
+        augment.view_batch(jax.random.fold_in(rng, v), x, recipe)
+        for v, (x, recipe) in enumerate(zip(inputs, recipes, strict=True))
     ]
     return augment.normalize(jnp.concatenate(views))
+
+
+def view_crops(recipes, image_size: int) -> dict[str, tuple[decode.CropSpec, ...]]:
+    """`Task.host_crops` of a task whose views follow `recipes`: each view's
+    random-resized crop, taken on the host from the original image."""
+    specs = []
+    for recipe in recipes:
+        size = recipe.size or image_size
+        if not isinstance(size, int):
+            raise ValueError(f"Host crops are square; got the view size {size}.")
+        specs.append(decode.CropSpec(size, tuple(recipe.crop_scale), tuple(recipe.crop_ratio)))
+    return {"image": tuple(specs)}
 
 
 # Rows of the batch the collapse monitor looks at: its SVD must stay a small

@@ -28,7 +28,7 @@ from ssl_jax import losses
 from ssl_jax.models.heads import MLP
 from ssl_jax.registry import TASKS
 from ssl_jax.tasks import teacher
-from ssl_jax.tasks.base import Task, augmented_views, collapse_metrics, view_recipes
+from ssl_jax.tasks.base import Task, augmented_views, collapse_metrics, view_crops, view_recipes
 
 
 class BYOLTask(Task):
@@ -55,6 +55,9 @@ class BYOLTask(Task):
         self.teacher = teacher.Teacher(encoder=encoder, projector=self.projector)
         self.base_momentum = float(base_momentum)
         self.views = view_recipes(views)
+
+    def host_crops(self, image_size):
+        return view_crops(self.views, image_size)
 
     def augment(self, batch, rng, *, train=True):
         """uint8 images -> the two normalised views, stacked [2B, H, W, C]."""

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssl_jax.data import augment
+from ssl_jax.data import augment, decode
 from ssl_jax.losses import mae_loss
 from ssl_jax.models.vit import Block, ViT, layer_norm, linear, patchify, sincos_2d, unpatchify
 from ssl_jax.registry import TASKS
@@ -144,12 +144,20 @@ class MAETask(Task):
             rngs=rngs,
         )
 
+    def host_crops(self, image_size):
+        if self.crop_scale is None:
+            return None
+        return {"image": (decode.CropSpec(image_size, self.crop_scale),)}
+
     def _augment(self, rng: jax.Array, images: jax.Array) -> jax.Array:
-        """MAE's only augmentation: random resized crop and flip, per example."""
+        """MAE's only augmentation: random resized crop (unless the host took
+        it from the original image: [B, 1, H, W, C]) and flip, per example."""
+        cropped = images.ndim == 5
+        images = images[:, 0] if cropped else images
 
         def one(key, image):
             crop_key, flip_key = jax.random.split(key)
-            if self.crop_scale is not None:
+            if self.crop_scale is not None and not cropped:
                 image = augment.random_resized_crop(crop_key, image, scale=self.crop_scale)
             return augment.random_flip(flip_key, image) if self.flip else image
 
@@ -176,6 +184,8 @@ class MAETask(Task):
         images = augment.to_float(batch["image"])
         if train:
             images = self._augment(rng, images)
+        elif images.ndim == 5:  # the host's crop
+            images = images[:, 0]
         return {"image": augment.normalize(images)}
 
     def loss(self, batch, rng, *, train):

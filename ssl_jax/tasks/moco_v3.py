@@ -28,7 +28,7 @@ from ssl_jax import losses
 from ssl_jax.models.heads import MLP
 from ssl_jax.registry import TASKS
 from ssl_jax.tasks import teacher
-from ssl_jax.tasks.base import Task, augmented_views, collapse_metrics, view_recipes
+from ssl_jax.tasks.base import Task, augmented_views, collapse_metrics, view_crops, view_recipes
 
 
 class MoCoV3Task(Task):
@@ -61,6 +61,9 @@ class MoCoV3Task(Task):
         self.temperature = float(temperature)
         self.base_momentum = float(base_momentum)
         self.views = view_recipes(views)
+
+    def host_crops(self, image_size):
+        return view_crops(self.views, image_size)
 
     def augment(self, batch, rng, *, train=True):
         """uint8 images -> the two normalised views, stacked [2B, H, W, C]."""

@@ -23,7 +23,7 @@ from flax import nnx
 from ssl_jax import losses
 from ssl_jax.models.heads import MLP
 from ssl_jax.registry import TASKS
-from ssl_jax.tasks.base import Task, augmented_views, collapse_metrics, view_recipes
+from ssl_jax.tasks.base import Task, augmented_views, collapse_metrics, view_crops, view_recipes
 
 
 class SimSiamTask(Task):
@@ -45,6 +45,9 @@ class SimSiamTask(Task):
         )
         self.predictor = MLP([projection_dim, prediction_hidden_dim, projection_dim], rngs=rngs)
         self.views = view_recipes(views)
+
+    def host_crops(self, image_size):
+        return view_crops(self.views, image_size)
 
     def augment(self, batch, rng, *, train=True):
         """uint8 images -> the two normalised views, stacked [2B, H, W, C]."""

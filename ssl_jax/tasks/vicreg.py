@@ -20,7 +20,7 @@ from flax import nnx
 from ssl_jax import losses
 from ssl_jax.models.heads import MLP
 from ssl_jax.registry import TASKS
-from ssl_jax.tasks.base import Task, augmented_views, collapse_metrics, view_recipes
+from ssl_jax.tasks.base import Task, augmented_views, collapse_metrics, view_crops, view_recipes
 
 
 class VICRegTask(Task):
@@ -41,6 +41,9 @@ class VICRegTask(Task):
         self.expander = MLP([encoder.feature_dim, *expander_dims], last_bias=False, rngs=rngs)
         self.weights = (float(invariance_weight), float(variance_weight), float(covariance_weight))
         self.views = view_recipes(views)
+
+    def host_crops(self, image_size):
+        return view_crops(self.views, image_size)
 
     def augment(self, batch, rng, *, train=True):
         """uint8 images -> the two normalised views, stacked [2B, H, W, C]."""
