@@ -222,6 +222,9 @@ def run(config: ConfigDict, workdir: str, *, allow_config_change: bool = False) 
     """The whole experiment, holding the workdir's lock throughout (see
     `train.train` for `allow_config_change`)."""
     config_lib.validate(config)
+    workdir_lib.check_local(workdir, "--workdir")
+    workdir_lib.check_local(config.data_dir, "config.data_dir")
+    workdir_lib.check_local(config.dataset.partition(":")[2], "config.dataset")
     lock = workdir_lib.locked(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock:
         return _run(config, workdir, allow_config_change)

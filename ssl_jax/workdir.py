@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sys
 from collections.abc import Iterator, Mapping
@@ -57,6 +58,19 @@ RESULT_NEUTRAL_FIELDS = (
 
 class WorkdirError(RuntimeError):
     """The workdir cannot be used as asked; the message says what to do."""
+
+
+def check_local(path: str, what: str) -> None:
+    """Refuses a URL (`gs://bucket/run`) in one line, before anything is
+    written: os paths would turn it into a local `gs:` folder. Cloud storage
+    can be mounted (gcsfuse, s3fs) and used as a local path."""
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", path)
+    if scheme:
+        raise WorkdirError(
+            f"{what} {path!r} is a {scheme.group(1)}:// URL; ssl_jax writes to local or mounted "
+            f"file systems only: mount the bucket (e.g. gcsfuse for gs://) and pass its local "
+            "path."
+        )
 
 
 # ----------------------------------------------------------------------------- the lock

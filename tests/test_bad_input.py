@@ -56,7 +56,7 @@ CASES = {
     ),
     "a field the config does not have": (
         ["--config=configs/mae.py:runlocal", "--config.model_kwargs.depth=3"],
-        "config field 'model_kwargs.depth' does not exist in configs/mae.py:runlocal",
+        "config field 'model_kwargs.depth' does not exist in",
     ),
     "NaN in a float field": (["--config.knn.temperature=nan"], "config.knn.temperature must be a"),
     "inf in a float field of a task": (
@@ -72,6 +72,11 @@ CASES = {
         "config.max_skipped_fraction must be in [0, 1]",
     ),
     "image folder without a path": (["--config.dataset=imagefolder:"], "needs the folder's path"),
+    "a cloud workdir": (["--workdir=gs://bucket/run"], "'gs://bucket/run' is a gs:// URL"),
+    "a cloud dataset": (
+        ["--config.dataset=arrayrecord:gs://b/recs"],
+        "config.dataset 'gs://b/recs'",
+    ),
 }
 
 
@@ -81,8 +86,14 @@ def test_config_mistakes(tmp_path, case):
     config = next((a for a in args if a.startswith("--config=")), None)
     args = [a for a in args if a != config]
     kwargs = {"config": config.split("=", 1)[1]} if config else {}
-    result = run_main(tmp_path / "run", *args, check=False, **kwargs)
+    workdir = next((a.split("=", 1)[1] for a in args if a.startswith("--workdir=")), None)
+    args = [a for a in args if not a.startswith("--workdir=")]
+    with_cwd = tmp_path / "cwd"
+    with_cwd.mkdir()
+    workdir = tmp_path / "run" if workdir is None else workdir
+    result = run_main(workdir, *args, check=False, cwd=with_cwd, **kwargs)
     _assert_one_clear_line(result, message)
+    assert not any(with_cwd.iterdir())  # no stray `gs:` folder
 
 
 def test_batch_size_not_divisible_by_devices(tmp_path):

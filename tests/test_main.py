@@ -13,7 +13,13 @@ import pytest
 ROOT = pathlib.Path(__file__).parents[1]
 
 
-def run_main(workdir, *overrides, devices=1, config="configs/rotation.py:runlocal", check=True):
+def run_main(
+    workdir, *overrides, devices=1, config="configs/rotation.py:runlocal", check=True, cwd=None
+):
+    """`python -m ssl_jax.main` in a subprocess; `cwd` other than the repository
+    root takes the config file by its absolute path."""
+    if cwd is not None:
+        config = str(ROOT / config)
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
@@ -27,7 +33,9 @@ def run_main(workdir, *overrides, devices=1, config="configs/rotation.py:runloca
         f"--workdir={workdir}",
         *overrides,
     ]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        command, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"main failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
