@@ -79,6 +79,7 @@ def convnet_tiny(*, rngs: nnx.Rngs, **kwargs) -> ConvNet:
 
 @ENCODERS.register("convnet")
 def convnet_preset(image_size: int, *, test: bool = False) -> EncoderPreset:
-    """The default ConvNet at any size (recipes may set `stem_stride`); tiny for tests."""
+    """The default ConvNet at any size (stride-2 stem; recipes may set
+    `stem_stride=1` for 16 px images); tiny for tests."""
     del image_size
-    return EncoderPreset("convnet_tiny") if test else EncoderPreset("convnet")
+    return EncoderPreset("convnet_tiny") if test else EncoderPreset("convnet", {"stem_stride": 2})

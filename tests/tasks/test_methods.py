@@ -138,7 +138,7 @@ def test_the_collapse_monitor_flags_a_collapsed_encoder():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [*METHODS, "dino"])
 def test_each_method_learns_on_digits(tmp_path, method):
     """Loss falls and the probe beats the same encoder at random init."""
     workdir = tmp_path / method

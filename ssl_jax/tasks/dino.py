@@ -1,0 +1,200 @@
+"""DINO: self-distillation with no labels (Caron et al., "Emerging Properties
+in Self-Supervised Vision Transformers", ICCV 2021).
+
+A student (encoder + DINO head) sees 2 global and N local crops of every
+image; a teacher, the exponential moving average of the student, sees the 2
+global ones. The student's softmax over K prototypes matches the teacher's
+centred and sharpened softmax of the OTHER crops (`losses.dino_loss`):
+centring (subtracting a running mean of the teacher's outputs) prevents one
+prototype from dominating, sharpening (a low teacher temperature) prevents the
+uniform output; together they avoid collapse without negatives.
+
+Details that matter:
+- Multi-crop: the global crops cover 40-100% of the image at the full size,
+  the local ones 5-40% at a smaller size (224 and 96 px on ImageNet); only
+  the global ones go through the teacher. Different sizes go through the
+  encoder separately (a ViT's sin-cos positions fit any grid).
+- The head: a 3-layer MLP (GELU, no batch norm) to a bottleneck, l2
+  normalisation, then a weight-normalised linear layer to K prototypes whose
+  norm is fixed to 1 (the reference's `norm_last_layer=True`).
+- The centre (momentum 0.9) is model state updated in `loss` from the teacher
+  outputs, as batch-norm statistics are; the teacher temperature warms up
+  linearly from 0.04 to its final value over `teacher_temperature_warmup`
+  steps, read from a step counter that `after_update` keeps.
+- The probe uses the TEACHER's encoder, as the paper evaluates it.
+- The prototypes are frozen for the first `freeze_prototypes` steps (the
+  reference's first epoch). Left out: the cosine schedule of the weight
+  decay (0.04 -> 0.4); gradients are clipped at 3.0 by the configs' optimizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ssl_jax import losses
+from ssl_jax.data import augment
+from ssl_jax.models.heads import MLP
+from ssl_jax.registry import TASKS
+from ssl_jax.tasks import teacher
+from ssl_jax.tasks.base import Task, augmented_views, collapse_metrics, view_crops, view_recipes
+
+
+class Center(nnx.Variable):
+    """DINO's running mean of the teacher's outputs: model state."""
+
+
+class StepCounter(nnx.Variable):
+    """The optimizer steps taken so far, for schedules inside the loss."""
+
+
+class DINOHead(nnx.Module):
+    """MLP -> bottleneck -> l2-normalise -> weight-normalised prototypes."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        *,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        rngs: nnx.Rngs,
+    ):
+        self.mlp = MLP(
+            [in_dim, hidden_dim, hidden_dim, bottleneck_dim],
+            norm=False,
+            activation="gelu",
+            rngs=rngs,
+        )
+        init = nnx.initializers.truncated_normal(0.02)
+        self.prototypes = nnx.Linear(
+            bottleneck_dim, out_dim, use_bias=False, kernel_init=init, rngs=rngs
+        )
+
+    def __call__(self, x: jax.Array, *, train: bool, frozen=False) -> jax.Array:
+        x = losses.l2_normalize(self.mlp(x, train=train).astype(jnp.float32))
+        kernel = self.prototypes.kernel[...].astype(jnp.float32)
+        # The reference freezes the prototypes during the first epoch: it
+        # stabilises the start (its `freeze_last_layer`).
+        kernel = jnp.where(frozen, jax.lax.stop_gradient(kernel), kernel)
+        kernel = kernel / jnp.linalg.norm(kernel, axis=0, keepdims=True)  # weight norm, g = 1
+        return x @ kernel
+
+
+class DINOTask(Task):
+    trainable = teacher.TRAINABLE
+
+    def __init__(
+        self,
+        encoder: nnx.Module,
+        *,
+        rngs: nnx.Rngs,
+        global_views: Sequence[dict],
+        local_view: dict,
+        num_local: int = 6,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        student_temperature: float = 0.1,
+        teacher_temperature: float = 0.04,
+        warmup_teacher_temperature: float = 0.04,
+        teacher_temperature_warmup: int = 0,
+        center_momentum: float = 0.9,
+        base_momentum: float = 0.996,
+        freeze_prototypes: int = 0,
+    ):
+        if len(global_views) != 2 or num_local < 0:
+            raise ValueError(f"DINO needs 2 global views and num_local >= 0, got {global_views}.")
+        if min(student_temperature, teacher_temperature, warmup_teacher_temperature) <= 0:
+            raise ValueError("DINO's temperatures must be > 0.")
+        self.encoder = encoder
+        self.head = DINOHead(
+            encoder.feature_dim,
+            out_dim,
+            hidden_dim=hidden_dim,
+            bottleneck_dim=bottleneck_dim,
+            rngs=rngs,
+        )
+        self.teacher = teacher.Teacher(encoder=encoder, head=self.head)
+        self.center = Center(jnp.zeros((1, out_dim), jnp.float32))
+        self.steps_done = StepCounter(jnp.zeros((), jnp.int32))
+        self.global_views = view_recipes(global_views)
+        self.local_views = view_recipes([local_view] * num_local)
+        self.temperatures = (
+            float(student_temperature),
+            float(warmup_teacher_temperature),
+            float(teacher_temperature),
+            int(teacher_temperature_warmup),
+        )
+        self.center_momentum = float(center_momentum)
+        self.base_momentum = float(base_momentum)
+        self.freeze_prototypes = int(freeze_prototypes)
+
+    def host_crops(self, image_size):
+        crops = {"image": view_crops(self.global_views, image_size)["image"]}
+        if self.local_views:
+            crops["local"] = view_crops(self.local_views, image_size)["image"]
+        return crops
+
+    def augment(self, batch, rng, *, train=True):
+        """uint8 images -> the global views [2B, Hg, Wg, C] and the local views
+        [N * B, Hl, Wl, C], normalised (or, from the host's crops: `image`
+        [B, 2, ...] and `local` [B, N, ...], augmented without a second crop)."""
+        del train
+        global_rng, local_rng = jax.random.split(rng)
+        out = {"image": augmented_views(global_rng, batch["image"], self.global_views)}
+        if self.local_views:
+            source = batch.get("local", batch["image"])
+            out["local"] = augmented_views(local_rng, source, self.local_views)
+        return out
+
+    def teacher_temperature(self) -> jax.Array:
+        _, start, end, warmup = self.temperatures
+        progress = jnp.clip(self.steps_done[...] / max(warmup, 1), 0.0, 1.0)
+        return jnp.where(self.steps_done[...] >= warmup, end, start + (end - start) * progress)
+
+    def loss(self, batch, rng, *, train):
+        n = batch["image"].shape[0]
+        views = self.augment(batch, rng, train=train)
+        features = self.encoder(views["image"], train=train)
+        frozen = self.steps_done[...] < self.freeze_prototypes
+        student = [self.head(features, train=train, frozen=frozen)]
+        if "local" in views:
+            local = self.encoder(views["local"], train=train)
+            student.append(self.head(local, train=train, frozen=frozen))
+        student = jnp.concatenate(student).reshape(-1, n, self.center.shape[-1])
+        target = self.teacher.head(self.teacher.encoder(views["image"], train=train), train=train)
+        target = jax.lax.stop_gradient(target.reshape(2, n, -1))
+        temperature = self.teacher_temperature()
+        loss = losses.dino_loss(
+            student,
+            target,
+            self.center[...],
+            student_temperature=self.temperatures[0],
+            teacher_temperature=temperature,
+        )
+        if train:
+            self.center[...] = losses.dino_update_center(
+                self.center[...], target, self.center_momentum
+            )
+        metrics = {"dino_loss": loss, "teacher_temperature": temperature}
+        return loss, {**metrics, **collapse_metrics(features[:n])}
+
+    def after_update(self, step, total_steps):
+        self.steps_done[...] = jnp.asarray(step, jnp.int32)
+        momentum = teacher.momentum_schedule(self.base_momentum, step, total_steps)
+        teacher.ema_update(self.teacher.encoder, self.encoder, momentum)
+        teacher.ema_update(self.teacher.head, self.head, momentum)
+
+    def features(self, images):
+        """The teacher's encoder, which DINO's paper evaluates."""
+        out = self.teacher.encoder(augment.normalize(augment.to_float(images)), train=False)
+        return out.astype(jnp.float32)
+
+
+@TASKS.register("dino")
+def dino(encoder: nnx.Module, *, rngs: nnx.Rngs, **kwargs) -> DINOTask:
+    return DINOTask(encoder, rngs=rngs, **kwargs)
