@@ -50,10 +50,13 @@ def test_sigkill_at_any_moment_then_rerun_ends_bit_identical(tmp_path, config):
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    metrics = killed / "metrics.jsonl"
+    metrics, checkpoints = killed / "metrics.jsonl", killed / "checkpoints"
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= kill_after:
+        # After that step, and once a checkpoint is complete (saves are
+        # asynchronous: on a loaded machine the first one can lag behind).
+        logged = metrics.exists() and len(metrics.read_text().splitlines()) >= kill_after
+        if logged and checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir()):
             break
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
