@@ -23,7 +23,9 @@ def _normalize(x: jax.Array) -> jax.Array:
 def _predict(train_x, train_y, test_x, *, num_classes: int, k: int, temperature: float):
     similarity = _normalize(test_x) @ _normalize(train_x).T  # [T, N]
     top_similarity, top_index = jax.lax.top_k(similarity, k)
-    weights = jnp.exp(top_similarity / temperature)
+    # Shifted by each row's best similarity: the same vote ratios, but no
+    # overflow (exp(1 / 0.01) is inf in float32, and inf votes tie).
+    weights = jnp.exp((top_similarity - top_similarity[:, :1]) / temperature)
     votes = jax.nn.one_hot(train_y[top_index], num_classes) * weights[..., None]
     return jnp.argmax(votes.sum(axis=1), axis=-1)
 

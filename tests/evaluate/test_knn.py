@@ -54,3 +54,16 @@ def test_bad_arguments():
         knn_top1(x, y, x, y, num_classes=2, k=4)
     with pytest.raises(ValueError, match="temperature"):
         knn_top1(x, y, x, y, num_classes=2, k=1, temperature=0)
+
+
+def test_low_temperatures_do_not_overflow_into_ties():
+    # exp(1 / 0.005) overflows float32: unshifted, every vote was inf and the
+    # tie went to the lowest class; the nearest neighbour's class must win.
+    train_x = np.array([[1.0, 0.0], [0.0, 1.0], [0.05, 1.0]], np.float32)
+    train_y = np.array([0, 1, 1])
+    test_x = np.array([[0.1, 1.0]], np.float32)  # nearest: the class-1 examples
+    for temperature in (0.5, 0.01, 0.005, 0.001):
+        accuracy = knn_top1(
+            train_x, train_y, test_x, np.array([1]), num_classes=2, k=3, temperature=temperature
+        )
+        assert accuracy == 1.0, temperature
