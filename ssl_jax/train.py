@@ -231,12 +231,16 @@ def make_visualizer(
             from PIL import Image
 
             os.makedirs(directory, exist_ok=True)
+            # Whole-pixel upscaling, so 16 px digits stay visible and sharp.
+            zoom = max(1, _PICTURE_SIDE // min(image.shape[:2]))
+            image = np.repeat(np.repeat(image, zoom, axis=0), zoom, axis=1)
             Image.fromarray(image).save(os.path.join(directory, f"step_{step:07d}.png"))
 
     return save
 
 
 Evaluator = Callable[[TrainedModel], Mapping[str, float]]
+_PICTURE_SIDE = 384  # saved pictures are upscaled until their shorter side reaches this
 
 
 def train(

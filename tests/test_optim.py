@@ -84,3 +84,19 @@ def test_bad_optimizer_values_are_clear_errors(field, value, message):
     opt = optim.default_config(**{field: value})
     with pytest.raises(ValueError, match=message):
         optim.make_optimizer(opt, batch_size=256, total_steps=10)
+
+
+def test_schedule_is_the_cosine_formula_to_the_last_step():
+    # Every step against warm-up + cosine written out: a schedule that ended its
+    # decay early (and sat at the end value) would still end at 0.1.
+    opt = optim.default_config(
+        learning_rate=2.0, lr_scaling="none", warmup_steps=10, end_lr_fraction=0.1
+    )
+    total, peak, end = 100, 2.0, 0.2
+    schedule = optim.make_schedule(opt, batch_size=256, total_steps=total)
+    for step in range(0, total + 1):
+        if step < 10:
+            expected = peak * step / 10
+        else:
+            expected = end + (peak - end) * 0.5 * (1 + np.cos(np.pi * (step - 10) / (total - 10)))
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-6), step

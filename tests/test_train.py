@@ -141,8 +141,10 @@ def test_tasks_with_visualize_get_a_picture_per_checkpoint(tmp_path):
         "step_0000008.png",
     ]
     first = np.asarray(Image.open(pictures[0]))
-    assert first.shape == (16, 8 * 8, 3)
-    np.testing.assert_array_equal(first[:8], np.concatenate(list(arrays["image"][:8]), axis=1))
+    # 16 x 64 px, upscaled by whole pixels (x24) to a 384 px shorter side.
+    assert first.shape == (16 * 24, 64 * 24, 3)
+    expected = np.concatenate(list(arrays["image"][:8]), axis=1)
+    np.testing.assert_array_equal(first[: 8 * 24 : 24, ::24], expected)
 
 
 def test_tasks_without_visualize_get_no_pictures(tmp_path):

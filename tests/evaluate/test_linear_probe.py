@@ -243,3 +243,18 @@ def test_one_label_per_class_uses_the_strongest_l2_without_a_holdout():
     assert few["top1"] > 0.8
     single = lp.fit_linear_probe(x[:5], y[:5], x, y, num_classes=3, l2_grid=(0.1,), steps=50)
     assert single.l2 == 0.1 and single.holdout_top1 == {}
+
+
+def test_test_features_are_standardised_with_the_train_statistics():
+    # Two classes split by the sign of feature 0 in train; the test features are
+    # the train ones shifted by +10 along it. Standardised with the train's
+    # statistics (the honest transform) every test point falls on class 1's
+    # side; with their own statistics the shift would be undone and hide it.
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 100).astype(np.int32)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    x[:, 0] = np.where(labels == 1, 1.0, -1.0) + 0.1 * x[:, 0]
+    shifted = x.copy()
+    shifted[:, 0] += 10.0
+    result = lp.fit_linear_probe(x, labels, shifted, labels, num_classes=2, steps=200)
+    assert result.top1 == 0.5

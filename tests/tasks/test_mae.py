@@ -187,3 +187,17 @@ def test_main_runs_mae_end_to_end_and_saves_pictures(tmp_path):
     assert "mae (pretrained)" in result.stdout
     pictures = sorted(p.name for p in (workdir / "visuals").glob("*.png"))
     assert pictures == ["step_0000000.png", "step_0000003.png", "step_0000006.png"]
+
+
+def test_the_decoder_knows_where_each_hidden_patch_is():
+    # Every visible token the same, so the mask token is the only input at
+    # the hidden positions: only the decoder's position embeddings can make
+    # its predictions there differ from one position to another.
+    task = _task()
+    grid = (4, 4)
+    keep, restore, mask = random_masking(jax.random.key(0), 2, 16, 0.75)
+    tokens = jnp.ones((2, 1 + keep.shape[1], task.encoder.embed_dim))  # class token + visible
+    pred = np.asarray(task.decoder(tokens, restore, grid))
+    hidden = np.asarray(mask[0]) > 0
+    predictions = pred[0][hidden]
+    assert not np.allclose(predictions, predictions[:1], atol=1e-4)
