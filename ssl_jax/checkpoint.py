@@ -17,6 +17,7 @@ of that:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -74,6 +75,26 @@ def nonfinite_paths(leaves: list[tuple[str, np.ndarray]]) -> list[str]:
         for path, value in leaves
         if np.issubdtype(value.dtype, np.inexact) and not np.isfinite(value).all()
     ]
+
+
+class _Unusable(CheckpointError):
+    """A checkpoint that is itself bad (corrupt, incomplete, NaN): set aside."""
+
+
+# Errors of the machine or the storage, not of the checkpoint: a restore that
+# meets one stops and changes nothing (moving a good checkpoint aside because
+# an NFS server timed out would silently roll the run back).
+_ENVIRONMENT_ERRORS = (PermissionError, MemoryError, TimeoutError, ConnectionError)
+_ENVIRONMENT_ERRNOS = (errno.EIO, errno.ETIMEDOUT, errno.ENOMEM, errno.EACCES, errno.ESTALE)
+_ENVIRONMENT_CODES = ("PERMISSION_DENIED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
+
+
+def _is_environment_fault(error: BaseException) -> bool:
+    if isinstance(error, _ENVIRONMENT_ERRORS):
+        return True
+    if isinstance(error, OSError) and error.errno in _ENVIRONMENT_ERRNOS:
+        return True
+    return any(code in str(error) for code in _ENVIRONMENT_CODES)
 
 
 def _reason(error: BaseException) -> str:
@@ -158,33 +179,41 @@ class Checkpointer:
                     state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
                 ),
             )
-        except Exception as error:  # orbax raises many types; all mean the same here
+        except Exception as error:  # orbax raises many types
             log.debug("restore of step %d failed", step, exc_info=True)
-            raise CheckpointError(f"cannot be read ({_reason(error)})") from error
+            if _is_environment_fault(error):
+                raise CheckpointError(
+                    f"Cannot read the checkpoint {self.path(step)} ({_reason(error)}); nothing "
+                    "was changed. Fix the storage or permissions and rerun the same command."
+                ) from None
+            raise _Unusable(f"cannot be read ({_reason(error)})") from error
         state, meta = restored["state"], restored["meta"]
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-            raise CheckpointError("was written by another version of ssl_jax")
+            raise _Unusable("was written by another version of ssl_jax")
         leaves = host_leaves(state)
         if fingerprint(leaves) != meta["fingerprint"]:
-            raise CheckpointError("is corrupt (its arrays differ from their recorded SHA-256)")
+            raise _Unusable("is corrupt (its arrays differ from their recorded SHA-256)")
         bad = nonfinite_paths(leaves)
         if bad:
-            raise CheckpointError(f"holds NaN/Inf in {', '.join(bad[:3])}")
+            raise _Unusable(f"holds NaN/Inf in {', '.join(bad[:3])}")
         return state, dict(meta.get("counters", {}))
 
-    def restore_latest(self, like: Any) -> tuple[int, Any, dict[str, int]] | None:
+    def restore_latest(
+        self, like: Any, *, set_aside: bool = True
+    ) -> tuple[int, Any, dict[str, int]] | None:
         """(step, state, counters) of the newest usable checkpoint, or None if
-        there is none at all. Unusable newer ones are moved aside, each with a
-        one-line warning; if no checkpoint is usable, CheckpointError."""
+        there is none at all. Unusable newer ones are moved aside (unless
+        `set_aside=False`: a reader that must not change the workdir), each
+        with a one-line warning; if no checkpoint is usable, CheckpointError."""
         steps = sorted(self._manager.all_steps(), reverse=True)
         failures = []
         for step in steps:
             try:
                 state, counters = self._restore(step, like)
-            except CheckpointError as error:
+            except _Unusable as error:
                 failures.append((step, str(error)))
                 continue
-            if failures:
+            if failures and set_aside:
                 self._set_aside(failures, good_step=step)
             return step, state, counters
         if failures:

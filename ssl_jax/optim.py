@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
@@ -65,7 +66,40 @@ def _adamw(opt: ConfigDict, schedule: optax.Schedule) -> optax.GradientTransform
     )
 
 
+def _clipped_trust_ratio(
+    trust_coefficient: float, schedule: optax.Schedule
+) -> optax.GradientTransformation:
+    """LARC's clipping (You et al. 2017, as NVIDIA apex and solo-learn apply
+    LARS): an adapted parameter's update u (gradient + decay) is scaled by
+    min(eta ||w|| / ||u|| / lr, 1), so its step lr * scale * u is the smaller of
+    the trust-ratio step and plain SGD's, never larger."""
+
+    def init(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params):
+        lr = schedule(state.count)
+
+        def scale(u, w):
+            w_norm, u_norm = jnp.linalg.norm(w), jnp.linalg.norm(u)
+            ratio = trust_coefficient * w_norm / jnp.maximum(u_norm, 1e-12)
+            factor = jnp.minimum(ratio / jnp.maximum(lr, 1e-12), 1.0)
+            return u * jnp.where((w_norm > 0) & (u_norm > 0), factor, 1.0)
+
+        updates = jax.tree.map(scale, updates, params)
+        return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
+
+
 def _lars(opt: ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+    if opt.lars_clip:
+        return optax.chain(
+            optax.add_decayed_weights(opt.weight_decay, mask=decay_mask),
+            optax.masked(_clipped_trust_ratio(opt.trust_coefficient, schedule), decay_mask),
+            optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov),
+        )
     return optax.lars(
         schedule,
         weight_decay=opt.weight_decay,
@@ -91,6 +125,8 @@ def validate(opt: ConfigDict) -> None:
         raise ValueError(f"optimizer.learning_rate must be > 0, got {opt.learning_rate}.")
     if opt.weight_decay < 0:
         raise ValueError(f"optimizer.weight_decay must be >= 0, got {opt.weight_decay}.")
+    if not opt.bias_lr_scale > 0:
+        raise ValueError(f"optimizer.bias_lr_scale must be > 0, got {opt.bias_lr_scale}.")
     if opt.warmup_steps < 0:
         raise ValueError(f"optimizer.warmup_steps must be >= 0, got {opt.warmup_steps}.")
     if not 0 <= opt.end_lr_fraction <= 1:
@@ -104,6 +140,11 @@ def make_optimizer(
     validate(opt)
     schedule = make_schedule(opt, batch_size=batch_size, total_steps=total_steps)
     tx = OPTIMIZERS[opt.name](opt, schedule)
+    if opt.bias_lr_scale != 1.0:
+        # Biases and normalisation parameters at another learning rate (Barlow
+        # Twins' reference: 0.0048 for them against 0.2 for the weights).
+        not_decayed = lambda params: jax.tree.map(lambda m: not m, decay_mask(params))
+        tx = optax.chain(tx, optax.masked(optax.scale(opt.bias_lr_scale), not_decayed))
     if opt.grad_clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
     return tx, schedule
@@ -124,6 +165,10 @@ def default_config(**overrides) -> ConfigDict:
             "b1": 0.9,
             "b2": 0.999,
             "trust_coefficient": 0.001,
+            # LARS: clip each adapted step to plain SGD's (LARC; solo-learn's
+            # CIFAR recipes, with trust_coefficient 0.02).
+            "lars_clip": False,
+            "bias_lr_scale": 1.0,  # the learning rate of biases and norms, relative
             "grad_clip_norm": 0.0,
         }
     )

@@ -266,8 +266,7 @@ def train(
     """
     mesh = pipeline.make_mesh() if mesh is None else mesh
     pipeline.check_batch_size(config.batch_size, mesh)
-    lock = workdir_lib.locked(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
-    with lock:
+    with workdir_lib.run_lock(workdir):
         return _train(config, workdir, data, mesh, evaluator, allow_config_change)
 
 

@@ -37,19 +37,21 @@ HISTORY_FILE = "config_history.jsonl"
 
 # Config fields (dotted prefixes) that cannot change what a run computes: how
 # often it logs, evaluates and checkpoints, what the evaluators do afterwards,
-# where the data lives, and how it reacts to faults. Everything else (task,
-# model, data, batch, seed, optimizer, schedule, steps, precision...) is the
-# run's identity.
+# and how it reacts to faults. Everything else (task, model, data and
+# data_dir, which can choose the data, batch, seed, optimizer, schedule,
+# steps, precision...) is the run's identity.
 RESULT_NEUTRAL_FIELDS = (
     "log_every",
     "eval_every",
     "checkpoint_every",
     "keep_checkpoints",
     "peak_tflops",
-    "data_dir",
     "nonfinite",
     "max_skipped_fraction",
     "input.workers",
+    # Skipping instead of stopping on a bad record changes nothing before the
+    # first bad record, where a run that stopped on it ended.
+    "input.on_bad_record",
     "knn",
     "probe",
     "baselines",
@@ -157,6 +159,35 @@ def locked(workdir: str) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
         os.close(fd)  # releases the flock
+
+
+@contextlib.contextmanager
+def run_lock(workdir: str) -> Iterator[None]:
+    """`locked(workdir)` for a run of one or several processes: process 0
+    takes the lock and every process learns whether it could, so they all
+    stop together (the others would otherwise wait in a collective forever)."""
+    import jax
+
+    if jax.process_count() == 1:
+        with locked(workdir):
+            yield
+        return
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    error = None
+    with contextlib.ExitStack() as stack:
+        if jax.process_index() == 0:
+            try:
+                stack.enter_context(locked(workdir))
+            except WorkdirError as refused:
+                error = refused
+        taken = multihost_utils.process_allgather(np.int32(error is None))
+        if not np.all(taken):
+            raise error or WorkdirError(
+                f"{workdir} is in use by another run (process 0 could not lock it)."
+            )
+        yield
 
 
 def _refuse_if_live_holder_here(workdir: str, previous: str) -> None:

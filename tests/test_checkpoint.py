@@ -1,6 +1,7 @@
 """Checkpoints that are checked: finite before saving, fingerprinted, and a
 corrupt one replaced by the newest good one, never silently."""
 
+import errno
 import logging
 
 import jax.numpy as jnp
@@ -96,4 +97,25 @@ def test_no_usable_checkpoint_is_an_error_that_moves_nothing(tmp_path):
 def test_an_empty_workdir_has_nothing_to_restore(tmp_path):
     checkpointer = Checkpointer(str(tmp_path), keep=1)
     assert checkpointer.restore_latest(like=_state(0)) is None
+    checkpointer.close()
+
+
+def test_a_storage_fault_stops_the_restore_and_moves_nothing(tmp_path, monkeypatch):
+    # An unreadable newest checkpoint because of the machine (an I/O timeout,
+    # permissions), not the checkpoint: no fallback to an older step.
+    checkpointer = _saved(tmp_path)
+    real = checkpointer._manager.restore
+
+    def flaky(step, args):
+        if step == 3:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(step, args=args)
+
+    monkeypatch.setattr(checkpointer._manager, "restore", flaky)
+    with pytest.raises(
+        CheckpointError, match="checkpoints/3 .*Input/output error.*nothing was changed"
+    ):
+        checkpointer.restore_latest(like=_state(0))
+    assert not (tmp_path / CORRUPT_DIR).exists()
+    assert sorted(checkpointer._manager.all_steps()) == [1, 2, 3]
     checkpointer.close()

@@ -100,3 +100,48 @@ def test_schedule_is_the_cosine_formula_to_the_last_step():
         else:
             expected = end + (peak - end) * 0.5 * (1 + np.cos(np.pi * (step - 10) / (total - 10)))
         assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-6), step
+
+
+def test_clipped_lars_takes_the_smaller_of_the_trust_ratio_and_sgd_steps():
+    rng = np.random.default_rng(0)
+    params = {
+        "big": {"kernel": jnp.asarray(100 * rng.normal(size=(4, 4)), jnp.float32)},
+        "tiny": {"kernel": jnp.asarray(1e-4 * rng.normal(size=(4, 4)), jnp.float32)},
+        "bn": {"bias": jnp.ones((4,))},
+    }
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+    lr, eta, wd = 0.3, 0.02, 1e-4
+    opt = optim.default_config(
+        name="lars",
+        learning_rate=lr,
+        lr_scaling="none",
+        warmup_steps=0,
+        weight_decay=wd,
+        momentum=0.0,
+        trust_coefficient=eta,
+        lars_clip=True,
+    )
+    tx, _ = optim.make_optimizer(opt, batch_size=256, total_steps=10)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    for name in ("big", "tiny"):  # u = g + wd w; step = min(eta ||w|| / ||u||, lr) u
+        w, g = np.asarray(params[name]["kernel"]), np.asarray(grads[name]["kernel"])
+        u = g + wd * w
+        expected = -min(eta * np.linalg.norm(w) / np.linalg.norm(u), lr) * u
+        np.testing.assert_allclose(updates[name]["kernel"], expected, rtol=1e-5)
+    # "big" is clipped to plain SGD, "tiny" keeps its trust-ratio step.
+    assert eta * np.linalg.norm(params["big"]["kernel"]) / np.linalg.norm(0.5 * np.ones(16)) > lr
+    np.testing.assert_allclose(updates["bn"]["bias"], -lr * 0.5, rtol=1e-6)  # no decay, no ratio
+
+
+def test_bias_lr_scale_scales_only_biases_and_norms():
+    opt = optim.default_config(
+        lr_scaling="none", learning_rate=0.1, warmup_steps=0, weight_decay=0.0, momentum=0.0
+    )
+    grads = jax.tree.map(jnp.ones_like, PARAMS)
+    plain, _ = optim.make_optimizer(opt, batch_size=256, total_steps=10)
+    opt.bias_lr_scale = 0.024
+    scaled, _ = optim.make_optimizer(opt, batch_size=256, total_steps=10)
+    a, _ = plain.update(grads, plain.init(PARAMS), PARAMS)
+    b, _ = scaled.update(grads, scaled.init(PARAMS), PARAMS)
+    np.testing.assert_allclose(b["conv"]["kernel"], a["conv"]["kernel"])
+    np.testing.assert_allclose(b["bn"]["bias"], 0.024 * a["bn"]["bias"], rtol=1e-6)

@@ -203,7 +203,7 @@ def _train_row(source, transform, seed, step, row, batch_size, index, on_bad):
     # permutation after another) that loads. batch_indices with batch size 1 is
     # the record at one position.
     position = step * batch_size + row
-    for skipped in range(1, MAX_CONSECUTIVE_BAD):
+    for skipped in range(1, MAX_CONSECUTIVE_BAD + 1):
         index = int(pipeline.batch_indices(len(source), 1, seed, position + skipped)[0])
         try:
             return (*_load(source, transform, index, rng_seed), skipped)
@@ -303,6 +303,17 @@ class Batches(Iterator[dict[str, np.ndarray]]):
         self.close()
 
 
+def _ignore_stop_signals(worker_index: int, worker_count: int) -> None:
+    """Workers share the training process's process group, so Ctrl-C and a
+    scheduler's SIGTERM reach them too: they ignore both and leave the stop
+    to the main process (`ssl_jax.preemption`), which closes them."""
+    import signal
+
+    del worker_index, worker_count
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def _pipeline(steps, load: Callable, num_workers: int, prefetch: int) -> Batches:
     import grain  # Lazy: importing grain takes most of a second.
 
@@ -319,7 +330,8 @@ def _pipeline(steps, load: Callable, num_workers: int, prefetch: int) -> Batches
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
         dataset = dataset.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch)
+            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch),
+            worker_init_fn=_ignore_stop_signals,
         )
     return Batches(dataset)
 
@@ -509,11 +521,25 @@ class StreamSplit:
                 yield batch["image"], batch["mask"], batch["label"]
 
     def subset(self, indices):
-        """The records at `indices`, decoded and centre-cropped into memory."""
+        """The records at `indices`, decoded and centre-cropped into memory
+        (with on_bad_record="skip", unreadable ones are left out)."""
         from ssl_jax.data.datasets import ImageDataset
 
         source, transform = self.dataset.source, center_transform(self.image_size)
-        records = [source[int(i)] for i in indices]
-        images = np.stack([transform(r, None)["image"] for r in records])
-        labels = np.array([r["label"] for r in records], np.int32)
-        return ImageDataset(images, labels, self.num_classes, self.name, self.class_names)
+        images, labels = [], []
+        for i in indices:
+            try:
+                out, label = _load(source, transform, int(i), [0, int(i)])
+            except DatasetError:
+                if self.on_bad_record == "stop":
+                    raise
+                continue
+            images.append(out["image"])
+            labels.append(label)
+        return ImageDataset(
+            np.stack(images),
+            np.array(labels, np.int32),
+            self.num_classes,
+            self.name,
+            self.class_names,
+        )

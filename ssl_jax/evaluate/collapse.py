@@ -59,7 +59,15 @@ def effective_rank(z: jax.Array, eps: float = RANKME_EPS) -> jax.Array:
     exceed N.
     """
     z = jnp.asarray(z).astype(jnp.float32)
-    singular_values = jnp.linalg.svd(z, compute_uv=False)
+    # The singular values from the eigenvalues of the smaller Gram matrix: an
+    # SVD of a 512 x 2048 batch cost half a second per step on a CPU.
+    gram = z @ z.T if z.shape[0] <= z.shape[1] else z.T @ z
+    eigenvalues = jnp.linalg.eigvalsh(gram.astype(jnp.float32))
+    # Squaring the matrix squares its condition: eigenvalues below float32's
+    # rounding of the largest are noise (numpy's matrix_rank tolerance), not
+    # directions the embeddings use.
+    tolerance = eigenvalues[-1] * max(z.shape) * jnp.finfo(jnp.float32).eps
+    singular_values = jnp.sqrt(jnp.where(eigenvalues > tolerance, eigenvalues, 0.0))
     # Floored like the norm above: an all-zero batch gives p_k = eps, not NaN.
     p = singular_values / jnp.maximum(jnp.sum(singular_values), 1e-12) + eps
     return jnp.exp(-jnp.sum(p * jnp.log(p)))

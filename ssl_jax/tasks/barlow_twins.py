@@ -35,6 +35,7 @@ class BarlowTwinsTask(Task):
         views: Sequence[dict],
         projection_dims: Sequence[int] = (8192, 8192, 8192),
         lambd: float = 5e-3,
+        loss_scale: float = 1.0,
     ):
         if len(views) != 2 or lambd < 0:
             raise ValueError(
@@ -43,6 +44,9 @@ class BarlowTwinsTask(Task):
         self.encoder = encoder
         self.projector = MLP([encoder.feature_dim, *projection_dims], last_bias=False, rngs=rngs)
         self.lambd = float(lambd)
+        # The reference's early `scale-loss` (solo-learn keeps it, 0.1 on
+        # CIFAR): under LARS it only changes the step of biases and norms.
+        self.loss_scale = float(loss_scale)
         self.views = view_recipes(views)
 
     def host_crops(self, image_size):
@@ -58,7 +62,7 @@ class BarlowTwinsTask(Task):
         features = self.encoder(self.augment(batch, rng, train=train)["image"], train=train)
         z = self.projector(features, train=train)
         terms = losses.barlow_twins_terms(z[:n], z[n:])
-        loss = terms["invariance"] + self.lambd * terms["redundancy"]
+        loss = self.loss_scale * (terms["invariance"] + self.lambd * terms["redundancy"])
         return loss, {**terms, **collapse_metrics(features[:n])}
 
 

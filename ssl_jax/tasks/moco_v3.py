@@ -15,7 +15,9 @@ Details that matter:
   configs set `model_kwargs.frozen_patch_embed`, which the ViT keeps as model
   state.
 - Projector: 3 layers for ViTs, 2 for ResNets (4096 wide, 256 out, each
-  batch-normalised, the last without scale and offset); predictor: 2 layers.
+  batch-normalised, the last without scale and offset); predictor: 2 layers,
+  ending in such a batch norm for ViTs only (`predictor_last_norm`), as in
+  the reference's MoCo_ViT and MoCo_ResNet.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class MoCoV3Task(Task):
         prediction_hidden_dim: int = 4096,
         temperature: float = 0.2,
         base_momentum: float = 0.99,
+        predictor_last_norm: bool = False,
     ):
         if len(views) != 2 or temperature <= 0 or not 0.0 <= base_momentum <= 1.0:
             raise ValueError(
@@ -55,7 +58,9 @@ class MoCoV3Task(Task):
         dims = [encoder.feature_dim, *projection_hidden_dims, projection_dim]
         self.projector = MLP(dims, last_norm="plain", rngs=rngs)
         self.predictor = MLP(
-            [projection_dim, prediction_hidden_dim, projection_dim], last_norm="plain", rngs=rngs
+            [projection_dim, prediction_hidden_dim, projection_dim],
+            last_norm="plain" if predictor_last_norm else None,
+            rngs=rngs,
         )
         self.teacher = teacher.Teacher(encoder=encoder, projector=self.projector)
         self.temperature = float(temperature)

@@ -140,19 +140,24 @@ def test_the_collapse_monitor_flags_a_collapsed_encoder():
 @pytest.mark.slow
 @pytest.mark.parametrize("method", [*METHODS, "dino"])
 def test_each_method_learns_on_digits(tmp_path, method):
-    """Loss falls and the probe beats the same encoder at random init."""
+    """The loss comes down and the probe beats the same encoder at random
+    init, in 100 steps of 64 digits with the runlocal network. (DINO's loss
+    first rises while its teacher sharpens, so "comes down" is from its peak.)"""
     workdir = tmp_path / method
     run_main(
         workdir,
-        "--config.train_steps=60",
+        "--config.train_steps=100",
         "--config.batch_size=64",
         "--config.log_every=10",
-        "--config.checkpoint_every=60",
+        "--config.checkpoint_every=100",
         "--config.eval_every=0",
         "--config.probe.steps=200",
+        "--config.probe.few_label_draws=1",
         config=f"configs/{method}.py:runlocal",
     )
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert records[-1]["loss"] < records[0]["loss"]
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    losses = [json.loads(line)["loss"] for line in lines]
+    peak = max(losses)
+    assert losses[-1] < peak - 0.05 * abs(peak), losses
     results = json.loads((workdir / "results.json").read_text())
     assert results["linear_probe"]["top1"] > results["random_init"]["linear_probe"]["top1"]

@@ -16,7 +16,8 @@ Variants, picked by the argument after the colon (comma-separated):
 
 from ssl_jax import config_lib
 
-# Small images: solo-learn's CIFAR recipe (LARS 0.3 x B/256, weight decay
+# Small images: solo-learn's CIFAR recipe, with its LARS (trust coefficient 0.02,
+# each step clipped to plain SGD's: LARC) (LARS 0.3 x B/256, weight decay
 # 1e-4, expander 3 x 2048, 1000 epochs at batch 256).
 _SMALL = {
     "encoder": "resnet18",
@@ -28,6 +29,8 @@ _SMALL = {
         "learning_rate": 0.3,
         "warmup_steps": 1_950,
         "weight_decay": 1e-4,
+        "trust_coefficient": 0.02,
+        "lars_clip": True,
     },
 }
 

@@ -95,6 +95,7 @@ RECIPES = {
             "teacher_temperature": 0.07,
             "teacher_temperature_warmup": 37_530,
             "base_momentum": 0.996,
+            "freeze_prototypes": 1_251,  # the reference's first epoch
         },
         "batch_size": 1024,
         "train_steps": 375_300,

@@ -74,5 +74,9 @@ def get_config(arg: str | None = None):
             "task_kwargs": {"prediction_hidden_dim": 512},
             "optimizer": {"lr_scaling": "linear"},
         },
-        runlocal={"task_kwargs": {"projection_dim": 32, "prediction_hidden_dim": 8}},
+        # The tiny runlocal network barely moves at the recipe's learning rate.
+        runlocal={
+            "task_kwargs": {"projection_dim": 32, "prediction_hidden_dim": 16},
+            "optimizer": {"learning_rate": 2.0},
+        },
     )

@@ -16,11 +16,17 @@ Variants, picked by the argument after the colon (comma-separated):
 
 from ssl_jax import config_lib
 
-# Small images: solo-learn's CIFAR recipe (LARS 0.3 x B/256, weight decay
-# 1e-4, projector 3 x 2048, lambda 0.0051, 1000 epochs at batch 256).
+# Small images: solo-learn's CIFAR recipe, with its LARS (trust coefficient 0.02,
+# each step clipped to plain SGD's: LARC) (LARS 0.3 x B/256, weight decay
+# 1e-4, projector 3 x 2048, lambda 0.0051, loss scaled by 0.1, 1000 epochs at
+# batch 256).
 _SMALL = {
     "encoder": "resnet18",
-    "task_kwargs": {"views": config_lib.byol_views(), "projection_dims": (2048, 2048, 2048)},
+    "task_kwargs": {
+        "views": config_lib.byol_views(),
+        "projection_dims": (2048, 2048, 2048),
+        "loss_scale": 0.1,
+    },
     "batch_size": 256,
     "train_steps": 195_300,
     "optimizer": {
@@ -28,6 +34,8 @@ _SMALL = {
         "learning_rate": 0.3,
         "warmup_steps": 1_950,
         "weight_decay": 1e-4,
+        "trust_coefficient": 0.02,
+        "lars_clip": True,
     },
 }
 
@@ -52,9 +60,10 @@ RECIPES = {
     "small": _SMALL,
     "medium": _SMALL,
     # The paper's ImageNet recipe (section 2, appendix): ResNet-50, projector
-    # 3 x 8192, batch 2048, LARS at 0.2 x B/256 (biases and batch norm 0.0048,
-    # here excluded from LARS and decay instead), weight decay 1.5e-6,
-    # 10 warm-up epochs, 1000 epochs, lambda 0.0051.
+    # 3 x 8192, batch 2048, LARS at 0.2 x B/256 for the weights and 0.0048 x
+    # B/256 for biases and batch norm (bias_lr_scale 0.024; they are excluded
+    # from LARS and decay), weight decay 1.5e-6, 10 warm-up epochs, 1000
+    # epochs, lambda 0.0051.
     "large": {
         "encoder": "resnet50",
         "task_kwargs": {"views": config_lib.byol_views(), "projection_dims": (8192, 8192, 8192)},
@@ -65,6 +74,7 @@ RECIPES = {
             "learning_rate": 0.2,
             "warmup_steps": 6_250,
             "weight_decay": 1.5e-6,
+            "bias_lr_scale": 0.024,
         },
     },
 }
@@ -75,6 +85,9 @@ def get_config(arg: str | None = None):
         "barlow_twins",
         config_lib.options(arg),
         RECIPES,
-        common={"task_kwargs": {"lambd": 0.0051}, "optimizer": {"lr_scaling": "linear"}},
+        common={
+            "task_kwargs": {"lambd": 0.0051, "loss_scale": 1.0},
+            "optimizer": {"lr_scaling": "linear"},
+        },
         runlocal={"task_kwargs": {"projection_dims": (32, 32)}},
     )

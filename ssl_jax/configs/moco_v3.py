@@ -16,7 +16,8 @@ Variants, picked by the argument after the colon (comma-separated):
 
 from ssl_jax import config_lib
 
-# Small images: solo-learn's CIFAR recipe for MoCo v3 with a ResNet-18 (LARS
+# Small images: solo-learn's CIFAR recipe, with its LARS (trust coefficient 0.02,
+# each step clipped to plain SGD's: LARC) for MoCo v3 with a ResNet-18 (LARS
 # 0.3 x B/256, weight decay 1e-5, tau 0.2, base momentum 0.99, projector
 # 4096 -> 256, predictor 4096, 1000 epochs at batch 256).
 _SMALL = {
@@ -29,6 +30,8 @@ _SMALL = {
         "learning_rate": 0.3,
         "warmup_steps": 1_950,
         "weight_decay": 1e-5,
+        "trust_coefficient": 0.02,
+        "lars_clip": True,
     },
 }
 
@@ -87,6 +90,7 @@ def get_config(arg: str | None = None):
                 "prediction_hidden_dim": 4096,
                 "temperature": 0.2,
                 "base_momentum": 0.99,
+                "predictor_last_norm": False,
             },
             "optimizer": {"lr_scaling": "linear"},
         },
@@ -98,6 +102,11 @@ def get_config(arg: str | None = None):
             }
         },
     )
-    if "patch_size" in config.model_kwargs:  # a ViT: MoCo v3's frozen patch projection
+    if "patch_size" in config.model_kwargs:
+        # A ViT: MoCo v3's frozen patch projection, a 3-layer projector and a
+        # predictor ending in batch norm (the reference's MoCo_ViT).
         config.model_kwargs.frozen_patch_embed = True
+        config.task_kwargs.predictor_last_norm = True
+        if len(config.task_kwargs.projection_hidden_dims) == 1:
+            config.task_kwargs.projection_hidden_dims *= 2
     return config

@@ -16,7 +16,8 @@ Variants, picked by the argument after the colon (comma-separated):
 
 from ssl_jax import config_lib
 
-# Small images: solo-learn's CIFAR recipe for BYOL (LARS 1.0 x B/256, weight
+# Small images: solo-learn's CIFAR recipe, with its LARS (trust coefficient 0.02,
+# each step clipped to plain SGD's: LARC) for BYOL (LARS 1.0 x B/256, weight
 # decay 1e-5, base momentum 0.99, 1000 epochs of 50k images at batch 256).
 _SMALL = {
     "encoder": "resnet18",
@@ -28,6 +29,8 @@ _SMALL = {
         "learning_rate": 1.0,
         "warmup_steps": 1_950,
         "weight_decay": 1e-5,
+        "trust_coefficient": 0.02,
+        "lars_clip": True,
     },
 }
 
