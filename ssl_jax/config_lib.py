@@ -8,10 +8,44 @@ comma-separated list of `key=value` options and bare flags.
 from __future__ import annotations
 
 import math
+import os
 
 from ml_collections import ConfigDict
 
 from ssl_jax import optim
+
+
+def config_path(name: str) -> str:
+    """The file of a config: a path as given, or the name of a packaged one
+    (`simclr` -> .../ssl_jax/configs/simclr.py), so an installed ssl_jax runs
+    its configs from anywhere."""
+    if "/" in name or name.endswith(".py"):
+        return name
+    import importlib.resources
+
+    packaged = importlib.resources.files("ssl_jax") / "configs" / f"{name}.py"
+    if not packaged.is_file():
+        known = sorted(
+            p.name[:-3]
+            for p in (importlib.resources.files("ssl_jax") / "configs").iterdir()
+            if p.name.endswith(".py") and not p.name.startswith("_")
+        )
+        raise ValueError(f"No packaged config {name!r}; known: {', '.join(known)}.")
+    return str(packaged)
+
+
+def get_config(name: str, arg: str | None = None) -> ConfigDict:
+    """The config of `name` (a packaged config's name or a file path) with
+    its `arg` options, e.g. `get_config("simclr", "dataset=tfds:cifar10")`."""
+    import importlib.util
+
+    path = config_path(name)
+    spec = importlib.util.spec_from_file_location(f"ssl_jax_config_{abs(hash(path))}", path)
+    if spec is None or not os.path.isfile(path):
+        raise ValueError(f"Config file {path} does not exist.")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
 
 
 def parse_arg(arg: str | None, **defaults) -> ConfigDict:
@@ -55,6 +89,9 @@ def base_config() -> ConfigDict:
     config.model_kwargs = ConfigDict()
 
     config.dataset = "digits"
+    # The data profile the config's recipe was chosen for (see data_profile);
+    # set by `start`, checked against config.dataset when a run starts.
+    config.data_profile = ""
     config.data_dir = ""  # tfds data_dir; "" = tfds' default (~/tensorflow_datasets)
     config.image_size = 32
     config.seed = 0
@@ -226,6 +263,7 @@ def start(task: str, options: ConfigDict) -> tuple[ConfigDict, str]:
     config = base_config()
     config.task = task
     config.dataset = options.dataset
+    config.data_profile = profile
     config.baselines.supervised = options.supervised
     update(config, PROFILE_DEFAULTS[profile])
     return config, profile

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 import time
 from typing import Any
@@ -76,8 +76,6 @@ def _features(trained: train.TrainedModel, config: ConfigDict, splits, mesh):
     features_fn = train.make_features_fn(trained, mesh)
     out = []
     for split in splits:
-        # Kept on the device until the end: dispatch is asynchronous, so the
-        # host prepares the next batch while the device computes this one.
         parts = [(features_fn(x), m, y) for x, m, y in split.batches(config.probe.batch_size)]
         x = np.concatenate([np.asarray(f, np.float32)[m] for f, m, _ in parts])
         y = np.concatenate([y[m] for _, m, y in parts]).astype(np.int32)
@@ -225,12 +223,30 @@ def run(config: ConfigDict, workdir: str, *, allow_config_change: bool = False) 
     workdir_lib.check_local(workdir, "--workdir")
     workdir_lib.check_local(config.data_dir, "config.data_dir")
     workdir_lib.check_local(config.dataset.partition(":")[2], "config.dataset")
-    lock = workdir_lib.locked(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
-    with lock:
+    with workdir_lib.run_lock(workdir):
         return _run(config, workdir, allow_config_change)
 
 
+def _warn_if_another_profile(config: ConfigDict) -> None:
+    """A config's recipe follows the data it was made for (`:dataset=` picks
+    it); `--config.dataset=` afterwards keeps that recipe: say so."""
+    if not config.data_profile:
+        return
+    profile = config_lib.data_profile(config.dataset)
+    if profile != config.data_profile:
+        logging.getLogger(__name__).warning(
+            "config.dataset %s is %s data, but the config's recipe (image size, encoder, "
+            "optimizer) is its %s one; pass the dataset as the config option "
+            "(--config=FILE:dataset=%s) to get its own recipe.",
+            config.dataset,
+            profile,
+            config.data_profile,
+            config.dataset,
+        )
+
+
 def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[str, Any]:
+    _warn_if_another_profile(config)
     mesh = pipeline.make_mesh()
     pipeline.check_batch_size(config.batch_size, mesh)
     pipeline.check_batch_size(config.probe.batch_size, mesh, field="probe.batch_size")
@@ -256,7 +272,7 @@ def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[st
         "probe_dataset": config.probe.dataset or config.dataset,
         "train_steps": config.train_steps,
         "num_classes": probe_splits[0].num_classes,
-        "probe_train_size": len(probe_splits[0].labels),
+        "probe_train_size": len(probe_splits[0]),
         "final_loss": summary.get("final_loss", metrics.last_logged(workdir, "loss")),
         "state_fingerprint": summary["state_fingerprint"],
         "skipped_steps": summary["skipped_steps"],

@@ -3,6 +3,7 @@
     python -m ssl_jax.main --config=configs/rotation.py --workdir=runs/rotation
     python -m ssl_jax.main --config=configs/rotation.py:runlocal --workdir=/tmp/r \
         --config.train_steps=50
+    ssl-jax --config=simclr:runlocal --workdir=/tmp/s   # an installed package's configs, by name
 
 Rerunning the same command resumes from the workdir's latest checkpoint.
 
@@ -136,12 +137,26 @@ def _parse_flags(argv: list[str]) -> list[str]:
     `get_config` option, wrong type, missing --workdir) is one line on stderr
     instead of a traceback."""
     try:
-        return flags.FLAGS(argv)
+        return flags.FLAGS([_packaged_config(a) for a in argv])
     except Exception as error:
         if "--verbose" in argv:
             raise
         message = _missing_field(error, argv) or f"{_one_line(error)} (see --helpfull)"
         print(f"ssl_jax: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _packaged_config(arg: str) -> str:
+    """`--config=simclr[:options]` names a packaged config (`ssl_jax/configs/`)."""
+    if not arg.startswith("--config="):
+        return arg
+    name, sep, options = arg.removeprefix("--config=").partition(":")
+    from ssl_jax.config_lib import config_path
+
+    try:
+        return f"--config={config_path(name)}{sep}{options}"
+    except ValueError as error:
+        print(f"ssl_jax: error: {error}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -160,5 +175,10 @@ def _missing_field(error: Exception, argv: list[str]) -> str | None:
     return None
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The `ssl-jax` command (pyproject's console script)."""
     app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    console()

@@ -222,5 +222,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(2)
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The `ssl-jax-prepare` command (pyproject's console script)."""
     app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    console()

@@ -23,8 +23,10 @@ Required
 
 Provided (override when the default is wrong for the task)
 - `features(images) -> [B, D] float32`: frozen, deterministic features of
-  uint8 images for every evaluator (linear probe, kNN, ...): the encoder on
-  the normalised image, batch norm in inference mode.
+  uint8 images for every evaluator (linear probe, kNN, ...): the
+  `feature_encoder()` on the normalised image, batch norm in inference mode.
+- `feature_encoder() -> nnx.Module`: the encoder the features come from (and
+  that `ssl_jax.export_encoder` exports): `self.encoder`, or DINO's teacher.
 - `host_crops(image_size) -> {batch key: crop specs} | None`: what streamed
   data (`data/streaming.py`) crops from each ORIGINAL image on the host,
   before the batch reaches the device (`data/decode.CropSpec`); None (the
@@ -92,9 +94,14 @@ class Task(nnx.Module):
         """Crops of each original image that streamed data delivers (see above)."""
         return None
 
+    def feature_encoder(self) -> nnx.Module:
+        """The encoder evaluators read (and exports hold)."""
+        return self.encoder
+
     def features(self, images: jax.Array) -> jax.Array:
         """Encoder features of un-augmented images, batch-norm in inference mode."""
-        features = self.encoder(augment.normalize(augment.to_float(images)), train=False)
+        encoder = self.feature_encoder()
+        features = encoder(augment.normalize(augment.to_float(images)), train=False)
         return features.astype(jnp.float32)  # bfloat16 compute still hands evaluators float32
 
     # Optional hooks: the loop and the evaluators call them only when a task

@@ -36,7 +36,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssl_jax import losses
-from ssl_jax.data import augment
 from ssl_jax.models.heads import MLP
 from ssl_jax.registry import TASKS
 from ssl_jax.tasks import teacher
@@ -189,10 +188,9 @@ class DINOTask(Task):
         teacher.ema_update(self.teacher.encoder, self.encoder, momentum)
         teacher.ema_update(self.teacher.head, self.head, momentum)
 
-    def features(self, images):
+    def feature_encoder(self):
         """The teacher's encoder, which DINO's paper evaluates."""
-        out = self.teacher.encoder(augment.normalize(augment.to_float(images)), train=False)
-        return out.astype(jnp.float32)
+        return self.teacher.encoder
 
 
 @TASKS.register("dino")
