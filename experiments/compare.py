@@ -14,6 +14,18 @@ from scratch on each label budget of the probe, and writes to WORKDIR:
 - `comparison.png`: a bar chart of the all-label and fewest-label probes;
 - `label_efficiency.csv`, `label_efficiency.png`: one curve per encoder.
 Finished runs are skipped and interrupted ones resume, like a sweep.
+
+The launch flags are the sweep's: `--dry_run` prints the commands and runs
+nothing; `--slurm` submits the runs as a SLURM job array (one run per task,
+`--parallel` at a time, `--slurm_partition`, `--slurm_time`, `--slurm_gpus`,
+`--slurm_cpus`, `--slurm_mem`, `--slurm_account`, `--slurm_extra` as #SBATCH
+lines; with `--dry_run` it prints the script), and once the array has
+finished the same command with `--gather` writes the report from the
+finished runs without launching anything:
+
+    python experiments/compare.py --workdir=runs/compare_vit --arg=encoder=vit \
+        --slurm --parallel=3 --slurm_gpus=1 --slurm_time=1:00:00
+    python experiments/compare.py --workdir=runs/compare_vit --arg=encoder=vit --gather
 """
 
 from __future__ import annotations
@@ -34,13 +46,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs an
 _CONFIGS = flags.DEFINE_list("configs", None, "Config files (default: configs/*.py).")
 _ARG = flags.DEFINE_string("arg", "", "The get_config argument for every config, e.g. runlocal.")
 _SET = flags.DEFINE_multi_string("set", [], "field=value applied to every run.")
-_PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at a time.")
 _SUPERVISED = flags.DEFINE_enum(
     "supervised",
     "first",
     ["first", "all", "none"],
     "Which configs' encoders get the supervised baseline.",
 )
+launch.define_flags()  # --parallel, --dry_run, --slurm, --slurm_*, --gather
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -128,7 +140,9 @@ def main(argv: list[str]) -> None:
         runs.append(
             (name, run_dir, launch.main_command(spec, run_dir, {}, [*_SET.value, *baselines]))
         )
-    status = launch.run_pending([(d, c) for _, d, c in runs], _PARALLEL.value)
+    status = launch.start([(d, c) for _, d, c in runs], workdir)
+    if status is None:  # a dry run, or an array submitted to SLURM
+        return
 
     table, curves, dataset, models = [], [], "", set()
     random_inits = set()

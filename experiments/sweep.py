@@ -11,6 +11,17 @@ override dicts (see `ssl_jax/sweeps.py`). Each becomes one
 Finished runs (a `results.json`) are skipped and interrupted ones resume, so
 rerunning the same command does no repeated work. Then `summary.csv`,
 `summary.md` and `sweep_<metric>.png` are written to WORKDIR.
+
+On a SLURM cluster, `--slurm` submits the runs as one job array instead (one
+run per array task, `--parallel` tasks at a time), with the `--slurm_*`
+options as #SBATCH lines; the script is kept in WORKDIR/slurm/array.sh, its
+logs beside it. When the array has finished, the same command with `--gather`
+writes the summary and the plot from the finished runs, launching nothing:
+
+    python experiments/sweep.py --config=configs/rotation.py --workdir=runs/rot_sweep \
+        --slurm --parallel=4 --slurm_partition=gpu --slurm_gpus=1 --slurm_time=2:00:00
+    python experiments/sweep.py ... --slurm --dry_run    # print the batch script only
+    python experiments/sweep.py ... --gather             # after the array: summarise
 """
 
 from __future__ import annotations
@@ -19,7 +30,6 @@ import csv
 import importlib.util
 import json
 import os
-import shlex
 import sys
 from typing import Any
 
@@ -34,12 +44,11 @@ _SWEEP_FILE = flags.DEFINE_string(
     "sweep_file", None, "File with sweep(arg); default: the config file."
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs.")
-_PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at a time (each is its own process).")
 _SET = flags.DEFINE_multi_string(
     "set", [], "field=value applied to every run, e.g. train_steps=50."
 )
 _METRIC = flags.DEFINE_string("metric", "linear_probe.top1", "results.json field to plot.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
+launch.define_flags()  # --parallel, --dry_run, --slurm, --slurm_*, --gather
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -128,12 +137,9 @@ def main(argv: list[str]) -> None:
     commands = [
         (run_dir, launch.main_command(_CONFIG.value, run_dir, o, _SET.value)) for run_dir, o in runs
     ]
-    if _DRY_RUN.value:
-        for _, cmd in commands:
-            print(shlex.join(cmd))
+    status = launch.start(commands, _WORKDIR.value)
+    if status is None:  # a dry run, or an array submitted to SLURM
         return
-    os.makedirs(_WORKDIR.value, exist_ok=True)
-    status = launch.run_pending(commands, _PARALLEL.value)
 
     table = []
     for run_dir, o in runs:
