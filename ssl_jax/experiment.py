@@ -338,6 +338,17 @@ def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[st
             title=f"Label efficiency on {results['probe_dataset']} ({config.model})",
         )
         workdir_lib.write_json(os.path.join(workdir, "results.json"), results)
+        pictures = {
+            name: os.path.join(workdir, f"{name}.png")
+            for name in ("embedding_pca", "embedding_pca_random_init", "label_efficiency")
+        }
+        metrics.record_results(
+            workdir,
+            step=config.train_steps,
+            config=config.to_dict(),
+            results=results,
+            pictures=pictures,
+        )
         print(format_table(results))
     return results
 

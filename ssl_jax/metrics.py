@@ -97,15 +97,45 @@ class _EventFile:
         values = [v for name, x in scalars.items() for v in summary.scalar(name, x).value]
         self._write(self._event(wall_time=time.time(), step=step, summary=Summary(value=values)))
 
+    def image(self, step: int, tag: str, image) -> None:
+        """A uint8 [H, W, 3] picture."""
+        from tensorboardX import summary
+
+        self._write(
+            self._event(
+                wall_time=time.time(),
+                step=step,
+                summary=summary.image(tag, image, dataformats="HWC"),
+            )
+        )
+
+    def text(self, step: int, tag: str, text: str) -> None:
+        from tensorboardX import summary
+
+        self._write(self._event(wall_time=time.time(), step=step, summary=summary.text(tag, text)))
+
     def close(self) -> None:
         self._writer.close()
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
 class MetricWriter:
+    """Writes each log step to `metrics.jsonl` and TensorBoard, and shows the
+    progress: a bar on a terminal, else one plain line per log step (step,
+    loss, images/s, ETA), as a cluster's log file wants. The ETA counts from
+    the end of the first step, so compilation does not inflate it."""
+
     def __init__(self, workdir: str, *, total_steps: int, start_step: int):
         self.path = os.path.join(workdir, METRICS_FILE)
         self._events = None
         self._bar = None
+        self._total, self._done = total_steps, start_step
+        self._timing_from: tuple[int, float] | None = None  # (step, time) after step one
         if not _is_writer():
             return
         os.makedirs(workdir, exist_ok=True)
@@ -115,13 +145,7 @@ class MetricWriter:
             self._events = _EventFile(tensorboard, purge_from_step=start_step + 1)
         except OSError as error:
             raise _write_failed(tensorboard, error) from None
-        self._bar = tqdm(
-            total=total_steps,
-            initial=start_step,
-            unit="step",
-            dynamic_ncols=True,
-            disable=not sys.stderr.isatty(),
-        )
+        self._interactive = sys.stderr.isatty()
 
     def _drop_entries_after(self, step: int) -> None:
         """A resumed run repeats the steps after its last checkpoint; drop
@@ -157,11 +181,42 @@ class MetricWriter:
             postfix["img/s"] = f"{record['images_per_sec']:.0f}"
         if "mfu" in record:
             postfix["mfu"] = f"{record['mfu']:.1%}"
-        self._bar.set_postfix(postfix, refresh=False)
+        if self._bar is not None:
+            self._bar.set_postfix(postfix, refresh=False)
+        elif not self._interactive:
+            eta = self.eta_seconds()
+            fields = " ".join(f"{k} {v}" for k, v in postfix.items())
+            when = f" ETA {_duration(eta)}" if eta is not None else ""
+            log.info("step %d/%d %s%s", step, self._total, fields, when)
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the rate since the end of the first step taken
+        (None before two steps): compile time never enters it."""
+        if self._timing_from is None or self._done <= self._timing_from[0]:
+            return None
+        first_step, started = self._timing_from
+        rate = (self._done - first_step) / max(time.perf_counter() - started, 1e-9)
+        return (self._total - self._done) / rate
 
     def advance(self, steps: int = 1) -> None:
-        if self._bar is not None:
+        self._done += steps
+        if self._timing_from is None:
+            self._timing_from = (self._done, time.perf_counter())
+            if _is_writer() and self._interactive:
+                # Made after the first (compiling) step, so its rate and ETA exclude it.
+                self._bar = tqdm(
+                    total=self._total, initial=self._done, unit="step", dynamic_ncols=True
+                )
+        elif self._bar is not None:
             self._bar.update(steps)
+
+    def image(self, step: int, tag: str, image) -> None:
+        """A picture (uint8 [H, W, 3]) in TensorBoard, e.g. MAE's reconstructions."""
+        if self._events is not None:
+            try:
+                self._events.image(int(step), tag, image)
+            except OSError as error:
+                raise _write_failed(self._events.path, error) from None
 
     def close(self) -> None:
         if self._bar is not None:
@@ -171,3 +226,49 @@ class MetricWriter:
                 self._events.close()
             except OSError as error:
                 raise _write_failed(self._events.path, error) from None
+
+
+def _flat_numbers(tree, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a results dict as {"a/b/c": value}; few-label lists
+    are keyed by their budget (`few_labels/10_per_class/top1`)."""
+    out = {}
+    items = tree.items() if isinstance(tree, Mapping) else []
+    for key, value in items:
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int | float):
+            out[name] = float(value)
+        elif isinstance(value, Mapping):
+            out.update(_flat_numbers(value, name))
+        elif isinstance(value, list):
+            for entry in value:
+                if isinstance(entry, Mapping) and "per_class" in entry:
+                    out.update(_flat_numbers(entry, f"{name}/{entry['per_class']}_per_class"))
+    return out
+
+
+def record_results(
+    workdir: str, *, step: int, config: Mapping, results: Mapping, pictures: Mapping[str, str]
+) -> None:
+    """The run's config (as text), its evaluators' figures (scalars under
+    `results/`) and its pictures (PNG files by tag) in TensorBoard, at `step`."""
+    if not _is_writer():
+        return
+    import numpy as np
+    from PIL import Image
+
+    directory = os.path.join(workdir, "tensorboard")
+    try:
+        events = _EventFile(directory, purge_from_step=None)
+        config_text = json.dumps(config, indent=2, sort_keys=True)
+        events.text(step, "config", f"```\n{config_text}\n```")
+        figures = {f"results/{k}": v for k, v in _flat_numbers(results).items()}
+        events.scalars(step, figures)
+        for tag, path in pictures.items():
+            if os.path.exists(path):
+                with Image.open(path) as picture:
+                    events.image(step, tag, np.asarray(picture.convert("RGB")))
+        events.close()
+    except OSError as error:
+        raise _write_failed(directory, error) from None

@@ -207,7 +207,7 @@ def make_features_fn(
 
 
 def make_visualizer(
-    trained: TrainedModel, data, workdir: str, *, examples: int = 8
+    trained: TrainedModel, data, workdir: str, *, writer: MetricWriter | None = None, examples=8
 ) -> Callable[[dict, int], None] | None:
     """For tasks with the `visualize` hook (MAE's reconstructions, say): a
     function that saves that picture of the same fixed examples, with the same
@@ -235,6 +235,8 @@ def make_visualizer(
             zoom = max(1, _PICTURE_SIDE // min(image.shape[:2]))
             image = np.repeat(np.repeat(image, zoom, axis=0), zoom, axis=1)
             Image.fromarray(image).save(os.path.join(directory, f"step_{step:07d}.png"))
+            if writer is not None:
+                writer.image(step, "visuals", image)
 
     return save
 
@@ -308,7 +310,7 @@ def _train(config, workdir, data, mesh, evaluator, allow_config_change):
         skip_nonfinite=config.nonfinite == "skip",
     )
     writer = MetricWriter(workdir, total_steps=config.train_steps, start_step=start_step)
-    visualize = make_visualizer(trained, data, workdir)
+    visualize = make_visualizer(trained, data, workdir, writer=writer)
     evaluate = None
     if evaluator is not None and config.eval_every:
         evaluate = lambda state: evaluator(

@@ -79,6 +79,19 @@ def test_main_trains_probes_and_writes_results(tmp_path):
 
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    # stderr is no terminal here: one plain line per log step, with an ETA from step 2.
+    for step in range(1, 7):
+        assert f"step {step}/6 loss " in result.stderr
+    assert "ETA" in result.stderr
+    # TensorBoard: the config, every figure of results.json, the pictures.
+    from tests.test_metrics import read_events
+
+    shown, images, texts = read_events(workdir)
+    assert {"config/text_summary"} <= texts and {"embedding_pca", "label_efficiency"} <= images
+    figures = {tag: value for tag, _, value in shown if tag.startswith("results/")}
+    assert figures["results/linear_probe/top1"] == pytest.approx(
+        json.loads((workdir / "results.json").read_text())["linear_probe"]["top1"]
+    )
     for record in records:
         assert {"step", "loss", "learning_rate", "images_per_sec", "mfu"} <= set(record)
         assert np.isfinite(record["loss"]) and record["images_per_sec"] > 0

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.test_main import ROOT, losses, run_main
+from tests.test_metrics import read_events
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +70,11 @@ def test_sigkill_at_any_moment_then_rerun_ends_bit_identical(tmp_path, config):
     assert resumed["state_fingerprint"] == reference["state_fingerprint"]
     assert losses(killed) == losses(straight)
     assert resumed["linear_probe"]["top1"] == reference["linear_probe"]["top1"]
+    # TensorBoard shows every logged step once, with the value metrics.jsonl has.
+    shown, _, _ = read_events(killed)
+    logged = sorted((step, value) for tag, step, value in shown if tag == "loss")
+    assert [step for step, _ in logged] == sorted(losses(killed))
+    assert [v for _, v in logged] == pytest.approx([losses(killed)[s] for s, _ in logged])
 
 
 @pytest.mark.parametrize("config", CONFIGS)
