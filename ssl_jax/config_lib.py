@@ -139,6 +139,10 @@ def base_config() -> ConfigDict:
     config.probe.label_fractions = ()  # e.g. (0.01, 0.1): 1% and 10% of the labels, balanced
     config.probe.few_label_draws = 3
 
+    # Evaluators of the trained encoder (ssl_jax/evaluators.py), by name: each
+    # a `type` and its arguments; results.json has one entry per name.
+    config.evals = ConfigDict({"linear_probe": {"type": "linear_probe", "dataset": ""}})
+
     config.baselines = ConfigDict()
     config.baselines.random_init = True
     config.baselines.supervised = False
@@ -153,7 +157,36 @@ def base_config() -> ConfigDict:
 
 
 # Options every config file takes after the colon (`configs/x.py:dataset=...`).
-COMMON_OPTIONS = {"dataset": "digits", "runlocal": False, "supervised": False, "encoder": ""}
+COMMON_OPTIONS = {
+    "dataset": "digits",
+    "runlocal": False,
+    "supervised": False,
+    "encoder": "",
+    "finetune": False,  # add the fine-tuning evaluator (evals.fine_tune)
+    "transfer": "",  # add a linear probe on this dataset (evals.transfer)
+}
+
+# The fine-tuning evaluator's defaults (`:finetune`): the SimCLR paper's
+# semi-supervised budgets (1% and 10% of the labels) and all labels, a
+# Nesterov SGD without weight decay, and the same recipe from scratch.
+FINE_TUNE = {
+    "type": "fine_tune",
+    "dataset": "",
+    "label_fractions": (0.01, 0.1, 1.0),
+    "labels_per_class": (),
+    "steps": 500,
+    "batch_size": 128,
+    "from_scratch": True,
+    "optimizer": {
+        "name": "sgd",
+        "learning_rate": 0.05,
+        "lr_scaling": "linear",
+        "warmup_steps": 50,
+        "weight_decay": 0.0,
+        "momentum": 0.9,
+        "nesterov": True,
+    },
+}
 
 
 def options(arg: str | None, **extra) -> ConfigDict:
@@ -305,6 +338,10 @@ def finish(config: ConfigDict, options: ConfigDict, profile: str, *, encoder: st
     recipe, or the `encoder=` option, sized by image_size, the family's tiny
     variant under `runlocal`), checkpoint and evaluation cadence from the
     step count, the compute dtype, and `runlocal`'s shrinking."""
+    if options.finetune:
+        config.evals.fine_tune = ConfigDict(FINE_TUNE)
+    if options.transfer:
+        config.evals.transfer = ConfigDict({"type": "linear_probe", "dataset": options.transfer})
     if options.runlocal:
         apply_runlocal(config)
     family = options.encoder or encoder
@@ -335,6 +372,9 @@ def apply_runlocal(config: ConfigDict) -> None:
     config.probe.batch_size = 64
     config.probe.labels_per_class = (10,)
     config.probe.label_fractions = ()
+    if "fine_tune" in config.evals:
+        config.evals.fine_tune.update(steps=4, batch_size=16, label_fractions=(0.1,))
+        config.evals.fine_tune.optimizer.warmup_steps = 1
 
 
 def set_encoder(config: ConfigDict, family: str, *, runlocal: bool = False) -> None:

@@ -2,7 +2,9 @@
 
 `run(config, workdir)` is what `python -m ssl_jax.main` does:
 1. pretrain `config.task` with the shared loop (resuming if interrupted);
-2. linear-probe the frozen encoder on `config.probe.dataset`;
+2. run the evaluators of `config.evals` on the trained encoder
+   (`ssl_jax/evaluators.py`: linear probe with few labels and kNN, transfer
+   probes on other datasets, fine-tuning at label budgets);
 3. probe the same encoder at its random initialisation (`baselines.random_init`)
    and, if asked, one trained with labels by the same loop
    (`baselines.supervised`, in `WORKDIR/supervised`), and the same encoder
@@ -19,21 +21,20 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
-from ssl_jax import config_lib, metrics, train
+from ssl_jax import config_lib, evaluators, metrics, train
 from ssl_jax import workdir as workdir_lib
 from ssl_jax.data import pipeline, streaming
 from ssl_jax.data.datasets import ImageDataset, load_dataset
 from ssl_jax.evaluate import label_efficiency
-from ssl_jax.evaluate.embedding_map import save_map
-from ssl_jax.evaluate.knn import knn_top1
-from ssl_jax.evaluate.linear_probe import (
-    balanced_subset,
-    few_label_probe,
-    fit_linear_probe,
+from ssl_jax.evaluators import (
+    classifier_top1,
+    knn_evaluator,
+    probe,
+    supervised_config,
+    supervised_from_scratch,
 )
 
 
@@ -71,86 +72,6 @@ def training_data(config: ConfigDict, train_split):
     )
 
 
-def _features(trained: train.TrainedModel, config: ConfigDict, splits, mesh):
-    """((train features, labels), (test features, labels)) of the frozen encoder."""
-    features_fn = train.make_features_fn(trained, mesh)
-    out = []
-    for split in splits:
-        parts = [(features_fn(x), m, y) for x, m, y in split.batches(config.probe.batch_size)]
-        x = np.concatenate([np.asarray(f, np.float32)[m] for f, m, _ in parts])
-        y = np.concatenate([y[m] for _, m, y in parts]).astype(np.int32)
-        if not np.isfinite(x).all():
-            # Finite weights can still be huge enough to overflow (a learning
-            # rate far too high, with nonfinite=skip): no evaluator can use that.
-            raise train.NonFiniteLossError(
-                f"The encoder's features of {split.name} hold NaN/Inf: its weights have "
-                "diverged. Lower the learning rate and train again in a new --workdir."
-            )
-        out.append((x, y))
-    return tuple(out)
-
-
-def _knn(config: ConfigDict, num_classes: int, train_xy, test_xy) -> float:
-    (train_x, train_y), (test_x, test_y) = train_xy, test_xy
-    return knn_top1(
-        train_x,
-        train_y,
-        test_x,
-        test_y,
-        num_classes=num_classes,
-        k=min(config.knn.k, len(train_x)),
-        temperature=config.knn.temperature,
-    )
-
-
-def knn_evaluator(config: ConfigDict, splits, mesh) -> train.Evaluator:
-    """kNN top-1 of the current encoder, for `train`'s periodic evaluation."""
-    num_classes = splits[0].num_classes
-    return lambda trained: {
-        "knn_top1": _knn(config, num_classes, *_features(trained, config, splits, mesh))
-    }
-
-
-def _label_budgets(config: ConfigDict, train_split) -> list[tuple[int, dict]]:
-    """(labels per class, extra fields) of every few-label probe: the explicit
-    per-class counts, then the fractions of the train split, balanced."""
-    budgets = [(k, {}) for k in config.probe.labels_per_class]
-    for fraction in config.probe.label_fractions:
-        per_class = max(1, round(fraction * len(train_split) / train_split.num_classes))
-        budgets.append((per_class, {"fraction": fraction}))
-    return budgets
-
-
-def probe(
-    trained: train.TrainedModel, config: ConfigDict, splits, mesh, *, map_path: str, title: str
-) -> dict[str, Any]:
-    """Linear probe on all labels and on `config.probe.labels_per_class` per
-    class, and the kNN classifier, all on the same frozen features; and the
-    2-D PCA map of the test features as a PNG at `map_path`."""
-    train_split, test_split = splits
-    (train_x, train_y), (test_x, test_y) = _features(trained, config, splits, mesh)
-    if jax.process_index() == 0:
-        save_map(test_x, test_y, map_path, title=title, class_names=test_split.class_names)
-    fit_kwargs = {
-        "num_classes": train_split.num_classes,
-        "l2_grid": tuple(config.probe.l2_grid),
-        "holdout_fraction": config.probe.holdout_fraction,
-        "steps": config.probe.steps,
-        "seed": config.seed,
-    }
-    data = (train_x, train_y, test_x, test_y)
-    result = fit_linear_probe(*data, **fit_kwargs).to_dict()
-    result["few_labels"] = [
-        {
-            **few_label_probe(*data, per_class=k, draws=config.probe.few_label_draws, **fit_kwargs),
-            **extra,
-        }
-        for k, extra in _label_budgets(config, train_split)
-    ]
-    result["knn_top1"] = _knn(config, train_split.num_classes, (train_x, train_y), (test_x, test_y))
-    return result
-
-
 def fill_from_dataset(config: ConfigDict, train_split: ImageDataset) -> ConfigDict:
     """Task settings the dataset decides: `task_kwargs.num_classes = None`
     (e.g. SimCLR's online probe) becomes the dataset's class count."""
@@ -160,60 +81,6 @@ def fill_from_dataset(config: ConfigDict, train_split: ImageDataset) -> ConfigDi
     with config.unlocked():
         config.task_kwargs.num_classes = train_split.num_classes
     return config
-
-
-def supervised_config(config: ConfigDict, num_classes: int) -> ConfigDict:
-    """The same encoder, data and optimizer, trained on the labels for
-    `baselines.supervised_steps` (default: the pretraining budget)."""
-    supervised = config.copy_and_resolve_references()
-    with supervised.unlocked():
-        supervised.task = config.baselines.supervised_task
-        supervised.train_steps = config.baselines.supervised_steps or config.train_steps
-        supervised.task_kwargs = ConfigDict(
-            {**config.baselines.supervised_task_kwargs.to_dict(), "num_classes": num_classes}
-        )
-    return supervised
-
-
-def classifier_top1(trained: train.TrainedModel, config: ConfigDict, split, mesh) -> float:
-    """Test top-1 of a supervised task's own classifier (no probe on top)."""
-    logits_fn = train.make_features_fn(trained, mesh, method="logits")
-    correct = [
-        (np.argmax(np.asarray(logits_fn(x)), axis=1) == y)[m]
-        for x, m, y in split.batches(config.probe.batch_size)
-    ]
-    return float(np.mean(np.concatenate(correct)))
-
-
-def supervised_from_scratch(
-    config: ConfigDict, workdir: str, splits, mesh, *, allow_config_change: bool = False
-) -> list[dict[str, Any]]:
-    """The encoder trained with labels only, from its random init, on each label
-    budget of the probe (one seeded balanced draw per budget, the same loop,
-    steps and batch size as pretraining), scored by its own classifier: the
-    curve a pretext task has to beat for self-supervision to pay off."""
-    train_split, test_split = splits
-    sup_config = supervised_config(config, train_split.num_classes)
-    points = []
-    for per_class, extra in _label_budgets(config, train_split):
-        subset = train_split.subset(
-            balanced_subset(train_split.labels, per_class, seed=config.seed)
-        )
-        arrays = {"image": subset.images, "label": subset.labels}
-        run_dir = os.path.join(workdir, f"supervised_{per_class}_per_class")
-        trained, summary = train.train(
-            sup_config, run_dir, arrays, mesh, allow_config_change=allow_config_change
-        )
-        points.append(
-            {
-                "per_class": per_class,
-                "train_size": len(subset.labels),
-                "top1": classifier_top1(trained, config, test_split, mesh),
-                "final_loss": summary.get("final_loss", metrics.last_logged(run_dir, "loss")),
-                **extra,
-            }
-        )
-    return points
 
 
 def run(config: ConfigDict, workdir: str, *, allow_config_change: bool = False) -> dict[str, Any]:
@@ -246,18 +113,23 @@ def _warn_if_another_profile(config: ConfigDict) -> None:
 
 
 def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[str, Any]:
+    evaluators.check(config.evals)
     _warn_if_another_profile(config)
     mesh = pipeline.make_mesh()
     pipeline.check_batch_size(config.batch_size, mesh)
     pipeline.check_batch_size(config.probe.batch_size, mesh, field="probe.batch_size")
     started = time.time()
 
-    train_split, test_split = load_splits(config.dataset, config)
-    probe_splits = (
-        load_splits(config.probe.dataset, config)
-        if config.probe.dataset and config.probe.dataset != config.dataset
-        else (train_split, test_split)
-    )
+    loaded = {config.dataset: load_splits(config.dataset, config)}
+
+    def splits(name: str):
+        """A dataset's (train, test) splits, loaded once."""
+        if name not in loaded:
+            loaded[name] = load_splits(name, config)
+        return loaded[name]
+
+    train_split, test_split = splits(config.dataset)
+    probe_splits = splits(config.probe.dataset or config.dataset)
     config = fill_from_dataset(config, train_split)
     data = training_data(config, train_split)
 
@@ -279,15 +151,10 @@ def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[st
         # Compile time, FLOPs and memory of the train step (absent if the run
         # had finished before: nothing was compiled).
         "step_perf": summary.get("step_perf"),
-        "linear_probe": probe(
-            trained,
-            config,
-            probe_splits,
-            mesh,
-            map_path=os.path.join(workdir, "embedding_pca.png"),
-            title=f"{config.task} ({config.model}), {config.train_steps} steps",
-        ),
     }
+    context = evaluators.Context(config, workdir, mesh, trained, splits, allow_config_change)
+    for name, args in config.evals.items():
+        results[name] = evaluators.EVALUATORS[args.type](context, name, args)
     if config.baselines.random_init:
         initial = train.split_task(train.build_task(config))
         results["random_init"] = {
@@ -382,4 +249,27 @@ def format_table(results: dict[str, Any]) -> str:
         cells = "".join(f"{f['top1']:>12.3f}" for f in results["supervised_from_scratch"])
         first = f"{all_labels:>12.3f}" if all_labels is not None else f"{'-':>12}"
         lines.append(f"{'supervised from scratch':<24}{first}{'-':>8}{cells}{'-':>8}")
+    for name, entry in results.items():
+        if isinstance(entry, dict) and "top1" in entry and "few_labels" in entry:
+            if name != "linear_probe":  # another linear_probe evaluator: a transfer
+                lines.append(f"{name} ({entry.get('dataset', '')}): top-1 {entry['top1']:.3f}")
+    if "fine_tune" in results:
+        lines.append(_format_fine_tune(results["fine_tune"]))
+    return "\n".join(lines)
+
+
+def _format_fine_tune(fine_tune: dict[str, Any]) -> str:
+    points = fine_tune["points"]
+    labels = [
+        f"{p['fraction']:.0%}" if "fraction" in p else f"{p['per_class']}/class" for p in points
+    ]
+    lines = [
+        f"Fine-tuned on {fine_tune['dataset']} ({fine_tune['steps']} steps); top-1",
+        f"{'encoder':<24}" + "".join(f"{c:>12}" for c in labels),
+        f"{'pretrained':<24}" + "".join(f"{p['top1']:>12.3f}" for p in points),
+    ]
+    if all("from_scratch_top1" in p for p in points):
+        lines.append(
+            f"{'from scratch':<24}" + "".join(f"{p['from_scratch_top1']:>12.3f}" for p in points)
+        )
     return "\n".join(lines)

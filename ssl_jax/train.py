@@ -253,6 +253,7 @@ def train(
     evaluator: Evaluator | None = None,
     *,
     allow_config_change: bool = False,
+    init_encoder: nnx.State | None = None,
 ) -> tuple[TrainedModel, dict]:
     """Trains `config.task` on `data` (`pipeline.InMemory`,
     `streaming.StreamingSource`, or a dict of equally long numpy arrays) for
@@ -265,16 +266,22 @@ def train(
 
     `evaluator`, if given, runs every `config.eval_every` steps (and at the
     end) on the current model; its figures join that step's metrics line.
+    `init_encoder` (the variables of an encoder of the same model) replaces
+    the task's initial encoder: fine-tuning starts from pretrained weights.
     """
     mesh = pipeline.make_mesh() if mesh is None else mesh
     pipeline.check_batch_size(config.batch_size, mesh)
     with workdir_lib.run_lock(workdir):
-        return _train(config, workdir, data, mesh, evaluator, allow_config_change)
+        return _train(config, workdir, data, mesh, evaluator, allow_config_change, init_encoder)
 
 
-def _train(config, workdir, data, mesh, evaluator, allow_config_change):
+def _train(config, workdir, data, mesh, evaluator, allow_config_change, init_encoder):
     data = pipeline.InMemory(data) if isinstance(data, Mapping) else data
-    trained = split_task(build_task(config))
+    task = build_task(config)
+    if init_encoder is not None:
+        # Copies: the loop donates its state, which must not delete the caller's arrays.
+        nnx.update(task.feature_encoder(), jax.tree.map(jnp.copy, init_encoder))
+    trained = split_task(task)
     tx, schedule = optim.make_optimizer(
         config.optimizer, batch_size=config.batch_size, total_steps=config.train_steps
     )

@@ -54,6 +54,7 @@ RESULT_NEUTRAL_FIELDS = (
     "input.on_bad_record",
     "knn",
     "probe",
+    "evals",
     "baselines",
 )
 

@@ -72,6 +72,10 @@ CASES = {
         "config.max_skipped_fraction must be in [0, 1]",
     ),
     "image folder without a path": (["--config.dataset=imagefolder:"], "needs the folder's path"),
+    "an unknown evaluator type": (
+        ["--config.evals.linear_probe.type=probe"],
+        "config.evals.linear_probe.type='probe' is not one of",
+    ),
     "a cloud workdir": (["--workdir=gs://bucket/run"], "'gs://bucket/run' is a gs:// URL"),
     "a cloud dataset": (
         ["--config.dataset=arrayrecord:gs://b/recs"],

@@ -55,6 +55,32 @@ def curve_rows(results: Mapping[str, Any], *, name: str | None = None) -> list[d
             }
         )
     rows += _from_scratch_rows(results, name, all_labels)
+    rows += _fine_tune_rows(results, name)
+    return rows
+
+
+FINE_TUNED, FINE_TUNE_SCRATCH = "fine-tuned", "same recipe from scratch"
+
+
+def _fine_tune_rows(results: Mapping[str, Any], name: str | None) -> list[dict[str, Any]]:
+    """The fine-tuning evaluator's curve (`results["fine_tune"]`), and its
+    from-scratch twin when it ran: whole networks trained on that many labels."""
+    fine_tune = results.get("fine_tune")
+    if not fine_tune:
+        return []
+    suffix = f", {name}" if name else ""
+    rows = []
+    for point in fine_tune["points"]:
+        for encoder, key in ((FINE_TUNED, "top1"), (FINE_TUNE_SCRATCH, "from_scratch_top1")):
+            if key in point:
+                rows.append(
+                    {
+                        "encoder": encoder + suffix,
+                        "labels_per_class": point["per_class"],
+                        "top1": point[key],
+                        "top1_std": 0.0,
+                    }
+                )
     return rows
 
 
@@ -110,9 +136,11 @@ def save_plot(rows: list[dict[str, Any]], path: str, *, title: str) -> None:
         xs, ys, errors = zip(*points, strict=True)
         style = (
             ":"
-            if encoder.startswith(FROM_SCRATCH)
+            if encoder.startswith((FROM_SCRATCH, FINE_TUNE_SCRATCH))
             else "--"
             if encoder.startswith("supervised")
+            else "-."
+            if encoder.startswith(FINE_TUNED)
             else "-"
         )
         axes.errorbar(xs, ys, yerr=errors, marker="o", linestyle=style, capsize=3, label=encoder)

@@ -1,0 +1,312 @@
+"""Evaluators of a trained encoder, chosen by the config (as big_vision's
+`config.evals`): each entry of `config.evals` names a `type` registered here
+and its own arguments, and its figures land in `results.json` under the
+entry's name.
+
+    config.evals.linear_probe = {"type": "linear_probe"}            # probe, few labels, kNN
+    config.evals.transfer = {"type": "linear_probe", "dataset": "tfds:stl10"}
+    config.evals.fine_tune = {"type": "fine_tune", "label_fractions": (0.01, 0.1, 1.0), ...}
+
+- `linear_probe`: a linear classifier on the frozen features of the dataset's
+  train split with all labels, and with few labels per class
+  (`probe.labels_per_class`, `probe.label_fractions`, mean of
+  `probe.few_label_draws` draws), plus the weighted kNN classifier and a PCA
+  map of the test features; `dataset` (default: `probe.dataset`, else the
+  pretraining data) makes it a transfer evaluation.
+- `fine_tune`: the whole encoder and a linear head trained end to end on each
+  label budget (a fraction of the train split, or k labels per class; one
+  seeded balanced draw each) with its own optimizer, steps and batch size,
+  scored by its own classifier; with `from_scratch`, the same recipe from the
+  random initialisation too, which is the comparison that says whether the
+  pretraining paid off.
+
+Registering a new type: `@evaluator("name")` on `fn(context, name, args) ->
+dict`; `context` holds the config, workdir, mesh, the trained model and the
+data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from ssl_jax import metrics, train
+from ssl_jax.evaluate.embedding_map import save_map
+from ssl_jax.evaluate.knn import knn_top1
+from ssl_jax.evaluate.linear_probe import balanced_subset, few_label_probe, fit_linear_probe
+
+
+def _features(trained: train.TrainedModel, config: ConfigDict, splits, mesh):
+    """((train features, labels), (test features, labels)) of the frozen encoder."""
+    features_fn = train.make_features_fn(trained, mesh)
+    out = []
+    for split in splits:
+        parts = [(features_fn(x), m, y) for x, m, y in split.batches(config.probe.batch_size)]
+        x = np.concatenate([np.asarray(f, np.float32)[m] for f, m, _ in parts])
+        y = np.concatenate([y[m] for _, m, y in parts]).astype(np.int32)
+        if not np.isfinite(x).all():
+            # Finite weights can still be huge enough to overflow (a learning
+            # rate far too high, with nonfinite=skip): no evaluator can use that.
+            raise train.NonFiniteLossError(
+                f"The encoder's features of {split.name} hold NaN/Inf: its weights have "
+                "diverged. Lower the learning rate and train again in a new --workdir."
+            )
+        out.append((x, y))
+    return tuple(out)
+
+
+def _knn(config: ConfigDict, num_classes: int, train_xy, test_xy) -> float:
+    (train_x, train_y), (test_x, test_y) = train_xy, test_xy
+    return knn_top1(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        num_classes=num_classes,
+        k=min(config.knn.k, len(train_x)),
+        temperature=config.knn.temperature,
+    )
+
+
+def knn_evaluator(config: ConfigDict, splits, mesh) -> train.Evaluator:
+    """kNN top-1 of the current encoder, for `train`'s periodic evaluation."""
+    num_classes = splits[0].num_classes
+    return lambda trained: {
+        "knn_top1": _knn(config, num_classes, *_features(trained, config, splits, mesh))
+    }
+
+
+def label_budgets(config: ConfigDict, train_split) -> list[tuple[int, dict]]:
+    """(labels per class, extra fields) of every few-label probe."""
+    return _budgets(config.probe.label_fractions, config.probe.labels_per_class, train_split)
+
+
+def probe(
+    trained: train.TrainedModel, config: ConfigDict, splits, mesh, *, map_path: str, title: str
+) -> dict[str, Any]:
+    """Linear probe on all labels and on `config.probe.labels_per_class` per
+    class, and the kNN classifier, all on the same frozen features; and the
+    2-D PCA map of the test features as a PNG at `map_path`."""
+    train_split, test_split = splits
+    (train_x, train_y), (test_x, test_y) = _features(trained, config, splits, mesh)
+    if jax.process_index() == 0:
+        save_map(test_x, test_y, map_path, title=title, class_names=test_split.class_names)
+    fit_kwargs = {
+        "num_classes": train_split.num_classes,
+        "l2_grid": tuple(config.probe.l2_grid),
+        "holdout_fraction": config.probe.holdout_fraction,
+        "steps": config.probe.steps,
+        "seed": config.seed,
+    }
+    data = (train_x, train_y, test_x, test_y)
+    result = fit_linear_probe(*data, **fit_kwargs).to_dict()
+    result["few_labels"] = [
+        {
+            **few_label_probe(*data, per_class=k, draws=config.probe.few_label_draws, **fit_kwargs),
+            **extra,
+        }
+        for k, extra in label_budgets(config, train_split)
+    ]
+    result["knn_top1"] = _knn(config, train_split.num_classes, (train_x, train_y), (test_x, test_y))
+    return result
+
+
+def supervised_config(config: ConfigDict, num_classes: int) -> ConfigDict:
+    """The same encoder, data and optimizer, trained on the labels for
+    `baselines.supervised_steps` (default: the pretraining budget)."""
+    supervised = config.copy_and_resolve_references()
+    with supervised.unlocked():
+        supervised.task = config.baselines.supervised_task
+        supervised.train_steps = config.baselines.supervised_steps or config.train_steps
+        supervised.task_kwargs = ConfigDict(
+            {**config.baselines.supervised_task_kwargs.to_dict(), "num_classes": num_classes}
+        )
+    return supervised
+
+
+def classifier_top1(trained: train.TrainedModel, config: ConfigDict, split, mesh) -> float:
+    """Test top-1 of a supervised task's own classifier (no probe on top)."""
+    logits_fn = train.make_features_fn(trained, mesh, method="logits")
+    correct = [
+        (np.argmax(np.asarray(logits_fn(x)), axis=1) == y)[m]
+        for x, m, y in split.batches(config.probe.batch_size)
+    ]
+    return float(np.mean(np.concatenate(correct)))
+
+
+def _budgets(fractions, per_class_counts, train_split) -> list[tuple[int, dict]]:
+    """(labels per class, extra fields): explicit per-class counts, then
+    fractions of the train split, balanced."""
+    budgets = [(k, {}) for k in per_class_counts]
+    for fraction in fractions:
+        per_class = max(1, round(fraction * len(train_split) / train_split.num_classes))
+        budgets.append((per_class, {"fraction": fraction}))
+    return budgets
+
+
+def train_on_labels(
+    config: ConfigDict,
+    workdir: str,
+    splits,
+    mesh,
+    budgets,
+    *,
+    prefix: str = "",
+    init_encoder=None,
+    allow_config_change: bool = False,
+) -> list[dict[str, Any]]:
+    """A supervised config (`config` is one already) trained on one seeded
+    balanced draw of each label budget, in `workdir/<prefix><k>_per_class`, starting
+    from `init_encoder` (the encoder's variables, e.g. pretrained ones) or
+    from the random initialisation; each scored by its own classifier."""
+    train_split, test_split = splits
+    points = []
+    for per_class, extra in budgets:
+        indices = balanced_subset(train_split.labels, per_class, seed=config.seed)
+        subset = train_split.subset(indices)
+        arrays = {"image": subset.images, "label": subset.labels}
+        run_dir = os.path.join(workdir, f"{prefix}{per_class}_per_class")
+        trained, summary = train.train(
+            config,
+            run_dir,
+            arrays,
+            mesh,
+            allow_config_change=allow_config_change,
+            init_encoder=init_encoder,
+        )
+        points.append(
+            {
+                "per_class": per_class,
+                "train_size": len(subset.labels),
+                "top1": classifier_top1(trained, config, test_split, mesh),
+                "final_loss": summary.get("final_loss", metrics.last_logged(run_dir, "loss")),
+                **extra,
+            }
+        )
+    return points
+
+
+def supervised_from_scratch(
+    config: ConfigDict, workdir: str, splits, mesh, *, allow_config_change: bool = False
+) -> list[dict[str, Any]]:
+    """The encoder trained with labels only, from its random init, on each label
+    budget of the probe (the same loop, steps and batch size as pretraining),
+    in `WORKDIR/supervised_<k>_per_class`: the curve a pretext task has to
+    beat for self-supervision to pay off."""
+    return train_on_labels(
+        supervised_config(config, splits[0].num_classes),
+        workdir,
+        splits,
+        mesh,
+        label_budgets(config, splits[0]),
+        prefix="supervised_",
+        allow_config_change=allow_config_change,
+    )
+
+
+# ----------------------------------------------------------------------------- config.evals
+
+
+@dataclasses.dataclass
+class Context:
+    """What every evaluator may use."""
+
+    config: ConfigDict
+    workdir: str
+    mesh: jax.sharding.Mesh
+    trained: train.TrainedModel  # the pretrained task
+    splits: Callable[[str], tuple]  # dataset name -> (train, test) splits, loaded once
+    allow_config_change: bool = False
+
+
+EVALUATORS: dict[str, Callable[[Context, str, ConfigDict], dict[str, Any]]] = {}
+
+
+def evaluator(type_name: str):
+    def register(fn):
+        EVALUATORS[type_name] = fn
+        return fn
+
+    return register
+
+
+def check(evals: ConfigDict) -> None:
+    """Every entry of `config.evals` names a known type (one-line error)."""
+    for name, args in evals.items():
+        kind = args.get("type") if hasattr(args, "get") else None
+        if kind not in EVALUATORS:
+            raise ValueError(
+                f"config.evals.{name}.type={kind!r} is not one of {sorted(EVALUATORS)}."
+            )
+
+
+@evaluator("linear_probe")
+def _linear_probe(context: Context, name: str, args: ConfigDict) -> dict[str, Any]:
+    config = context.config
+    dataset = args.get("dataset") or config.probe.dataset or config.dataset
+    suffix = "" if name == "linear_probe" else f"_{name}"
+    result = probe(
+        context.trained,
+        config,
+        context.splits(dataset),
+        context.mesh,
+        map_path=os.path.join(context.workdir, f"embedding_pca{suffix}.png"),
+        title=f"{config.task} ({config.model}), {config.train_steps} steps, on {dataset}",
+    )
+    return {**result, "dataset": dataset}
+
+
+def fine_tune_config(config: ConfigDict, args: ConfigDict, num_classes: int) -> ConfigDict:
+    """The supervised task on the pretrained encoder with the fine-tuning
+    optimizer, steps and batch size of `args`."""
+    tuned = supervised_config(config, num_classes)
+    with tuned.unlocked():
+        tuned.train_steps = args.steps
+        tuned.batch_size = args.batch_size
+        tuned.optimizer.update(args.optimizer.to_dict())
+        tuned.checkpoint_every = tuned.log_every = max(1, args.steps // 4)
+        tuned.eval_every = 0
+    return tuned
+
+
+@evaluator("fine_tune")
+def _fine_tune(context: Context, name: str, args: ConfigDict) -> dict[str, Any]:
+    config = context.config
+    dataset = args.get("dataset") or config.probe.dataset or config.dataset
+    splits = context.splits(dataset)
+    budgets = _budgets(args.label_fractions, args.labels_per_class, splits[0])
+    tuned = fine_tune_config(config, args, splits[0].num_classes)
+    encoder = context.trained.module().feature_encoder()
+    from flax import nnx
+
+    result = {
+        "dataset": dataset,
+        "steps": args.steps,
+        "points": train_on_labels(
+            tuned,
+            os.path.join(context.workdir, name),
+            splits,
+            context.mesh,
+            budgets,
+            init_encoder=nnx.state(encoder),
+            allow_config_change=context.allow_config_change,
+        ),
+    }
+    if args.from_scratch:
+        scratch = train_on_labels(
+            tuned,
+            os.path.join(context.workdir, f"{name}_from_scratch"),
+            splits,
+            context.mesh,
+            budgets,
+            allow_config_change=context.allow_config_change,
+        )
+        for point, base in zip(result["points"], scratch, strict=True):
+            point["from_scratch_top1"] = base["top1"]
+    return result
