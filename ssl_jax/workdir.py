@@ -46,6 +46,7 @@ RESULT_NEUTRAL_FIELDS = (
     "checkpoint_every",
     "keep_checkpoints",
     "peak_tflops",
+    "data_profile",  # a record of which recipe the config file chose
     "nonfinite",
     "max_skipped_fraction",
     "input.workers",
