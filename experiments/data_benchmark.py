@@ -32,6 +32,7 @@ import functools
 import io
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -408,15 +409,20 @@ def _status_kb(pid: int, field: str) -> int:
     return 0
 
 
-def memory_write(directory: str, count: int) -> None:
-    """Writes `count` records of 96-128 px JPEGs (a pool of 2,000 cycled)."""
+def memory_write(directory: str, count: int, test_count: int = 0) -> None:
+    """Writes `count` records of 96-128 px JPEGs (a pool of 2,000 cycled), and
+    a test split of `test_count` when a training run needs one."""
     rng = np.random.default_rng(0)
     sizes = rng.integers(96, 129, (2000, 2))
     pool = [photo_jpeg(rng, int(w), int(h)) for w, h in sizes]
     start = time.perf_counter()
-    examples = (records.Example(f"{i}", pool[i % len(pool)], i % 100) for i in range(count))
+    splits = {"train": count, **({"test": test_count} if test_count else {})}
+    examples = {
+        split: (records.Example(f"{i}", pool[i % len(pool)], i % 100) for i in range(n))
+        for split, n in splits.items()
+    }
     records.write_records(
-        directory, {"train": examples}, num_classes=100, examples_per_shard=1024, overwrite=True
+        directory, examples, num_classes=100, examples_per_shard=1024, overwrite=True
     )
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec.
     peak_mb = _status_kb(os.getpid(), "VmHWM") / 1024
@@ -479,12 +485,61 @@ def memory(args, workdir: str) -> None:
         shutil.rmtree(directory)
 
 
+def train_memory(args, workdir: str) -> None:
+    """Peak host RSS of a real training run (`python -m ssl_jax.main`, SimCLR
+    runlocal on the records, host crops on `--workers` processes), summed over
+    its process tree, sampled every 20 ms until `--memory_steps` steps are
+    logged; then the run is stopped with SIGTERM (it checkpoints and exits)."""
+    print(
+        f"\n== training memory: {args.memory_steps} steps of SimCLR runlocal, batch "
+        f"{args.batch_size}, {args.workers} workers; process tree of python -m ssl_jax.main"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for count in args.memory_sizes:
+        directory = os.path.join(workdir, f"train{count}")
+        command = [sys.executable, os.path.abspath(__file__), "--phase=write", f"--count={count}"]
+        command += [f"--dir={directory}", "--test_count=200"]
+        subprocess.run(command, check=True, capture_output=True)
+        run_dir = os.path.join(workdir, f"run{count}")
+        main_command = [
+            sys.executable,
+            "-m",
+            "ssl_jax.main",
+            f"--config=configs/simclr.py:runlocal,dataset=arrayrecord:{directory}",
+            f"--workdir={run_dir}",
+            f"--config.train_steps={args.memory_steps * 10}",
+            f"--config.batch_size={args.batch_size}",
+            f"--config.input.workers={args.workers}",
+            "--config.eval_every=0",  # the training alone: no periodic kNN over the records
+        ]
+        process = subprocess.Popen(
+            main_command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        metrics, peak, start = os.path.join(run_dir, "metrics.jsonl"), 0, time.perf_counter()
+        while process.poll() is None:
+            peak = max(peak, sum(_status_kb(p, "VmRSS") for p in _tree_pids(process.pid)))
+            if os.path.exists(metrics):
+                with open(metrics) as f:
+                    if sum(1 for _ in f) >= args.memory_steps:
+                        break
+            time.sleep(0.02)
+        seconds = time.perf_counter() - start
+        process.send_signal(signal.SIGTERM)
+        process.wait()
+        print(
+            f"  {count} records: peak of summed VmRSS {peak / 1024:.0f} MB over "
+            f"{args.memory_steps} steps ({seconds:.0f} s with start-up and compilation)"
+        )
+        shutil.rmtree(directory)
+        shutil.rmtree(run_dir)
+
+
 # ----------------------------------------------------------------------------- main
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sections", default="throughput,mapping,draft,memory")
+    parser.add_argument("--sections", default="throughput,mapping,draft,memory,train_memory")
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--batches", type=int, default=12, help="Timed batches per run.")
@@ -497,9 +552,10 @@ def main() -> None:
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--test_count", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase == "write":
-        return memory_write(args.dir, args.count)
+        return memory_write(args.dir, args.count, args.test_count)
     if args.phase == "read":
         return memory_read(args.dir, args.memory_steps, args.batch_size, args.workers)
     args.memory_sizes = [int(s) for s in args.memory_sizes.split(",")]
@@ -547,6 +603,8 @@ def main() -> None:
             draft(args)
         if "memory" in sections:
             memory(args, workdir)
+        if "train_memory" in sections:
+            train_memory(args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
