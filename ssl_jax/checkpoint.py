@@ -107,20 +107,28 @@ def _reason(error: BaseException) -> str:
 
 
 class Checkpointer:
-    def __init__(self, workdir: str, *, keep: int):
+    def __init__(self, workdir: str, *, keep: int, read_only: bool = False):
+        """`read_only`: a reader beside a possibly live run (load_encoder,
+        export): it creates nothing and deletes nothing, in particular not the
+        temporary directory of a save in progress, which orbax's writer mode
+        removes on opening."""
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
         self._keep = keep
+        self._read_only = read_only
         self._manager = self._open()
         self._requested: int | None = None  # the step of the last save started
 
     def _open(self) -> ocp.CheckpointManager:
-        return ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
+        if self._read_only:
+            options = ocp.CheckpointManagerOptions(
+                read_only=True, create=False, cleanup_tmp_directories=False, save_interval_steps=0
+            )
+        else:
+            options = ocp.CheckpointManagerOptions(
                 max_to_keep=self._keep, create=True, cleanup_tmp_directories=True
-            ),
-        )
+            )
+        return ocp.CheckpointManager(self.directory, options=options)
 
     def path(self, step: int) -> str:
         return os.path.join(self.directory, str(step))
@@ -215,6 +223,10 @@ class Checkpointer:
                 continue
             if failures and set_aside:
                 self._set_aside(failures, good_step=step)
+            for failed, why in failures if not set_aside else ():
+                log.warning(
+                    "Checkpoint %s %s; using step %d instead.", self.path(failed), why, step
+                )
             return step, state, counters
         if failures:
             listed = "; ".join(f"step {s} {why}" for s, why in failures)

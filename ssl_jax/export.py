@@ -90,7 +90,9 @@ def _load_workdir(workdir: str) -> Encoder:
     tx, _ = optim.make_optimizer(
         config.optimizer, batch_size=config.batch_size, total_steps=config.train_steps
     )
-    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise CheckpointError(f"{workdir} holds no checkpoint yet: train first.")
+    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints, read_only=True)
     try:
         restored = checkpointer.restore_latest(like=train.init_state(trained, tx), set_aside=False)
     finally:

@@ -75,6 +75,26 @@ def test_flipped_bytes_fall_back_to_the_previous_checkpoint_with_a_warning(tmp_p
     checkpointer.close()
 
 
+def test_a_reader_deletes_no_save_in_progress_and_moves_nothing(tmp_path, caplog):
+    """load_encoder/export open checkpoints beside a possibly live run: the
+    temporary directory of its save in progress must survive them."""
+    _saved(tmp_path).close()
+    in_progress = tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-1234"
+    in_progress.mkdir()
+    _flip_bytes(tmp_path / "checkpoints" / "3")
+    reader = Checkpointer(str(tmp_path), keep=3, read_only=True)
+    with caplog.at_level(logging.WARNING):
+        step, _, _ = reader.restore_latest(like=_state(0), set_aside=False)
+    reader.close()
+    assert step == 2 and in_progress.is_dir()
+    assert (tmp_path / "checkpoints" / "3").is_dir() and not (tmp_path / CORRUPT_DIR).exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("checkpoints/3 is corrupt" in w and "using step 2 instead" in w for w in warnings)
+    # The writer's mode does clean it up (what a reader must not do).
+    Checkpointer(str(tmp_path), keep=3).close()
+    assert not in_progress.exists()
+
+
 def test_a_missing_file_falls_back_too(tmp_path):
     checkpointer = _saved(tmp_path)
     _largest_array_file(tmp_path / "checkpoints" / "3").unlink()
