@@ -28,6 +28,8 @@ data.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +38,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from ssl_jax import metrics, train
+from ssl_jax import config_lib, metrics, optim, train
 from ssl_jax.evaluate.embedding_map import save_map
 from ssl_jax.evaluate.knn import knn_top1
 from ssl_jax.evaluate.linear_probe import balanced_subset, few_label_probe, fit_linear_probe
@@ -236,14 +238,32 @@ def evaluator(type_name: str):
     return register
 
 
-def check(evals: ConfigDict) -> None:
-    """Every entry of `config.evals` names a known type (one-line error)."""
+def check(evals: ConfigDict, num_devices: int = 1) -> None:
+    """Every entry of `config.evals` names a known type and gives it the
+    arguments it needs (one-line errors before pretraining, not after)."""
     for name, args in evals.items():
         kind = args.get("type") if hasattr(args, "get") else None
         if kind not in EVALUATORS:
             raise ValueError(
                 f"config.evals.{name}.type={kind!r} is not one of {sorted(EVALUATORS)}."
             )
+        if kind == "fine_tune":
+            missing = sorted(set(config_lib.FINE_TUNE) - set(args.keys()))
+            if missing:
+                raise ValueError(
+                    f"config.evals.{name} lacks {', '.join(missing)} (a fine_tune entry "
+                    "needs every field of config_lib.FINE_TUNE; the :finetune option writes one)."
+                )
+            if args.steps < 1 or args.batch_size < 1 or args.batch_size % num_devices:
+                raise ValueError(
+                    f"config.evals.{name}: steps ({args.steps}) and batch_size "
+                    f"({args.batch_size}) must be >= 1, the batch a multiple of the "
+                    f"{num_devices} devices."
+                )
+            try:
+                optim.validate(optim.default_config(**args.optimizer.to_dict()))
+            except (ValueError, AttributeError, KeyError) as error:
+                raise ValueError(f"config.evals.{name}.optimizer: {error}") from None
 
 
 @evaluator("linear_probe")
@@ -269,10 +289,32 @@ def fine_tune_config(config: ConfigDict, args: ConfigDict, num_classes: int) -> 
     with tuned.unlocked():
         tuned.train_steps = args.steps
         tuned.batch_size = args.batch_size
-        tuned.optimizer.update(args.optimizer.to_dict())
+        # Its own optimizer from the defaults: nothing of pretraining's (LARS
+        # trust, a bias learning-rate scale, gradient clipping) leaks in.
+        tuned.optimizer = optim.default_config(**args.optimizer.to_dict())
         tuned.checkpoint_every = tuned.log_every = max(1, args.steps // 4)
         tuned.eval_every = 0
     return tuned
+
+
+def fine_tune_dirs(workdir: str, name: str, tuned: ConfigDict, encoder_state) -> tuple[str, str]:
+    """The directories of the fine-tuned and the from-scratch sub-runs, under a
+    key of everything they start from: the fine-tune config (dataset
+    included) and, for the pretrained ones, the encoder's weights. Continued
+    pretraining or other fine-tune arguments then start fresh runs instead of
+    resuming (or reporting) runs that began from other weights or data."""
+    from ssl_jax.checkpoint import fingerprint, host_leaves
+
+    setup = json.dumps(tuned.to_dict(), sort_keys=True, default=str)
+    weights = fingerprint(host_leaves(encoder_state))
+
+    def key(*parts: str) -> str:
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+    return (
+        os.path.join(workdir, name, key(setup, weights)),
+        os.path.join(workdir, f"{name}_from_scratch", key(setup)),
+    )
 
 
 @evaluator("fine_tune")
@@ -282,26 +324,31 @@ def _fine_tune(context: Context, name: str, args: ConfigDict) -> dict[str, Any]:
     splits = context.splits(dataset)
     budgets = _budgets(args.label_fractions, args.labels_per_class, splits[0])
     tuned = fine_tune_config(config, args, splits[0].num_classes)
+    with tuned.unlocked():
+        tuned.dataset = dataset  # what the sub-runs train on, in their config.json
     encoder = context.trained.module().feature_encoder()
     from flax import nnx
 
+    encoder_state = nnx.state(encoder)
+    pretrained_dir, scratch_dir = fine_tune_dirs(context.workdir, name, tuned, encoder_state)
     result = {
         "dataset": dataset,
         "steps": args.steps,
+        "directory": pretrained_dir,
         "points": train_on_labels(
             tuned,
-            os.path.join(context.workdir, name),
+            pretrained_dir,
             splits,
             context.mesh,
             budgets,
-            init_encoder=nnx.state(encoder),
+            init_encoder=encoder_state,
             allow_config_change=context.allow_config_change,
         ),
     }
     if args.from_scratch:
         scratch = train_on_labels(
             tuned,
-            os.path.join(context.workdir, f"{name}_from_scratch"),
+            scratch_dir,
             splits,
             context.mesh,
             budgets,

@@ -113,9 +113,9 @@ def _warn_if_another_profile(config: ConfigDict) -> None:
 
 
 def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[str, Any]:
-    evaluators.check(config.evals)
     _warn_if_another_profile(config)
     mesh = pipeline.make_mesh()
+    evaluators.check(config.evals, num_devices=mesh.size)
     pipeline.check_batch_size(config.batch_size, mesh)
     pipeline.check_batch_size(config.probe.batch_size, mesh, field="probe.batch_size")
     started = time.time()
@@ -221,14 +221,16 @@ def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[st
 
 
 def format_table(results: dict[str, Any]) -> str:
-    rows = [(f"{results['task']} (pretrained)", results["linear_probe"])]
+    rows = []
+    if "linear_probe" in results:  # config.evals may leave it out
+        rows.append((f"{results['task']} (pretrained)", results["linear_probe"]))
     if "random_init" in results:
         rows.append(("random init", results["random_init"]["linear_probe"]))
     if "supervised" in results:
         rows.append(("supervised", results["supervised"]["linear_probe"]))
     few = [
         f"{f['fraction']:.0%}" if "fraction" in f else f"{f['per_class']}/class"
-        for f in rows[0][1]["few_labels"]
+        for f in (rows[0][1]["few_labels"] if rows else ())
     ]
     header = (
         f"Linear probe on {results['probe_dataset']} "

@@ -3,12 +3,14 @@ fine-tuning from the pretrained encoder next to the same recipe from scratch."""
 
 import csv
 import json
+import os
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
-from ssl_jax import config_lib, train
+from ssl_jax import config_lib, evaluators, experiment, optim, train
 from tests.test_main import run_main
 
 
@@ -59,9 +61,11 @@ def test_fine_tune_and_transfer_from_the_config_end_to_end(tmp_path):
     (point,) = results["fine_tune"]["points"]
     assert point["per_class"] == 14 and point["train_size"] == 140  # 10% of 1438, balanced
     assert 0 <= point["top1"] <= 1 and 0 <= point["from_scratch_top1"] <= 1
-    assert (workdir / "fine_tune" / "14_per_class" / "results.json").exists() is False
-    assert (workdir / "fine_tune" / "14_per_class" / "metrics.jsonl").exists()
-    assert (workdir / "fine_tune_from_scratch" / "14_per_class" / "metrics.jsonl").exists()
+    (tuned_dir,) = (workdir / "fine_tune").glob("*/14_per_class")
+    assert str(tuned_dir.parent) == results["fine_tune"]["directory"]
+    assert (tuned_dir / "metrics.jsonl").exists() and not (tuned_dir / "results.json").exists()
+    assert list((workdir / "fine_tune_from_scratch").glob("*/14_per_class/metrics.jsonl"))
+    assert json.loads((tuned_dir / "config.json").read_text())["dataset"] == "digits"
     assert results["transfer"]["dataset"] == "synthetic:num_classes=4"
     assert results["transfer"]["top5"] == 1.0  # 4 classes
     assert (workdir / "embedding_pca_transfer.png").exists()
@@ -69,3 +73,49 @@ def test_fine_tune_and_transfer_from_the_config_end_to_end(tmp_path):
         encoders = {row["encoder"] for row in csv.DictReader(f)}
     assert {"fine-tuned", "same recipe from scratch"} <= encoders
     assert "Fine-tuned on digits" in result.stdout and "transfer (synthetic" in result.stdout
+
+
+def test_fine_tuning_takes_nothing_from_the_pretraining_optimizer():
+    pretraining = config_lib.get_config("barlow_twins", "dataset=tfds:imagenet2012,finetune")
+    assert pretraining.optimizer.bias_lr_scale != 1.0  # what must not leak
+    tuned = evaluators.fine_tune_config(pretraining, pretraining.evals.fine_tune, 1000)
+    defaults = optim.default_config(**config_lib.FINE_TUNE["optimizer"])
+    assert tuned.optimizer.to_dict() == defaults.to_dict()
+
+
+def test_fine_tune_runs_are_keyed_by_their_weights_and_data():
+    config = _supervised_config()
+    weights = nnx.state(train.build_task(config).encoder)
+    other_weights = nnx.state(train.build_task(_supervised_config(seed=7)).encoder)
+    tuned, scratch = evaluators.fine_tune_dirs("w", "ft", config, weights)
+    assert os.path.dirname(tuned) == os.path.join("w", "ft")
+    assert os.path.dirname(scratch) == os.path.join("w", "ft_from_scratch")
+    assert evaluators.fine_tune_dirs("w", "ft", config, weights) == (tuned, scratch)
+    # Other pretrained weights: another fine-tune run, the same from-scratch one.
+    assert evaluators.fine_tune_dirs("w", "ft", config, other_weights) != (tuned, scratch)
+    assert evaluators.fine_tune_dirs("w", "ft", config, other_weights)[1] == scratch
+    # Other data: both change.
+    other_data = _supervised_config(dataset="synthetic")
+    changed = evaluators.fine_tune_dirs("w", "ft", other_data, weights)
+    assert changed[0] != tuned and changed[1] != scratch
+
+
+def test_fine_tune_entries_are_checked_before_pretraining():
+    good = config_lib.ConfigDict({"ft": dict(config_lib.FINE_TUNE)})
+    evaluators.check(good, num_devices=8)
+    partial = config_lib.ConfigDict({"ft": {"type": "fine_tune", "steps": 10}})
+    with pytest.raises(ValueError, match="config.evals.ft lacks .*batch_size"):
+        evaluators.check(partial)
+    bad_batch = config_lib.ConfigDict({"ft": {**config_lib.FINE_TUNE, "batch_size": 12}})
+    with pytest.raises(ValueError, match="multiple of the 8 devices"):
+        evaluators.check(bad_batch, num_devices=8)
+    bad_optimizer = config_lib.ConfigDict({"ft": dict(config_lib.FINE_TUNE)})
+    bad_optimizer.ft.optimizer.name = "adamx"
+    with pytest.raises(ValueError, match="config.evals.ft.optimizer"):
+        evaluators.check(bad_optimizer)
+
+
+def test_the_table_needs_no_linear_probe_entry():
+    results = {"task": "simclr", "model": "convnet", "probe_dataset": "digits"}
+    results.update(train_steps=1, fine_tune={"dataset": "digits", "steps": 5, "points": []})
+    assert "Linear probe" in experiment.format_table(results)
