@@ -182,10 +182,12 @@ def run_lock(workdir: str) -> Iterator[None]:
         if jax.process_index() == 0:
             try:
                 stack.enter_context(locked(workdir))
-            except WorkdirError as refused:
+            except Exception as refused:  # also OSError (read-only or full disk)
                 error = refused
         taken = multihost_utils.process_allgather(np.int32(error is None))
         if not np.all(taken):
+            if isinstance(error, OSError):
+                raise WorkdirError(f"Cannot lock {workdir}: {error}.") from None
             raise error or WorkdirError(
                 f"{workdir} is in use by another run (process 0 could not lock it)."
             )

@@ -33,6 +33,7 @@ import bisect
 import dataclasses
 import datetime
 import json
+import logging
 import os
 import re
 import tempfile
@@ -42,6 +43,8 @@ from typing import Any
 import msgpack
 
 from ssl_jax.data.datasets import SPLITS, DatasetError, _only_feature
+
+log = logging.getLogger(__name__)
 
 INFO_FILE = "dataset_info.json"
 FORMAT = "ssl_jax.records"
@@ -364,6 +367,27 @@ class TfdsSource:
         self.class_names = tuple(features[self._label_key].names)
         self._source = None
         self._data_source()  # Fails now, not in a worker, if the format is wrong.
+        if split != "train":
+            self._skip_unlabelled_splits(builder)
+
+    def _skip_unlabelled_splits(self, builder) -> None:
+        """Some tfds datasets (imagenet2012 with its test archive) have a "test"
+        split whose labels are all -1: evaluation falls back to the next split."""
+        available = list(builder.info.splits)
+        while self._length and int(self._data_source()[0][self._label_key]) < 0:
+            later = _TEST_FALLBACKS[_TEST_FALLBACKS.index(self.split) + 1 :]
+            following = [s for s in later if s in available]
+            if not following:
+                raise DatasetError(
+                    f"{self.name}[{self.split}] holds no labels (label -1) and the dataset has "
+                    "no other evaluation split; evaluate on another dataset "
+                    "(--config.probe.dataset)."
+                )
+            log.warning(
+                "%s[%s] holds no labels; evaluating on %s.", self.name, self.split, following[0]
+            )
+            self.split, self._source = following[0], None
+            self._length = builder.info.splits[self.split].num_examples
 
     def __getstate__(self):
         # tfds's own source pickles its builder's info, which a worker process cannot

@@ -245,9 +245,12 @@ def tfds_pixel(split: str, i: int) -> int:
     return 20 * i + (0 if split == "train" else 7)
 
 
-def make_tfds(data_dir: str) -> str:
+def make_tfds(data_dir: str, sizes=None, unlabelled=()) -> str:
     """A real ArrayRecord tfds dataset of 12x9 grey PNGs, each one constant value,
-    written without TensorFlow or network; returns data_dir."""
+    written without TensorFlow or network; returns data_dir. With `sizes`, the
+    builder is another one, ssl_jax_records_unlabelled, whose `unlabelled`
+    splits hold label -1 (as imagenet2012's test split)."""
+    sizes = sizes or TFDS_SIZES
     tfds = pytest.importorskip("tensorflow_datasets")
     tfds.disable_progress_bar()
 
@@ -272,14 +275,30 @@ def make_tfds(data_dir: str) -> str:
                 return tfds.core.DatasetInfo(builder=self, features=features)
 
             def _split_generators(self, dl_manager):
-                return {split: self._generate_examples(split) for split in TFDS_SIZES}
+                return {split: self._generate_examples(split) for split in sizes}
 
             def _generate_examples(self, split):
-                for i in range(TFDS_SIZES[split]):
-                    yield i, {"image": png(tfds_pixel(split, i)), "label": i % 3}
+                for i in range(sizes[split]):
+                    label = -1 if split in unlabelled else i % 3
+                    yield i, {"image": png(tfds_pixel(split, i)), "label": label}
 
-    SslJaxRecordsTiny(data_dir=data_dir, file_format="array_record").download_and_prepare()
+        class SslJaxRecordsUnlabelled(SslJaxRecordsTiny):
+            pass
+
+    builder = SslJaxRecordsTiny if sizes is TFDS_SIZES else SslJaxRecordsUnlabelled
+    builder(data_dir=data_dir, file_format="array_record").download_and_prepare()
     return data_dir
+
+
+def test_a_test_split_without_labels_falls_back_to_validation(tmp_path):
+    data_dir = make_tfds(str(tmp_path), {"train": 6, "test": 3, "validation": 4}, {"test"})
+    source = records.open_source("tfds:ssl_jax_records_unlabelled", "test", data_dir=data_dir)
+    assert source.split == "validation" and len(source) == 4
+    assert sorted(source[i]["label"] for i in range(4)) == [0, 0, 1, 2]
+    only = str(tmp_path / "only")
+    make_tfds(only, {"train": 6, "test": 3}, {"test"})
+    message = _error(records.open_source, "tfds:ssl_jax_records_unlabelled", "test", data_dir=only)
+    assert "holds no labels (label -1)" in message
 
 
 @pytest.fixture(scope="module")
