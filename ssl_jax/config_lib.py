@@ -275,14 +275,14 @@ PROFILE_DEFAULTS = {
 }
 
 
-def data_profile(dataset: str) -> str:
+def data_profile(dataset: str, data_dir: str | None = None) -> str:
     """The profile (see `PROFILES`) of a dataset, from the size of its original
     images (`datasets.native_size`): an image folder of 32 px photos is
     "small" like CIFAR-10, whatever its name. Unknown sizes: synthetic data is
     "small", TFDS photos of varying size "large", anything else "medium"."""
     from ssl_jax.data.datasets import native_size
 
-    size = native_size(dataset)
+    size = native_size(dataset, data_dir or None)
     if size is None:
         kind = dataset.partition(":")[0]
         return {"synthetic": "small", "tfds": "large"}.get(kind, "medium")

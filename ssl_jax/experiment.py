@@ -99,7 +99,7 @@ def _warn_if_another_profile(config: ConfigDict) -> None:
     it); `--config.dataset=` afterwards keeps that recipe: say so."""
     if not config.data_profile:
         return
-    profile = config_lib.data_profile(config.dataset)
+    profile = config_lib.data_profile(config.dataset, config.data_dir)
     if profile != config.data_profile:
         logging.getLogger(__name__).warning(
             "config.dataset %s is %s data, but the config's recipe (image size, encoder, "

@@ -113,6 +113,8 @@ def test_recipes_follow_the_image_size_not_the_dataset_name(
     # not an upscaled ImageNet one, although its name says nothing of CIFAR.
     root = _photo_folder(tmp_path / "photos", size)
     assert config_lib.data_profile(f"imagefolder:{root}") == profile
+    # A path relative to data_dir too (the run's warning checks it so).
+    assert config_lib.data_profile("imagefolder:photos", str(tmp_path)) == profile
     for name in ("rotation.py", "simclr.py"):
         config = _load(CONFIGS[0].with_name(name)).get_config(f"dataset=imagefolder:{root}")
         assert (config.image_size, config.model_kwargs.stem) == (image_size, stem)
