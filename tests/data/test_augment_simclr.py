@@ -472,7 +472,8 @@ sharding = NamedSharding(Mesh(np.asarray(jax.devices()), ("data",)), PartitionSp
 sharded = jax.jit(views, out_shardings=sharding)
 compiled = sharded.lower(rng, jax.device_put(images, sharding)).compile()
 assert "all-gather" not in compiled.as_text()  # each device makes its own views
-np.testing.assert_allclose(compiled(rng, jax.device_put(images, sharding)), alone, atol=1e-6)
+# (XLA may reassociate float sums differently with and without sharding: ~1e-6.)
+np.testing.assert_allclose(compiled(rng, jax.device_put(images, sharding)), alone, atol=1e-5)
 print("ok")
 """
 
