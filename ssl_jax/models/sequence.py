@@ -1,8 +1,9 @@
 """Transformer encoders of sequences that are not images: token ids (text)
 and frames (video clips). Both are the ViT's pre-norm blocks (`models/vit.py`)
-over a different embedding, with fixed 1-D sin-cos positions.
+over a different embedding.
 
-- `TokenTransformer`: token ids `[B, T]` (int) -> an embedding table, the
+- `TokenTransformer`: token ids `[B, T]` (int) -> an embedding table plus
+  learned absolute positions (BERT's; up to `max_length` tokens), the
   blocks (padding masked out of attention), a final LayerNorm;
   `encode(tokens)` gives every position `[B, T, D]`, `model(tokens, train=...)`
   the mean over the non-padding positions `[B, D]`. Used by BERT-style masked
@@ -12,7 +13,8 @@ over a different embedding, with fixed 1-D sin-cos positions.
   embedding with one patch per frame), the blocks, a final LayerNorm;
   `embed_frames` and `encode_embeddings` are separate so a task can swap a
   hidden frame's token for a mask token in between (`tasks/frames.py`);
-  `model(video, train=...)` is the mean over frames `[B, D]`.
+  fixed 1-D sin-cos positions; `model(video, train=...)` is the mean over
+  frames `[B, D]`.
 
 There is no dropout or batch norm: `train` changes nothing, as in the ViT.
 
@@ -31,22 +33,34 @@ from ssl_jax.models.presets import EncoderPreset
 from ssl_jax.models.vit import Block, layer_norm, linear, sincos_1d
 from ssl_jax.registry import ENCODERS, MODELS
 
-_TOKEN_INIT = nnx.initializers.normal(0.02)  # BERT's embedding initialisation
+_TOKEN_INIT = nnx.initializers.normal(0.02)  # BERT's, for tokens and positions
 
 
 class _Blocks(nnx.Module):
-    """The ViT's blocks and final norm, after fixed 1-D positions."""
+    """The ViT's blocks and final norm (after fixed 1-D sin-cos positions,
+    unless the caller added its own)."""
 
-    def __init__(self, dim: int, depth: int, num_heads: int, mlp_ratio: float, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float,
+        rngs: nnx.Rngs,
+        *,
+        sincos: bool = True,
+    ):
         if depth < 1:
             raise ValueError(f"A Transformer encoder needs depth >= 1, got {depth}.")
+        self.sincos = sincos
         self.blocks = nnx.List(
             [Block(dim, num_heads, mlp_ratio=mlp_ratio, rngs=rngs) for _ in range(depth)]
         )
         self.norm = layer_norm(dim, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-        x = x + jnp.asarray(sincos_1d(x.shape[-1], x.shape[1]))[None].astype(x.dtype)
+        if self.sincos:
+            x = x + jnp.asarray(sincos_1d(x.shape[-1], x.shape[1]))[None].astype(x.dtype)
         for block in self.blocks:
             x = block(x, mask)
         return self.norm(x)
@@ -59,6 +73,7 @@ class TokenTransformer(nnx.Module):
         rngs: nnx.Rngs,
         vocab_size: int = 258,
         pad_id: int = 256,
+        max_length: int = 512,
         embed_dim: int = 128,
         depth: int = 4,
         num_heads: int = 4,
@@ -70,12 +85,21 @@ class TokenTransformer(nnx.Module):
         self.pad_id = pad_id
         self.embed_dim = embed_dim
         self.feature_dim: int = embed_dim
+        self.max_length = max_length
         self.embed = nnx.Embed(vocab_size, embed_dim, embedding_init=_TOKEN_INIT, rngs=rngs)
-        self.body = _Blocks(embed_dim, depth, num_heads, mlp_ratio, rngs)
+        # Learned absolute positions, as BERT's: with fixed sin-cos ones a small
+        # model learned to attend to its neighbours far more slowly (masked
+        # bigrams of the tests stayed at the unigram loss for hundreds of steps).
+        self.positions = nnx.Param(_TOKEN_INIT(rngs.params(), (1, max_length, embed_dim)))
+        self.body = _Blocks(embed_dim, depth, num_heads, mlp_ratio, rngs, sincos=False)
 
     def encode(self, tokens: jax.Array) -> jax.Array:
         """int [B, T] -> normalised tokens [B, T, D]; padding is never attended to."""
-        return self.body(self.embed(tokens), tokens != self.pad_id)
+        length = tokens.shape[1]
+        if length > self.max_length:
+            raise ValueError(f"Sequences of {length} tokens exceed max_length={self.max_length}.")
+        x = self.embed(tokens) + self.positions[:, :length].astype(self.embed.embedding.dtype)
+        return self.body(x, tokens != self.pad_id)
 
     def __call__(self, tokens: jax.Array, *, train: bool) -> jax.Array:
         del train  # no dropout, no batch norm
