@@ -85,8 +85,11 @@ def pydoc_corpus(length: int, min_chunks: int) -> tuple[dict[str, np.ndarray], t
     # Identical chunks (shared boilerplate) are kept once, at their first place.
     seen: set[bytes] = set()
     for name, pieces in per_topic.items():
-        unique = [p for p in pieces if p not in seen]
-        seen.update(unique)
+        unique = []
+        for piece in pieces:  # within a topic too
+            if piece not in seen:
+                seen.add(piece)
+                unique.append(piece)
         per_topic[name] = unique
     names = tuple(n for n, pieces in per_topic.items() if len(pieces) >= min_chunks)
     splits: dict[str, tuple[list, list]] = {"train": ([], []), "test": ([], [])}
