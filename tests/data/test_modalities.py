@@ -58,3 +58,39 @@ def test_moving_digits_options_are_checked():
         load_dataset("moving_digits:frames=12", "train", image_size=16)
     with pytest.raises(DatasetError, match="moving_digits"):
         load_dataset("moving_digits:label=colour", "train", image_size=16)
+
+
+def _fake_tfds(monkeypatch, tmp_path, features, examples):
+    """`tfds.builder` answering with a prepared dataset of these examples."""
+    import types
+
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    class Source(list):
+        def __getitems__(self, indices):
+            return [self[i] for i in indices]
+
+    builder = types.SimpleNamespace(
+        data_dir_root=str(tmp_path),
+        data_dir=str(tmp_path),
+        info=types.SimpleNamespace(
+            features=tfds.features.FeaturesDict(features),
+            splits={"train": None, "test": None},
+            full_name="fake/1.0.0",
+        ),
+        is_prepared=lambda: True,
+        as_data_source=lambda split, decoders=None: Source(examples),
+    )
+    monkeypatch.setattr(tfds, "builder", lambda spec, data_dir=None: builder)
+    return tfds
+
+
+def test_tfds_text_takes_the_tfds_reader(monkeypatch, tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    label = tfds.features.ClassLabel(names=["neg", "pos"])
+    examples = [{"text": b"a good film", "label": 1}, {"text": b"bad", "label": 0}]
+    _fake_tfds(monkeypatch, tmp_path, {"text": tfds.features.Text(), "label": label}, examples)
+    split = load_dataset("tfds:fake_text", "test", image_size=16)
+    assert split.input_key == "tokens" and split.inputs.shape == (2, 128)
+    assert text.decode(split.inputs[0]) == "a good film" and list(split.labels) == [1, 0]
+    # (A Video feature needs TensorFlow to build, so its path is not tested here.)
