@@ -190,8 +190,23 @@ FINE_TUNE = {
 
 
 def options(arg: str | None, **extra) -> ConfigDict:
-    """`parse_arg` with the common options and a config's own `extra` ones."""
-    return parse_arg(arg, **COMMON_OPTIONS, **extra)
+    """`parse_arg` with the common options and a config's own `extra` ones
+    (which may change a common option's default: a text config's dataset)."""
+    return parse_arg(arg, **{**COMMON_OPTIONS, **extra})
+
+
+def image_only_options(options: ConfigDict, task: str, family: str) -> None:
+    """A config of another modality than images refuses the options that
+    need an image task or encoder (the supervised baselines and fine-tuning
+    train the image `supervised` task) with a one-line error."""
+    for flag in ("supervised", "finetune"):
+        if options[flag]:
+            raise ValueError(
+                f"The {flag} option trains the image classifier task; {task} has no "
+                "counterpart yet: leave it out (the linear probe and kNN still run)."
+            )
+    if options.encoder and options.encoder != family:
+        raise ValueError(f"{task}'s encoder must be encoder={family}, got {options.encoder!r}.")
 
 
 # ----------------------------------------------------------------------------- views

@@ -172,7 +172,7 @@ def train_on_labels(
     for per_class, extra in budgets:
         indices = balanced_subset(train_split.labels, per_class, seed=config.seed)
         subset = train_split.subset(indices)
-        arrays = {"image": subset.images, "label": subset.labels}
+        arrays = {subset.input_key: subset.inputs, "label": subset.labels}
         run_dir = os.path.join(workdir, f"{prefix}{per_class}_per_class")
         trained, summary = train.train(
             config,

@@ -58,7 +58,10 @@ def training_data(config: ConfigDict, train_split):
     """What the loop trains on: the in-memory arrays, or the streamed records
     cropped on the host as the task asks (`Task.host_crops`)."""
     if not isinstance(train_split, streaming.StreamSplit):
-        return pipeline.InMemory({"image": train_split.images, "label": train_split.labels})
+        # The dataset names its inputs' batch key: image, tokens, video.
+        return pipeline.InMemory(
+            {train_split.input_key: train_split.inputs, "label": train_split.labels}
+        )
     crops = nnx.eval_shape(lambda: train.build_task(config)).host_crops(config.image_size)
     transform = (
         streaming.view_transform(crops) if crops else streaming.center_transform(config.image_size)
@@ -167,6 +170,18 @@ def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[st
                 title=f"random init ({config.model})",
             )
         }
+        # Every other probe (a transfer, a second label of the same data) gets
+        # its random-init baseline too.
+        for name, args in config.evals.items():
+            if args.type == "linear_probe" and name != "linear_probe":
+                results["random_init"][name] = probe(
+                    initial,
+                    config,
+                    splits(results[name]["dataset"]),
+                    mesh,
+                    map_path=os.path.join(workdir, f"embedding_pca_random_init_{name}.png"),
+                    title=f"random init ({config.model}) on {results[name]['dataset']}",
+                )
     if config.baselines.supervised:
         sup_config = supervised_config(config, train_split.num_classes)
         sup_workdir = os.path.join(workdir, "supervised")
@@ -254,7 +269,11 @@ def format_table(results: dict[str, Any]) -> str:
     for name, entry in results.items():
         if isinstance(entry, dict) and "top1" in entry and "few_labels" in entry:
             if name != "linear_probe":  # another linear_probe evaluator: a transfer
-                lines.append(f"{name} ({entry.get('dataset', '')}): top-1 {entry['top1']:.3f}")
+                line = f"{name} ({entry.get('dataset', '')}): top-1 {entry['top1']:.3f}"
+                baseline = results.get("random_init", {}).get(name)
+                if baseline:
+                    line += f" (random init {baseline['top1']:.3f})"
+                lines.append(line)
     if "fine_tune" in results:
         lines.append(_format_fine_tune(results["fine_tune"]))
     return "\n".join(lines)

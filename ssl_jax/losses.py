@@ -71,6 +71,26 @@ def mae_loss(
     return jnp.sum(per_patch * mask) / jnp.sum(mask)
 
 
+def masked_token_loss(
+    logits: jax.Array, targets: jax.Array, weights: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """BERT's masked-language-model loss (Devlin et al. 2019): softmax
+    cross-entropy of the original token, averaged over the chosen positions
+    of the whole batch only; and the accuracy on those positions.
+
+    logits: [B, T, V]; targets: int [B, T] (the uncorrupted tokens); weights:
+    [B, T], 1 at the positions the masking rule chose, 0 elsewhere (the other
+    positions contribute nothing, not even a gradient).
+    """
+    logits = logits.astype(jnp.float32)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    weights = weights.astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(weights), 1.0)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    return jnp.sum(nll * weights) / count, jnp.sum(correct * weights) / count
+
+
 # ---------------------------------------------------------------------------
 # Non-contrastive and momentum-encoder methods.
 #

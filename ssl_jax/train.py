@@ -5,6 +5,8 @@ the `data` axis of a device mesh, runs a jit-compiled update with donated
 buffers, checkpoints, resumes and logs. It knows nothing about images,
 rotations or views: a batch is a dict of arrays and the task's `loss` does the
 rest.
+No line of it names a modality: the data source hands it batches under the
+keys its dataset declares (`image`, `tokens`, `video`, `label`).
 
 Reproducibility: the step's randomness is `fold_in(key(seed), step)` and the
 data order a function of (seed, step) (see `data/pipeline.py`), so a run
@@ -174,13 +176,13 @@ def init_state(trained: TrainedModel, tx: optax.GradientTransformation) -> dict:
 
 @functools.lru_cache(maxsize=32)
 def _jitted_method(graphdef: nnx.GraphDef, method: str, mesh: jax.sharding.Mesh) -> Callable:
-    """One jitted `task.<method>(images)` per (model structure, method, mesh):
+    """One jitted `task.<method>(inputs)` per (model structure, method, mesh):
     evaluators that run every few thousand steps reuse its compilation.
     Parameters are arguments, not closed over, so they are not baked into the
     program as constants."""
 
-    def apply_task_method(params, model_state, images):
-        return getattr(nnx.merge(graphdef, params, model_state), method)(images)
+    def apply_task_method(params, model_state, inputs):
+        return getattr(nnx.merge(graphdef, params, model_state), method)(inputs)
 
     return jax.jit(apply_task_method, out_shardings=pipeline.replicated(mesh))
 
@@ -188,18 +190,19 @@ def _jitted_method(graphdef: nnx.GraphDef, method: str, mesh: jax.sharding.Mesh)
 def make_features_fn(
     trained: TrainedModel, mesh: jax.sharding.Mesh, method: str = "features"
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 images -> frozen features (or another per-image `method` of the
-    task, e.g. the supervised task's `logits`), for evaluators.
+    """A batch of a dataset's inputs (whatever they are: images, token ids,
+    clips) -> frozen features (or another per-example `method` of the task,
+    e.g. the supervised task's `logits`), for evaluators.
 
     Every process passes the same global batch; each feeds its own rows and
     gets the whole (replicated) result back.
     """
     apply = _jitted_method(trained.graphdef, method, mesh)
 
-    def features_fn(images: np.ndarray) -> np.ndarray:
-        pipeline.check_batch_size(len(images), mesh)
-        local = images[pipeline.local_slice(len(images))]
-        batch = pipeline.to_global({"image": local}, mesh)["image"]
+    def features_fn(inputs: np.ndarray) -> np.ndarray:
+        pipeline.check_batch_size(len(inputs), mesh)
+        local = inputs[pipeline.local_slice(len(inputs))]
+        batch = pipeline.to_global({"inputs": local}, mesh)["inputs"]
         out = apply(trained.params, trained.model_state, batch)
         return np.asarray(out.addressable_data(0))
 

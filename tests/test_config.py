@@ -16,6 +16,12 @@ def _load(path):
     return module
 
 
+# Configs of other modalities (text, video) declare it; image encoders and
+# image datasets do not apply to them.
+IMAGE_CONFIGS = [p for p in CONFIGS if getattr(_load(p), "MODALITY", "image") == "image"]
+OTHER_CONFIGS = [p for p in CONFIGS if p not in IMAGE_CONFIGS]
+
+
 def test_parse_arg_types_and_flags():
     options = config_lib.parse_arg(
         "dataset=tfds:cifar10,runlocal,steps=5", dataset="digits", runlocal=False, steps=1
@@ -61,7 +67,7 @@ def test_registry_suggests_close_names():
         TASKS.get("rotatoin")
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", IMAGE_CONFIGS, ids=lambda p: p.name)
 @pytest.mark.parametrize("runlocal", [False, True])
 def test_encoder_vit_gives_every_task_the_same_encoder(path, runlocal):
     arg = "encoder=vit" + (",runlocal" if runlocal else "")
@@ -72,6 +78,25 @@ def test_encoder_vit_gives_every_task_the_same_encoder(path, runlocal):
     kwargs = {k: v for k, v in config.model_kwargs.items() if k != "frozen_patch_embed"}
     assert (config.model, kwargs) == (mae.model, mae.model_kwargs.to_dict())
     assert config.optimizer.name == "adamw"  # the ConvNet recipes' SGD/LARS do not carry over
+
+
+def test_other_modalities_exist_and_refuse_image_only_options():
+    assert {p.name for p in OTHER_CONFIGS} >= {"mlm.py", "frames.py"}
+    for path in OTHER_CONFIGS:
+        module = _load(path)
+        for arg in ("encoder=vit", "supervised", "finetune"):
+            with pytest.raises(ValueError, match="encoder=|classifier task"):
+                module.get_config(arg)
+
+
+def test_frames_probes_the_digit_and_its_direction():
+    config = _load(CONFIGS[0].with_name("frames.py")).get_config("dataset=moving_digits:frames=6")
+    assert config.dataset == "moving_digits:frames=6"
+    assert config.evals.direction.dataset == "moving_digits:frames=6,label=direction"
+    assert (
+        "direction"
+        not in _load(CONFIGS[0].with_name("frames.py")).get_config("dataset=tfds:ucf101").evals
+    )
 
 
 def test_mae_refuses_a_convolutional_encoder():

@@ -14,6 +14,15 @@ turns it into sharded device batches. Accepted names:
 - `imagefolder:/path/to/root`: `root/train/<class>/<image>` and
   `root/test/<class>/<image>` (or `root/val/...`).
 
+Other modalities load as an `ArrayDataset` (the same interface, its inputs
+under another batch key, `input_key`):
+- `pydoc[:length=128]`: chunks of the Python documentation topics as byte
+  tokens, labelled by topic (`data/text.py`); TFDS text datasets
+  (`tfds:imdb_reviews`, `tfds:ag_news_subset`) through the tfds reader.
+- `moving_digits[:frames=8,label=digit|direction]`: clips of the digits
+  moving across a canvas (`data/video.py`); TFDS video datasets with labels
+  through the tfds reader.
+
 Decoded tfds and image-folder splits are cached as `.npz` under `cache_dir`
 (default: `$SSL_JAX_CACHE_DIR` or `~/.cache/ssl_jax`), keyed by the source
 files' names, sizes and mtimes, so a changed source is decoded again.
@@ -32,6 +41,7 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image
@@ -41,7 +51,7 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", 
 # Bump when the decoded content changes for the same key (e.g. a new resize).
 _CACHE_VERSION = 1
 # Every loader takes (argument after "name:", split, image_size, data_dir, cache_dir).
-Loader = Callable[[str, str, int, "str | None", "str | None"], "ImageDataset"]
+Loader = Callable[[str, str, int, "str | None", "str | None"], "ImageDataset | ArrayDataset"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous; compare by identity.
@@ -68,25 +78,74 @@ class ImageDataset:
         if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes})")
 
+    # The batch key the inputs travel under (tasks read `batch[input_key]`).
+    input_key: ClassVar[str] = "image"
+
+    @property
+    def inputs(self) -> np.ndarray:
+        return self.images
+
     def __len__(self) -> int:
         return len(self.labels)
 
     def batches(self, batch_size: int):
         """(images, mask, labels) in order, every batch exactly `batch_size`
         rows (one compiled shape): the last one padded with zeros, mask False."""
-        for start in range(0, len(self), batch_size):
-            images = self.images[start : start + batch_size]
-            labels = self.labels[start : start + batch_size]
-            valid = len(images)
-            mask = np.arange(batch_size) < valid
-            if valid < batch_size:
-                pad = batch_size - valid
-                images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), np.uint8)])
-                labels = np.concatenate([labels, np.zeros(pad, np.int32)])
-            yield images, mask, labels
+        return padded_batches(self.images, self.labels, batch_size)
 
     def subset(self, indices) -> ImageDataset:
         return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
+
+
+def padded_batches(inputs: np.ndarray, labels: np.ndarray, batch_size: int):
+    """(inputs, mask, labels) in order, every batch exactly `batch_size` rows:
+    the last one padded with zeros, mask False there."""
+    for start in range(0, len(labels), batch_size):
+        x = inputs[start : start + batch_size]
+        y = labels[start : start + batch_size]
+        valid = len(x)
+        mask = np.arange(batch_size) < valid
+        if valid < batch_size:
+            pad = batch_size - valid
+            x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+            y = np.concatenate([y, np.zeros(pad, np.int32)])
+        yield x, mask, y
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArrayDataset:
+    """A labelled split of another modality than images: `inputs` [N, ...]
+    travel under the batch key `input_key` (`tokens` int32 [N, T] of text,
+    `video` uint8 [N, T, H, W, 3] of clips). The same interface as
+    `ImageDataset` (`inputs`, `labels`, `batches`, `subset`), so the loop and
+    the evaluators take either."""
+
+    inputs: np.ndarray
+    labels: np.ndarray  # int32 [N], in [0, num_classes)
+    num_classes: int
+    name: str
+    input_key: str
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        inputs, labels = np.ascontiguousarray(self.inputs), np.ascontiguousarray(self.labels)
+        object.__setattr__(self, "inputs", inputs)
+        object.__setattr__(self, "labels", labels)
+        if labels.dtype != np.int32 or labels.shape != inputs.shape[:1]:
+            raise ValueError(
+                f"labels must be int32 [{len(inputs)}], got {labels.dtype} {labels.shape}"
+            )
+        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.num_classes})")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int):
+        return padded_batches(self.inputs, self.labels, batch_size)
+
+    def subset(self, indices) -> ArrayDataset:
+        return dataclasses.replace(self, inputs=self.inputs[indices], labels=self.labels[indices])
 
 
 class DatasetError(ValueError):
@@ -101,6 +160,8 @@ def dataset_names() -> list[str]:
         f"synthetic[:{options}]",
         "tfds:NAME[/CONFIG][:VERSION]",
         "imagefolder:/path/to/root",
+        "pydoc[:length=128,min_chunks=20]",
+        "moving_digits[:frames=8,clips=2,label=digit|direction]",
     ]
 
 
@@ -132,6 +193,8 @@ def native_size(name: str, data_dir: str | None = None, *, peek: int = 16) -> in
     kind, _, arg = name.partition(":")
     if kind == "digits":
         return 8
+    if kind == "moving_digits":
+        return 16  # the canvas of the moving 8 px digits (data/video.py)
     sizes: list[int] = []
     try:
         if kind == "tfds":
@@ -449,9 +512,12 @@ def _load_tfds(
     if tfds_split is None:
         raise DatasetError(f"tfds:{spec} has no split {' or '.join(wanted)}; it has {available}.")
     features = builder.info.features
-    image_key = _only_feature(features, tfds.features.Image, "image", spec)
     label_key = _only_feature(features, tfds.features.ClassLabel, "label", spec)
     num_classes = features[label_key].num_classes
+    kinds = {type(f).__name__ for f in features.values()}
+    if "Image" not in kinds and kinds & {"Text", "Video"}:
+        return _load_tfds_sequences(builder, spec, tfds_split, label_key, image_size, prepare)
+    image_key = _only_feature(features, tfds.features.Image, "image", spec)
 
     def build() -> tuple[np.ndarray, np.ndarray]:
         try:  # Keep images encoded, so they are decoded (and resized) on our thread pool.
@@ -484,6 +550,45 @@ def _load_tfds(
     images, labels = _cached(cache_dir, stem, key, image_size, build)
     class_names = tuple(features[label_key].names)
     return ImageDataset(images, labels, num_classes, f"tfds:{spec}", class_names)
+
+
+# Text and video datasets are read whole: small enough, and decoded by tfds.
+_TFDS_TEXT_LENGTH = 128  # bytes per text example (data/text.py)
+_TFDS_VIDEO_FRAMES = 8  # evenly spaced frames per video (data/video.py)
+
+
+def _load_tfds_sequences(builder, spec, tfds_split, label_key, image_size, prepare):
+    """A prepared TFDS dataset whose input is a Text feature (bytes as tokens,
+    `data/text.py`) or a Video one (`data/video.py`), with its ClassLabel."""
+    import tensorflow_datasets as tfds
+
+    from ssl_jax.data import text, video
+
+    features = builder.info.features
+    try:
+        source = builder.as_data_source(split=tfds_split)
+    except NotImplementedError as e:
+        raise DatasetError(f"tfds:{spec} is not in ArrayRecord format. {prepare}") from e
+    examples = source.__getitems__(range(len(source)))
+    labels = np.array([ex[label_key] for ex in examples], np.int32)
+    label = features[label_key]
+    names = tuple(label.names)
+    if any(isinstance(f, tfds.features.Text) for f in features.values()):
+        key = _only_feature(features, tfds.features.Text, "text", spec)
+        texts = [ex[key] for ex in examples]
+        return text.from_texts(
+            texts, labels, label.num_classes, f"tfds:{spec}", _TFDS_TEXT_LENGTH, names
+        )
+    key = _only_feature(features, tfds.features.Video, "video", spec)
+    return video.from_frames(
+        [ex[key] for ex in examples],
+        labels,
+        label.num_classes,
+        f"tfds:{spec}",
+        _TFDS_VIDEO_FRAMES,
+        image_size,
+        names,
+    )
 
 
 # ----------------------------------------------------------------------------- imagefolder
@@ -557,9 +662,26 @@ def _load_imagefolder(
     return ImageDataset(images, label_array, len(classes), f"imagefolder:{root}", tuple(classes))
 
 
+# ----------------------------------------------------------------------------- other modalities
+
+
+def _load_pydoc(arg, split, image_size, data_dir, cache_dir) -> ArrayDataset:
+    from ssl_jax.data import text
+
+    return text.load_pydoc(arg, split)
+
+
+def _load_moving_digits(arg, split, image_size, data_dir, cache_dir) -> ArrayDataset:
+    from ssl_jax.data import video
+
+    return video.load_moving_digits(arg, split, image_size)
+
+
 _LOADERS: dict[str, Loader] = {
     "digits": _load_digits,
     "synthetic": _load_synthetic,
     "tfds": _load_tfds,
     "imagefolder": _load_imagefolder,
+    "pydoc": _load_pydoc,
+    "moving_digits": _load_moving_digits,
 }

@@ -41,7 +41,7 @@ _LEARNING_RATE = 0.1
 
 
 class Split(Protocol):
-    images: np.ndarray  # uint8 [N, H, W, 3]
+    inputs: np.ndarray  # [N, ...]: uint8 images [N, H, W, 3], token ids, clips
     labels: np.ndarray  # int [N]
     num_classes: int
 
@@ -98,8 +98,8 @@ def linear_probe(
     """Extracts features of both splits and fits a linear probe on them."""
     if train.num_classes != test.num_classes:
         raise ValueError(f"train has {train.num_classes} classes but test has {test.num_classes}")
-    train_x = extract_features(features_fn, train.images, batch_size=batch_size)
-    test_x = extract_features(features_fn, test.images, batch_size=batch_size)
+    train_x = extract_features(features_fn, train.inputs, batch_size=batch_size)
+    test_x = extract_features(features_fn, test.inputs, batch_size=batch_size)
     return fit_linear_probe(
         train_x, train.labels, test_x, test.labels, num_classes=train.num_classes, **fit_kwargs
     )

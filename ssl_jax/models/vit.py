@@ -86,6 +86,15 @@ def _sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
+def sincos_1d(dim: int, length: int) -> np.ndarray:
+    """Fixed 1-D position embeddings of a sequence, float32 [length, dim]
+    (token and frame sequences: `models/sequence.py`)."""
+    if dim % 2:
+        raise ValueError(f"1-D sin-cos position embeddings need an even width, got {dim}.")
+    return _sincos_1d(dim, np.arange(length)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=32)
 def sincos_2d(dim: int, grid: tuple[int, int]) -> np.ndarray:
     """Fixed 2-D position embeddings, float32 [gh * gw, dim], row-major grid.
 
@@ -118,11 +127,14 @@ class Attention(nnx.Module):
         self.qkv = linear(dim, 3 * dim, rngs=rngs)
         self.proj = linear(dim, dim, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """`mask` bool [B, T]: the tokens that may be attended to (None: all;
+        padding in token sequences is False)."""
         b, t, d = x.shape
         qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, heads, head_dim]
-        out = jax.nn.dot_product_attention(q, k, v)
+        keys = None if mask is None else mask[:, None, None, :]  # [B, heads, T_q, T_k]
+        out = jax.nn.dot_product_attention(q, k, v, mask=keys)
         return self.proj(out.reshape(b, t, d))
 
 
@@ -137,8 +149,8 @@ class Block(nnx.Module):
         self.fc1 = linear(dim, hidden, rngs=rngs)
         self.fc2 = linear(hidden, dim, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x + self.attn(self.norm1(x))
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        x = x + self.attn(self.norm1(x), mask)
         return x + self.fc2(jax.nn.gelu(self.fc1(self.norm2(x)), approximate=False))
 
 

@@ -14,17 +14,20 @@ Required
   rotations, crops). It has no parameters, so the benchmark can time it
   apart from the rest of the step.
 - `loss(batch, rng, *, train) -> (scalar loss, dict of scalar metrics)`: calls
-  `augment` first. `batch` is a dict of global arrays (image tasks: `image`
-  uint8 [B, H, W, C], and `label` int32 [B] when the dataset has labels);
+  `augment` first. `batch` is a dict of global arrays: the dataset's inputs
+  under its `input_key` (image tasks: `image` uint8 [B, H, W, C]; masked
+  words: `tokens` int32 [B, T]; missing frames: `video` uint8
+  [B, T, H, W, C]), and `label` int32 [B] when the dataset has labels;
   `rng` is derived by the loop from (seed, step), and per-example keys from it
   with `augment.example_keys`, so draws survive a resume and do not depend on
   the device count. The loop knows nothing else about the task. Losses and
   metrics are float32 whatever the compute dtype.
 
 Provided (override when the default is wrong for the task)
-- `features(images) -> [B, D] float32`: frozen, deterministic features of
-  uint8 images for every evaluator (linear probe, kNN, ...): the
-  `feature_encoder()` on the normalised image, batch norm in inference mode.
+- `features(inputs) -> [B, D] float32`: frozen, deterministic features of a
+  batch of the dataset's inputs for every evaluator (linear probe, kNN, ...);
+  the default reads uint8 images: the `feature_encoder()` on the normalised
+  image, batch norm in inference mode. Tasks of other modalities override it.
 - `feature_encoder() -> nnx.Module`: the encoder the features come from (and
   that `ssl_jax.export_encoder` exports): `self.encoder`, or DINO's teacher.
 - `host_crops(image_size) -> {batch key: crop specs} | None`: what streamed

@@ -186,7 +186,7 @@ def test_extract_features_rejects_bad_batch_size():
 
 @dataclasses.dataclass
 class Split:
-    images: np.ndarray
+    inputs: np.ndarray
     labels: np.ndarray
     num_classes: int
 
