@@ -747,6 +747,23 @@ def trial_disk_checkpoint(ctx):
 # ----------------------------------------------------------------------------- 5: concurrent writer
 
 
+def _wait_stopped(pid: int, timeout: float = 30.0) -> None:
+    """kill() returns before a busy process has stopped: wait until every
+    thread is in state T, so no write of it lands after the snapshot."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            states = []
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+        except OSError:  # it exited, or a thread ended while listed
+            return
+        if all(state in "tT" for state in states):
+            return
+        time.sleep(0.01)
+
+
 def trial_lock_concurrent(ctx):
     """A second run on a workdir in use is refused naming the holder; the
     first (paused with SIGSTOP meanwhile, as a slow run would be) goes on
@@ -757,6 +774,7 @@ def trial_lock_concurrent(ctx):
     when = _mid_training(first, workdir, ctx.rng(trial))
     first.signal(signal.SIGSTOP)
     try:
+        _wait_stopped(first.pid)
         before = snapshot(workdir)
         second = ctx.run(workdir)
         touched = snapshot(workdir) != before
