@@ -266,6 +266,27 @@ def check(evals: ConfigDict, num_devices: int = 1) -> None:
                 raise ValueError(f"config.evals.{name}.optimizer: {error}") from None
 
 
+def check_memory(config: ConfigDict, splits: Callable[[str], tuple]) -> None:
+    """Fine-tuning decodes each label budget into host memory (a streamed
+    dataset too): refuse, before pretraining, a budget larger than
+    `input.memory_limit_gb` (the 100% budget of ImageNet at 224 px is 193 GB)."""
+    for name, args in config.evals.items():
+        if args.type != "fine_tune":
+            continue
+        dataset = args.get("dataset") or config.probe.dataset or config.dataset
+        train_split = splits(dataset)[0]
+        budgets = _budgets(args.label_fractions, args.labels_per_class, train_split)
+        examples = max(k for k, _ in budgets) * train_split.num_classes
+        decoded = examples * config.image_size**2 * 3
+        if decoded > config.input.memory_limit_gb * 2**30:
+            raise ValueError(
+                f"config.evals.{name}: its largest label budget ({examples} images of "
+                f"{dataset}) would take {decoded / 2**30:.0f} GB of host memory, more than "
+                f"input.memory_limit_gb={config.input.memory_limit_gb:g}; use smaller "
+                "label_fractions / labels_per_class (or raise the limit)."
+            )
+
+
 @evaluator("linear_probe")
 def _linear_probe(context: Context, name: str, args: ConfigDict) -> dict[str, Any]:
     config = context.config

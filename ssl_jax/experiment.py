@@ -134,6 +134,7 @@ def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[st
     train_split, test_split = splits(config.dataset)
     probe_splits = splits(config.probe.dataset or config.dataset)
     config = fill_from_dataset(config, train_split)
+    evaluators.check_memory(config, splits)
     data = training_data(config, train_split)
 
     evaluator = knn_evaluator(config, probe_splits, mesh)

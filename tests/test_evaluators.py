@@ -119,3 +119,20 @@ def test_the_table_needs_no_linear_probe_entry():
     results = {"task": "simclr", "model": "convnet", "probe_dataset": "digits"}
     results.update(train_steps=1, fine_tune={"dataset": "digits", "steps": 5, "points": []})
     assert "Linear probe" in experiment.format_table(results)
+
+
+def test_a_fine_tune_budget_beyond_the_memory_limit_is_refused_before_pretraining():
+    class Split:  # what the check reads of a (streamed) train split
+        num_classes = 1000
+
+        def __len__(self):
+            return 1_281_167
+
+    config = config_lib.get_config("simclr", "dataset=tfds:imagenet2012,finetune")
+    assert config.image_size == 224
+    with pytest.raises(ValueError, match=r"fine_tune: its largest label budget \(1281000 images"):
+        evaluators.check_memory(config, lambda name: (Split(), None))
+    with config.unlocked():
+        config.evals.fine_tune.label_fractions = (0.01, 0.1)  # 128,000 images: 18 GB
+        config.input.memory_limit_gb = 20.0
+    evaluators.check_memory(config, lambda name: (Split(), None))
