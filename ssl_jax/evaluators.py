@@ -129,6 +129,11 @@ def supervised_config(config: ConfigDict, num_classes: int) -> ConfigDict:
         supervised.task_kwargs = ConfigDict(
             {**config.baselines.supervised_task_kwargs.to_dict(), "num_classes": num_classes}
         )
+        if supervised.model_kwargs.get("frozen_patch_embed"):
+            # MoCo v3 freezes a ViT's patch projection to stabilise pretraining;
+            # supervised training and fine-tuning train it (DeiT's recipe), from
+            # the pretrained values when there are some.
+            supervised.model_kwargs.frozen_patch_embed = False
     return supervised
 
 

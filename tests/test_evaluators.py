@@ -136,3 +136,11 @@ def test_a_fine_tune_budget_beyond_the_memory_limit_is_refused_before_pretrainin
         config.evals.fine_tune.label_fractions = (0.01, 0.1)  # 128,000 images: 18 GB
         config.input.memory_limit_gb = 20.0
     evaluators.check_memory(config, lambda name: (Split(), None))
+
+
+def test_fine_tuning_trains_the_patch_projection_moco_v3_froze():
+    pretraining = config_lib.get_config("moco_v3", "dataset=tfds:imagenet2012,finetune")
+    assert pretraining.model_kwargs.frozen_patch_embed
+    tuned = evaluators.fine_tune_config(pretraining, pretraining.evals.fine_tune, 1000)
+    assert not tuned.model_kwargs.frozen_patch_embed
+    assert pretraining.model_kwargs.frozen_patch_embed  # the pretraining config is unchanged
