@@ -126,8 +126,12 @@ def save_plot(rows: list[dict[str, Any]], path: str, *, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
-    for encoder in dict.fromkeys(r["encoder"] for r in rows):
+    encoders = list(dict.fromkeys(r["encoder"] for r in rows))
+    # More than ten lines (a comparison of every method) would repeat the
+    # default colours; random inits are grey and dotted, so no two lines look alike.
+    colours = plt.get_cmap("tab20" if len(encoders) > 10 else "tab10").colors
+    figure, axes = plt.subplots(figsize=(7, 4.5) if len(encoders) > 10 else (6, 4), dpi=120)
+    for index, encoder in enumerate(encoders):
         points = sorted(
             (r["labels_per_class"], r["top1"], r["top1_std"])
             for r in rows
@@ -143,13 +147,24 @@ def save_plot(rows: list[dict[str, Any]], path: str, *, title: str) -> None:
             if encoder.startswith(FINE_TUNED)
             else "-"
         )
-        axes.errorbar(xs, ys, yerr=errors, marker="o", linestyle=style, capsize=3, label=encoder)
+        random_init = encoder.startswith("random init")
+        colour = "0.45" if random_init and len(encoders) > 10 else colours[index % len(colours)]
+        axes.errorbar(
+            xs,
+            ys,
+            yerr=errors,
+            marker="o",
+            linestyle=":" if random_init and len(encoders) > 10 else style,
+            color=colour,
+            capsize=3,
+            label=encoder,
+        )
     axes.set_xscale("log")
     axes.set_xlabel("labelled examples per class")
     axes.set_ylabel("test top-1")
     axes.set_title(title)
     axes.grid(alpha=0.3, which="both")
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=7 if len(encoders) > 10 else 8)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
