@@ -39,6 +39,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from ssl_jax import config_lib, metrics, optim, train
+from ssl_jax.checkpoint import fingerprint, host_leaves
 from ssl_jax.evaluate.embedding_map import save_map
 from ssl_jax.evaluate.knn import knn_top1
 from ssl_jax.evaluate.linear_probe import balanced_subset, few_label_probe, fit_linear_probe
@@ -329,8 +330,6 @@ def fine_tune_dirs(workdir: str, name: str, tuned: ConfigDict, encoder_state) ->
     included) and, for the pretrained ones, the encoder's weights. Continued
     pretraining or other fine-tune arguments then start fresh runs instead of
     resuming (or reporting) runs that began from other weights or data."""
-    from ssl_jax.checkpoint import fingerprint, host_leaves
-
     setup = json.dumps(tuned.to_dict(), sort_keys=True, default=str)
     weights = fingerprint(host_leaves(encoder_state))
 
