@@ -119,6 +119,9 @@ def base_config() -> ConfigDict:
     # With "skip": the run fails once more than this fraction of train_steps was skipped.
     config.max_skipped_fraction = 0.1
     config.log_every = 50
+    # A warning once the embeddings' effective rank (`effective_rank_fraction`
+    # of its maximum) stays below min_rank_fraction for `patience` log lines.
+    config.collapse_warning = ConfigDict({"min_rank_fraction": 0.1, "patience": 2})
     config.checkpoint_every = 500
     config.keep_checkpoints = 3
 
@@ -181,7 +184,7 @@ FINE_TUNE = {
         "name": "sgd",
         "learning_rate": 0.05,
         "lr_scaling": "linear",
-        "warmup_steps": 50,
+        "warmup_fraction": 0.1,
         "weight_decay": 0.0,
         "momentum": 0.9,
         "nesterov": True,
@@ -233,6 +236,14 @@ def byol_views(**overrides) -> tuple[dict, dict]:
     first = {**common, "blur_probability": 1.0, "solarize_probability": 0.0, **overrides}
     second = {**common, "blur_probability": 0.1, "solarize_probability": 0.2, **overrides}
     return first, second
+
+
+def cifar_views(**overrides) -> tuple[dict, dict]:
+    """solo-learn's CIFAR pair (`scripts/pretrain/cifar/augmentations/
+    asymmetric.yaml`), used by its BYOL, MoCo v3, Barlow Twins and DINO
+    recipes: BYOL's pair without blur (a 32 px photo has little detail to
+    lose), solarisation p = 0.2 on the second view only."""
+    return byol_views(blur_probability=0.0, **overrides)
 
 
 def simsiam_views(**overrides) -> tuple[dict, dict]:
@@ -382,14 +393,15 @@ def apply_runlocal(config: ConfigDict) -> None:
     config.log_every = 1
     config.checkpoint_every = 3
     config.eval_every = 3
-    config.optimizer.warmup_steps = 2
+    # A third of the run: 2 of its 6 steps.
+    config.optimizer.update(warmup_fraction=1 / 3, warmup_steps=0)
     config.probe.steps = 50
     config.probe.batch_size = 64
     config.probe.labels_per_class = (10,)
     config.probe.label_fractions = ()
     if "fine_tune" in config.evals:
         config.evals.fine_tune.update(steps=4, batch_size=16, label_fractions=(0.1,))
-        config.evals.fine_tune.optimizer.warmup_steps = 1
+        config.evals.fine_tune.optimizer.update(warmup_fraction=0.25, warmup_steps=0)
 
 
 def set_encoder(config: ConfigDict, family: str, *, runlocal: bool = False) -> None:
@@ -484,3 +496,7 @@ def validate(config: ConfigDict) -> None:
             f"got {config.baselines.supervised_steps}."
         )
     optim.validate(config.optimizer)
+    from ssl_jax.evaluate.collapse import CollapseWatch
+
+    CollapseWatch(**config.collapse_warning)  # refuses a threshold outside [0, 1)
+    optim.warmup_steps(config.optimizer, config.train_steps)  # refuses a warm-up past the run

@@ -41,9 +41,31 @@ def scaled_learning_rate(opt: ConfigDict, batch_size: int) -> float:
     return scalings[opt.lr_scaling](opt.learning_rate)
 
 
+def warmup_steps(opt: ConfigDict, total_steps: int) -> int:
+    """The warm-up of a run of `total_steps`, in steps.
+
+    The rule: a recipe states its warm-up as a fraction of the run
+    (`warmup_fraction`), so it follows the run's length (a paper's 10 epochs of
+    1,000 is 1% of any run; 1,950 absolute steps would make a 500-step run all
+    warm-up). `warmup_steps` is an absolute count for a one-off run; the two
+    cannot both be set, and an absolute warm-up longer than the run is refused
+    rather than silently cut."""
+    if opt.warmup_steps and opt.warmup_fraction:
+        raise ValueError(
+            f"optimizer.warmup_steps={opt.warmup_steps} and optimizer.warmup_fraction="
+            f"{opt.warmup_fraction} are both set: keep one (set the other to 0)."
+        )
+    if opt.warmup_steps > total_steps:
+        raise ValueError(
+            f"optimizer.warmup_steps={opt.warmup_steps} is longer than the run ({total_steps} "
+            "steps): lower it, or give optimizer.warmup_fraction instead."
+        )
+    return int(round(opt.warmup_fraction * total_steps)) or int(opt.warmup_steps)
+
+
 def make_schedule(opt: ConfigDict, *, batch_size: int, total_steps: int) -> optax.Schedule:
     peak = scaled_learning_rate(opt, batch_size)
-    warmup = min(opt.warmup_steps, total_steps)
+    warmup = warmup_steps(opt, total_steps)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=peak,
@@ -129,6 +151,10 @@ def validate(opt: ConfigDict) -> None:
         raise ValueError(f"optimizer.bias_lr_scale must be > 0, got {opt.bias_lr_scale}.")
     if opt.warmup_steps < 0:
         raise ValueError(f"optimizer.warmup_steps must be >= 0, got {opt.warmup_steps}.")
+    if not 0 <= opt.warmup_fraction < 1:
+        raise ValueError(f"optimizer.warmup_fraction must be in [0, 1), got {opt.warmup_fraction}.")
+    if opt.grad_clip not in CLIPPING:
+        raise ValueError(f"optimizer.grad_clip={opt.grad_clip!r} is not one of {sorted(CLIPPING)}.")
     if not 0 <= opt.end_lr_fraction <= 1:
         raise ValueError(f"optimizer.end_lr_fraction must be in [0, 1], got {opt.end_lr_fraction}.")
 
@@ -139,15 +165,72 @@ def make_optimizer(
     """The optimizer named by `opt.name` and its learning-rate schedule."""
     validate(opt)
     schedule = make_schedule(opt, batch_size=batch_size, total_steps=total_steps)
-    tx = OPTIMIZERS[opt.name](opt, schedule)
-    if opt.bias_lr_scale != 1.0:
-        # Biases and normalisation parameters at another learning rate (Barlow
-        # Twins' reference: 0.0048 for them against 0.2 for the weights).
-        not_decayed = lambda params: jax.tree.map(lambda m: not m, decay_mask(params))
-        tx = optax.chain(tx, optax.masked(optax.scale(opt.bias_lr_scale), not_decayed))
+    tx = _with_bias_scale(opt, OPTIMIZERS[opt.name](opt, schedule))
+    if opt.fixed_lr_modules:
+        # SimSiam's predictor at a constant learning rate (the paper's section
+        # 4.4; solo-learn's `static_lr`): the same optimizer, another schedule.
+        fixed = optax.constant_schedule(scaled_learning_rate(opt, batch_size))
+        fixed_tx = _with_bias_scale(opt, OPTIMIZERS[opt.name](opt, fixed))
+        tx = optax.multi_transform(
+            {"scheduled": tx, "fixed": fixed_tx}, _fixed_lr_labels(tuple(opt.fixed_lr_modules))
+        )
     if opt.grad_clip_norm:
-        tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+        tx = optax.chain(CLIPPING[opt.grad_clip](opt.grad_clip_norm), tx)
     return tx, schedule
+
+
+def _with_bias_scale(opt: ConfigDict, tx: optax.GradientTransformation):
+    if opt.bias_lr_scale == 1.0:
+        return tx
+    # Biases and normalisation parameters at another learning rate (Barlow
+    # Twins' reference: 0.0048 for them against 0.2 for the weights).
+    not_decayed = lambda params: jax.tree.map(lambda m: not m, decay_mask(params))
+    return optax.chain(tx, optax.masked(optax.scale(opt.bias_lr_scale), not_decayed))
+
+
+def _fixed_lr_labels(modules: tuple[str, ...]) -> Callable:
+    """Labels "fixed" for the parameters under the task's top-level attributes
+    named in `modules` (e.g. "predictor"), "scheduled" for the rest; the
+    labels keep the parameters' container type (a dict or an nnx.State)."""
+
+    def labels(params):
+        unknown = set(modules) - set(params.keys())
+        if unknown:
+            raise ValueError(
+                f"optimizer.fixed_lr_modules names {sorted(unknown)}, which the task does not "
+                f"have; its modules are {sorted(params.keys())}."
+            )
+
+        def label(path, _):
+            top = path[0]
+            name = getattr(top, "key", getattr(top, "name", None))
+            return "fixed" if name in modules else "scheduled"
+
+        return jax.tree_util.tree_map_with_path(label, params)
+
+    return labels
+
+
+def _clip_each_tensor(max_norm: float) -> optax.GradientTransformation:
+    """DINO's reference clipping (`clip_gradients`): every parameter's gradient
+    scaled to norm <= max_norm on its own, not the global norm."""
+
+    def update(updates, state, params=None):
+        del params
+
+        def clip(g):
+            norm = jnp.linalg.norm(g)
+            return g * jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-6))
+
+        return jax.tree.map(clip, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+CLIPPING: dict[str, Callable[[float], optax.GradientTransformation]] = {
+    "global_norm": optax.clip_by_global_norm,
+    "per_tensor": _clip_each_tensor,
+}
 
 
 def default_config(**overrides) -> ConfigDict:
@@ -157,7 +240,10 @@ def default_config(**overrides) -> ConfigDict:
             "name": "sgd",
             "learning_rate": 0.1,
             "lr_scaling": "linear",
-            "warmup_steps": 100,
+            # Warm-up as a fraction of the run (recipes), or in absolute steps:
+            # one of the two (see `warmup_steps`).
+            "warmup_fraction": 0.0,
+            "warmup_steps": 0,
             "end_lr_fraction": 0.0,
             "weight_decay": 5e-4,
             "momentum": 0.9,
@@ -170,6 +256,10 @@ def default_config(**overrides) -> ConfigDict:
             "lars_clip": False,
             "bias_lr_scale": 1.0,  # the learning rate of biases and norms, relative
             "grad_clip_norm": 0.0,
+            "grad_clip": "global_norm",  # or "per_tensor" (DINO's reference)
+            # Top-level task modules whose learning rate stays at the peak for
+            # the whole run (no warm-up, no decay): SimSiam's predictor.
+            "fixed_lr_modules": (),
         }
     )
     config.update(overrides)

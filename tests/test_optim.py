@@ -145,3 +145,96 @@ def test_bias_lr_scale_scales_only_biases_and_norms():
     b, _ = scaled.update(grads, scaled.init(PARAMS), PARAMS)
     np.testing.assert_allclose(b["conv"]["kernel"], a["conv"]["kernel"])
     np.testing.assert_allclose(b["bn"]["bias"], 0.024 * a["bn"]["bias"], rtol=1e-6)
+
+
+def test_warmup_fraction_follows_the_run():
+    """The schedule rule: a recipe's warm-up is a fraction of the run, so a
+    short run warms up for the same share as a long one and then decays."""
+    opt = optim.default_config(learning_rate=1.0, lr_scaling="none", warmup_fraction=0.1)
+    for total in (50, 500, 195_300):
+        warmup = optim.warmup_steps(opt, total)
+        assert warmup == round(0.1 * total)
+        schedule = optim.make_schedule(opt, batch_size=256, total_steps=total)
+        assert float(schedule(warmup)) == pytest.approx(1.0)
+        assert float(schedule(total)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_warmup_longer_than_the_run_is_refused():
+    opt = optim.default_config(warmup_steps=1950)
+    with pytest.raises(ValueError, match="longer than the run"):
+        optim.make_schedule(opt, batch_size=256, total_steps=500)
+    assert optim.warmup_steps(opt, 1950) == 1950
+
+
+def test_warmup_steps_and_fraction_cannot_both_be_set():
+    opt = optim.default_config(warmup_steps=10, warmup_fraction=0.1)
+    with pytest.raises(ValueError, match="keep one"):
+        optim.warmup_steps(opt, 1000)
+
+
+def test_every_recipe_states_its_warmup_as_a_fraction():
+    """No config copies a paper's absolute warm-up: on a 500-step run every
+    recipe (all data profiles) warms up for less than half of it."""
+    from ssl_jax import config_lib
+
+    for name in ("barlow_twins", "byol", "dino", "mae", "moco_v3", "rotation", "simclr"):
+        for dataset in ("digits", "tfds:cifar10", "tfds:imagenet2012"):
+            config = config_lib.get_config(name, f"dataset={dataset}")
+            assert config.optimizer.warmup_steps == 0, (name, dataset)
+            assert optim.warmup_steps(config.optimizer, 500) < 250, (name, dataset)
+
+
+def test_fixed_lr_modules_keep_the_peak_learning_rate():
+    """SimSiam's predictor: its parameters move at the peak learning rate from
+    step 0, while the rest still warm up (their step 0 moves nothing)."""
+    params = {"encoder": {"w": jnp.ones((2, 2))}, "predictor": {"w": jnp.ones((2, 2))}}
+    opt = optim.default_config(
+        name="sgd",
+        learning_rate=0.5,
+        lr_scaling="none",
+        warmup_fraction=0.5,
+        weight_decay=0.0,
+        momentum=0.0,
+        fixed_lr_modules=("predictor",),
+    )
+    tx, _ = optim.make_optimizer(opt, batch_size=256, total_steps=10)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["predictor"]["w"], -0.5)
+    np.testing.assert_allclose(updates["encoder"]["w"], 0.0)
+    bad = optim.default_config(fixed_lr_modules=("head",))
+    tx, _ = optim.make_optimizer(bad, batch_size=256, total_steps=10)
+    with pytest.raises(ValueError, match="does not have"):
+        tx.init(params)
+
+
+def test_per_tensor_clipping_clips_each_gradient_on_its_own():
+    params = {"a": jnp.ones(4), "b": jnp.ones(4)}
+    grads = {"a": jnp.full(4, 10.0), "b": jnp.full(4, 0.1)}  # norms 20 and 0.2
+    opt = optim.default_config(
+        name="sgd", learning_rate=1.0, lr_scaling="none", weight_decay=0.0, momentum=0.0
+    )
+    opt.update(grad_clip_norm=1.0, grad_clip="per_tensor")
+    tx, _ = optim.make_optimizer(opt, batch_size=256, total_steps=10)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(jnp.linalg.norm(updates["a"]), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(updates["b"], -0.1, rtol=1e-6)  # untouched
+    opt.grad_clip = "global_norm"
+    tx, _ = optim.make_optimizer(opt, batch_size=256, total_steps=10)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert float(jnp.linalg.norm(updates["b"])) < 0.02  # scaled with the rest
+
+
+def test_fixed_lr_modules_on_a_real_task_state():
+    """The task's parameters are an nnx.State, not a dict: SimSiam's config
+    builds and steps (this crashed with a pytree-structure error)."""
+    from ssl_jax import config_lib, train
+
+    config = config_lib.get_config("simsiam", "runlocal")
+    config.optimizer.update(weight_decay=0.0, momentum=0.0)
+    trained = train.split_task(train.build_task(config))
+    tx, _ = optim.make_optimizer(config.optimizer, batch_size=16, total_steps=6)
+    grads = jax.tree.map(jnp.ones_like, trained.params)
+    updates, _ = tx.update(grads, tx.init(trained.params), trained.params)
+    moved = lambda tree: any(float(jnp.abs(u).max()) > 0 for u in jax.tree.leaves(tree))
+    assert moved(updates["predictor"]) and not moved(updates["encoder"])

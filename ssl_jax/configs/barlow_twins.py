@@ -16,14 +16,14 @@ Variants, picked by the argument after the colon (comma-separated):
 
 from ssl_jax import config_lib
 
-# Small images: solo-learn's CIFAR recipe, with its LARS (trust coefficient 0.02,
-# each step clipped to plain SGD's: LARC) (LARS 0.3 x B/256, weight decay
-# 1e-4, projector 3 x 2048, lambda 0.0051, loss scaled by 0.1, 1000 epochs at
-# batch 256).
+# Small images: solo-learn's CIFAR recipe (scripts/pretrain/cifar/barlow.yaml):
+# LARS 0.3 x B/256 with trust coefficient 0.02 and LARC clipping, weight decay
+# 1e-4, projector 3 x 2048, lambda 0.0051, loss scaled by 0.1, its asymmetric
+# views without blur, 10 warm-up epochs of 1000, batch 256.
 _SMALL = {
     "encoder": "resnet18",
     "task_kwargs": {
-        "views": config_lib.byol_views(),
+        "views": config_lib.cifar_views(),
         "projection_dims": (2048, 2048, 2048),
         "loss_scale": 0.1,
     },
@@ -32,7 +32,7 @@ _SMALL = {
     "optimizer": {
         "name": "lars",
         "learning_rate": 0.3,
-        "warmup_steps": 1_950,
+        "warmup_fraction": 0.01,
         "weight_decay": 1e-4,
         "trust_coefficient": 0.02,
         "lars_clip": True,
@@ -53,7 +53,7 @@ RECIPES = {
         "optimizer": {
             "name": "lars",
             "learning_rate": 0.3,
-            "warmup_steps": 30,
+            "warmup_fraction": 0.1,
             "weight_decay": 1e-6,
         },
     },
@@ -72,7 +72,7 @@ RECIPES = {
         "optimizer": {
             "name": "lars",
             "learning_rate": 0.2,
-            "warmup_steps": 6_250,
+            "warmup_fraction": 0.01,
             "weight_decay": 1.5e-6,
             "bias_lr_scale": 0.024,
         },

@@ -16,18 +16,20 @@ Variants, picked by the argument after the colon (comma-separated):
 
 from ssl_jax import config_lib
 
-# Small images: solo-learn's CIFAR recipe, with its LARS (trust coefficient 0.02,
-# each step clipped to plain SGD's: LARC) for BYOL (LARS 1.0 x B/256, weight
-# decay 1e-5, base momentum 0.99, 1000 epochs of 50k images at batch 256).
+# Small images: solo-learn's CIFAR recipe (scripts/pretrain/cifar/byol.yaml):
+# LARS 1.0 x B/256 with trust coefficient 0.02 and each step clipped to plain
+# SGD's (LARC), weight decay 1e-5, base momentum 0.99, its asymmetric views
+# without blur, 10 warm-up epochs of 1000 (1% of the run), batch 256.
+# Departs: heads initialised as BYOL's reference (Haiku) does, not PyTorch.
 _SMALL = {
     "encoder": "resnet18",
-    "task_kwargs": {"views": config_lib.byol_views(), "base_momentum": 0.99},
+    "task_kwargs": {"views": config_lib.cifar_views(), "base_momentum": 0.99},
     "batch_size": 256,
     "train_steps": 195_300,
     "optimizer": {
         "name": "lars",
         "learning_rate": 1.0,
-        "warmup_steps": 1_950,
+        "warmup_fraction": 0.01,
         "weight_decay": 1e-5,
         "trust_coefficient": 0.02,
         "lars_clip": True,
@@ -51,7 +53,7 @@ RECIPES = {
         "optimizer": {
             "name": "lars",
             "learning_rate": 1.0,
-            "warmup_steps": 30,
+            "warmup_fraction": 0.1,
             "weight_decay": 1e-6,
         },
     },
@@ -68,7 +70,7 @@ RECIPES = {
         "optimizer": {
             "name": "lars",
             "learning_rate": 0.2,
-            "warmup_steps": 3_125,
+            "warmup_fraction": 0.01,
             "weight_decay": 1.5e-6,
         },
     },

@@ -26,11 +26,16 @@ _CLIPS = {  # TFDS videos (UCF-101, ...): 64 px frames, larger batches
     "image_size": 64,
     "batch_size": 256,
     "train_steps": 20_000,
-    "optimizer": {"learning_rate": 1.5e-4, "warmup_steps": 1000},
+    "optimizer": {"learning_rate": 1.5e-4, "warmup_fraction": 0.05},
 }
 # What differs per data profile (config_lib.PROFILES: the frames' size).
 RECIPES = {
-    "tiny": {"encoder": _FAMILY, "batch_size": 64, "train_steps": 1000},
+    "tiny": {
+        "encoder": _FAMILY,
+        "batch_size": 64,
+        "train_steps": 1000,
+        "optimizer": {"warmup_fraction": 0.1},
+    },
     "small": {"encoder": _FAMILY, **_CLIPS},
     "medium": {"encoder": _FAMILY, **_CLIPS},
     "large": {"encoder": _FAMILY, **_CLIPS},

@@ -30,7 +30,7 @@ _SMALL = {
     },
     "batch_size": 512,
     "train_steps": 40_000,
-    "optimizer": {"learning_rate": 1.5e-4, "warmup_steps": 2_000},
+    "optimizer": {"learning_rate": 1.5e-4, "warmup_fraction": 0.05},
 }
 
 RECIPES = {
@@ -43,7 +43,7 @@ RECIPES = {
         },
         "batch_size": 128,
         "train_steps": 2000,  # ~5 min on 2 cores; 1000 steps (2.5 min) probe a little worse
-        "optimizer": {"learning_rate": 1e-3, "warmup_steps": 100},
+        "optimizer": {"learning_rate": 1e-3, "warmup_fraction": 0.05},
     },
     "small": _SMALL,
     "medium": _SMALL,
@@ -59,7 +59,7 @@ RECIPES = {
         },
         "batch_size": 4096,
         "train_steps": 250_000,
-        "optimizer": {"learning_rate": 1.5e-4, "warmup_steps": 12_500},
+        "optimizer": {"learning_rate": 1.5e-4, "warmup_fraction": 0.05},
     },
 }
 

@@ -46,7 +46,7 @@ def get_config(arg: str | None = None):
             "optimizer": {
                 "name": "adamw",
                 "learning_rate": 4e-3,
-                "warmup_steps": 100,
+                "warmup_fraction": 100 / 600,
                 "b2": 0.999,
                 "weight_decay": 0.01,
             },

@@ -16,20 +16,20 @@ Variants, picked by the argument after the colon (comma-separated):
 
 from ssl_jax import config_lib
 
-# Small images: solo-learn's CIFAR recipe, with its LARS (trust coefficient 0.02,
-# each step clipped to plain SGD's: LARC) for MoCo v3 with a ResNet-18 (LARS
-# 0.3 x B/256, weight decay 1e-5, tau 0.2, base momentum 0.99, projector
-# 4096 -> 256, predictor 4096, 1000 epochs at batch 256).
+# Small images: solo-learn's CIFAR recipe (scripts/pretrain/cifar/mocov3.yaml):
+# LARS 0.3 x B/256 with trust coefficient 0.02 and LARC clipping, weight decay
+# 1e-6, tau 0.2, base momentum 0.99, projector 4096 -> 256, predictor 4096,
+# its asymmetric views without blur, 10 warm-up epochs of 1000, batch 256.
 _SMALL = {
     "encoder": "resnet18",
-    "task_kwargs": {"views": config_lib.byol_views(), "projection_hidden_dims": (4096,)},
+    "task_kwargs": {"views": config_lib.cifar_views(), "projection_hidden_dims": (4096,)},
     "batch_size": 256,
     "train_steps": 195_300,
     "optimizer": {
         "name": "lars",
         "learning_rate": 0.3,
-        "warmup_steps": 1_950,
-        "weight_decay": 1e-5,
+        "warmup_fraction": 0.01,
+        "weight_decay": 1e-6,
         "trust_coefficient": 0.02,
         "lars_clip": True,
     },
@@ -51,7 +51,7 @@ RECIPES = {
         "optimizer": {
             "name": "lars",
             "learning_rate": 1.0,
-            "warmup_steps": 30,
+            "warmup_fraction": 0.1,
             "weight_decay": 1e-6,
         },
     },
@@ -71,7 +71,7 @@ RECIPES = {
             "learning_rate": 1.5e-4,
             "b1": 0.9,
             "b2": 0.999,
-            "warmup_steps": 12_500,
+            "warmup_fraction": 40 / 300,
             "weight_decay": 0.1,
         },
     },

@@ -24,7 +24,12 @@ _NATURAL = {  # photos: ResNets, flips preserve the label
     "baselines": {"supervised_task_kwargs": {"flip": True}},
     "batch_size": 256,
     "train_steps": 20_000,
-    "optimizer": {"name": "sgd", "learning_rate": 0.1, "warmup_steps": 500, "weight_decay": 5e-4},
+    "optimizer": {
+        "name": "sgd",
+        "learning_rate": 0.1,
+        "warmup_fraction": 0.025,
+        "weight_decay": 5e-4,
+    },
 }
 
 # What differs per data profile (config_lib.PROFILES).
@@ -39,7 +44,7 @@ RECIPES = {
         "optimizer": {
             "name": "sgd",
             "learning_rate": 0.1,
-            "warmup_steps": 50,
+            "warmup_fraction": 50 / 600,
             "weight_decay": 5e-4,
         },
     },
@@ -55,7 +60,7 @@ RECIPES = {
         "optimizer": {
             "name": "sgd",
             "learning_rate": 0.1,
-            "warmup_steps": 2_500,
+            "warmup_fraction": 10 / 300,
             "weight_decay": 1e-4,
         },
     },

@@ -52,7 +52,12 @@ _SMALL = {
     },
     "batch_size": 512,
     "train_steps": 97_600,  # 1000 epochs of 50 000 images
-    "optimizer": {"name": "lars", "learning_rate": 1.0, "warmup_steps": 980, "weight_decay": 1e-4},
+    "optimizer": {
+        "name": "lars",
+        "learning_rate": 1.0,
+        "warmup_fraction": 0.01,
+        "weight_decay": 1e-4,
+    },
 }
 
 RECIPES = {
@@ -77,7 +82,7 @@ RECIPES = {
         "optimizer": {
             "name": "lars",
             "learning_rate": 1.0,
-            "warmup_steps": 30,
+            "warmup_fraction": 0.1,
             "weight_decay": 1e-6,
         },
     },
@@ -99,7 +104,7 @@ RECIPES = {
         "optimizer": {
             "name": "lars",
             "learning_rate": 0.3,
-            "warmup_steps": 3_120,
+            "warmup_fraction": 0.1,
             "weight_decay": 1e-6,
         },
     },

@@ -16,18 +16,28 @@ Variants, picked by the argument after the colon (comma-separated):
 
 from ssl_jax import config_lib
 
-# Small images: solo-learn's CIFAR recipe, with its LARS (trust coefficient 0.02,
-# each step clipped to plain SGD's: LARC) (LARS 0.3 x B/256, weight decay
-# 1e-4, expander 3 x 2048, 1000 epochs at batch 256).
+# Small images: solo-learn's CIFAR recipe (scripts/pretrain/cifar/vicreg.yaml):
+# LARS 0.3 x B/256 with trust coefficient 0.02 and LARC clipping, weight decay
+# 1e-4, expander 3 x 2048, weights 25 / 25 / 1 (its variance term sums the two
+# views' terms where this project averages them, as the paper's code does:
+# weight 50 here), its own views (crop 20-100%, jitter 0.4/0.4/0.2/0.1,
+# grayscale 0.2, solarisation 0.1 on both views, no blur), 10 warm-up epochs
+# of 1000, batch 256.
 _SMALL = {
     "encoder": "resnet18",
-    "task_kwargs": {"views": config_lib.byol_views(), "expander_dims": (2048, 2048, 2048)},
+    "task_kwargs": {
+        "views": config_lib.byol_views(
+            crop_scale=(0.2, 1.0), blur_probability=0.0, solarize_probability=0.1
+        ),
+        "expander_dims": (2048, 2048, 2048),
+        "variance_weight": 50.0,
+    },
     "batch_size": 256,
     "train_steps": 195_300,
     "optimizer": {
         "name": "lars",
         "learning_rate": 0.3,
-        "warmup_steps": 1_950,
+        "warmup_fraction": 0.01,
         "weight_decay": 1e-4,
         "trust_coefficient": 0.02,
         "lars_clip": True,
@@ -48,7 +58,7 @@ RECIPES = {
         "optimizer": {
             "name": "lars",
             "learning_rate": 0.3,
-            "warmup_steps": 30,
+            "warmup_fraction": 0.1,
             "weight_decay": 1e-6,
         },
     },
@@ -65,7 +75,7 @@ RECIPES = {
         "optimizer": {
             "name": "lars",
             "learning_rate": 0.2,
-            "warmup_steps": 6_250,
+            "warmup_fraction": 0.01,
             "weight_decay": 1e-6,
         },
     },
