@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 
@@ -36,6 +38,41 @@ class MLPHead(nnx.Module):
         return self.out(x)
 
 
+def _symmetric_uniform(limit: float):
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+    return init
+
+
+def linear_init(kind: str, fan_in: int) -> dict:
+    """Kernel and bias initialisers of a head's Linear layer, as the method's
+    reference code initialises it (`LINEAR_INITS`):
+    - "torch": PyTorch's `nn.Linear` default (kaiming_uniform with a = sqrt(5)):
+      weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), weight variance
+      1/(3 fan_in). The SimSiam, MoCo v3, Barlow Twins and VICReg references
+      are PyTorch and keep it; with Flax's default (three times the variance)
+      VICReg's CIFAR recipe diverges in both frameworks (issue 18's evidence).
+    - "lecun": truncated normal with variance 1/fan_in, zero bias: Flax's and
+      Haiku's default, so BYOL's reference (Haiku).
+    - "dino": truncated normal with std 0.02, zero bias (DINO's `DINOHead`).
+    """
+    if kind == "torch":
+        limit = 1.0 / math.sqrt(fan_in)
+        return {
+            "kernel_init": nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+            "bias_init": _symmetric_uniform(limit),
+        }
+    if kind == "lecun":
+        return {"kernel_init": nnx.initializers.lecun_normal()}
+    if kind == "dino":
+        return {"kernel_init": nnx.initializers.truncated_normal(0.02)}
+    raise ValueError(f"Unknown head init {kind!r}; known: {LINEAR_INITS}.")
+
+
+LINEAR_INITS = ("torch", "lecun", "dino")
+
+
 class MLP(nnx.Module):
     """The projectors, predictors and expanders of the SSL methods.
 
@@ -43,7 +80,8 @@ class MLP(nnx.Module):
     -> activation; the last is Linear, optionally followed by a batch norm
     (`last_norm="affine"`, or `"plain"` without scale and offset, as SimSiam's
     projector and MoCo v3's heads end). Linear layers before a batch norm have
-    no bias (the norm's offset replaces it).
+    no bias (the norm's offset replaces it). `init` names the reference's
+    initialisation of the Linear layers (`linear_init`).
     """
 
     def __init__(
@@ -54,8 +92,11 @@ class MLP(nnx.Module):
         last_norm: str | None = None,
         activation: str = "relu",
         last_bias: bool = True,
+        init: str = "torch",
         rngs: nnx.Rngs,
     ):
+        if init not in LINEAR_INITS:
+            raise ValueError(f"Unknown head init {init!r}; known: {LINEAR_INITS}.")
         if len(dims) < 2 or last_norm not in (None, "affine", "plain"):
             raise ValueError(
                 f"MLP needs [in, ..., out] dims and last_norm None, 'affine' or 'plain', "
@@ -69,6 +110,7 @@ class MLP(nnx.Module):
                     d_in,
                     d_out,
                     use_bias=not norm if i < len(pairs) - 1 else last_bias and not last_norm,
+                    **linear_init(init, d_in),
                     rngs=rngs,
                 )
                 for i, (d_in, d_out) in enumerate(pairs)

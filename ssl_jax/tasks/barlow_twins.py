@@ -10,6 +10,8 @@ Details that matter:
 - The projector is 3 layers of 8192 in the paper (Linear-BN-ReLU twice, then
   a bias-free Linear); its width matters (the paper's figure 4): small widths
   are for tests and CPUs only.
+- Each view goes through the networks on its own (per-view batch-norm
+  statistics, as in the reference), whose Linear layers start as PyTorch's.
 - The cross-correlation is over the global batch: the loop computes it on
   arrays sharded over devices, so one device or eight give the same matrix.
 """
@@ -23,10 +25,10 @@ from flax import nnx
 from ssl_jax import losses
 from ssl_jax.models.heads import MLP
 from ssl_jax.registry import TASKS
-from ssl_jax.tasks.base import Task, augmented_views, collapse_metrics, view_crops, view_recipes
+from ssl_jax.tasks.base import JointEmbeddingTask
 
 
-class BarlowTwinsTask(Task):
+class BarlowTwinsTask(JointEmbeddingTask):
     def __init__(
         self,
         encoder: nnx.Module,
@@ -36,34 +38,28 @@ class BarlowTwinsTask(Task):
         projection_dims: Sequence[int] = (8192, 8192, 8192),
         lambd: float = 5e-3,
         loss_scale: float = 1.0,
+        num_classes: int = 0,
     ):
-        if len(views) != 2 or lambd < 0:
-            raise ValueError(
-                f"Barlow Twins needs 2 views and lambd >= 0, got {len(views)}, {lambd}."
-            )
-        self.encoder = encoder
+        if lambd < 0:
+            raise ValueError(f"Barlow Twins needs lambd >= 0, got {lambd}.")
+        self.init_views(encoder, views, rngs=rngs, num_classes=num_classes)
         self.projector = MLP([encoder.feature_dim, *projection_dims], last_bias=False, rngs=rngs)
         self.lambd = float(lambd)
         # The reference's early `scale-loss` (solo-learn keeps it, 0.1 on
         # CIFAR): under LARS it only changes the step of biases and norms.
         self.loss_scale = float(loss_scale)
-        self.views = view_recipes(views)
-
-    def host_crops(self, image_size):
-        return view_crops(self.views, image_size)
-
-    def augment(self, batch, rng, *, train=True):
-        """uint8 images -> the two normalised views, stacked [2B, H, W, C]."""
-        del train
-        return {"image": augmented_views(rng, batch["image"], self.views)}
 
     def loss(self, batch, rng, *, train):
         n = batch["image"].shape[0]
-        features = self.encoder(self.augment(batch, rng, train=train)["image"], train=train)
-        z = self.projector(features, train=train)
+
+        def network(x):
+            features = self.encoder(x, train=train)
+            return features, self.projector(features, train=train)
+
+        features, z = self.per_view(network, self.augment(batch, rng, train=train)["image"])
         terms = losses.barlow_twins_terms(z[:n], z[n:])
         loss = self.loss_scale * (terms["invariance"] + self.lambd * terms["redundancy"])
-        return loss, {**terms, **collapse_metrics(features[:n])}
+        return self.finish(loss, terms, features, batch)
 
 
 @TASKS.register("barlow_twins")

@@ -122,6 +122,69 @@ class Task(nnx.Module):
         raise TypeError(f"{type(self).__name__} has no classifier of its own.")
 
 
+class JointEmbeddingTask(Task):
+    """The shared opening of the two-view (joint-embedding) methods: BYOL,
+    SimSiam, MoCo v3, Barlow Twins and VICReg, as solo-learn's `BaseMethod`
+    gives its methods theirs.
+
+    It owns the views (`views`: one augmentation recipe per view, cropped on
+    the host when data is streamed), their augmentation, the per-view network
+    call and an optional online linear probe. A method sets them up with
+    `init_views` and writes only its heads and its loss.
+
+    - Per-view batch norm: `per_view` runs a network on each view's rows
+      separately, so batch-norm statistics are those of one view, as the
+      methods' reference code computes them (each view through the backbone
+      on its own); one call over both views would mix their statistics.
+    - Online probe (`num_classes > 0`; `None` in a config is filled with the
+      dataset's class count): a linear classifier on the stop-gradient
+      features of the first view, trained with the method; its loss is added
+      to the total but cannot reach the encoder. It tracks the
+      representation's quality during pretraining (BYOL's reference does it).
+    """
+
+    per_view_norm = True
+
+    def init_views(self, encoder, views, *, rngs: nnx.Rngs, count: int = 2, num_classes=0):
+        if len(views) != count:
+            raise ValueError(f"{type(self).__name__} needs {count} views, got {len(views)}.")
+        self.encoder = encoder
+        self.views = view_recipes(views)
+        self.online_probe = (
+            nnx.Linear(encoder.feature_dim, num_classes, rngs=rngs) if num_classes else None
+        )
+
+    def host_crops(self, image_size):
+        return view_crops(self.views, image_size)
+
+    def augment(self, batch, rng, *, train=True):
+        """uint8 images -> the normalised views, stacked [V * B, H, W, C].
+        The views are random even when not training: they are the task."""
+        del train
+        return {"image": augmented_views(rng, batch["image"], self.views)}
+
+    def per_view(self, network, x):
+        """`network(rows)` on each view's rows of `x` ([V * B, ...], view 0
+        first), concatenated; outputs may be a tuple of arrays."""
+        if not self.per_view_norm:
+            return network(x)
+        outputs = [network(rows) for rows in jnp.split(x, len(self.views))]
+        return jax.tree.map(lambda *parts: jnp.concatenate(parts), *outputs)
+
+    def finish(self, loss, metrics, features, batch):
+        """The loss and metrics with the collapse monitor on the first view's
+        features and, when there is one, the online probe's loss added."""
+        n = features.shape[0] // len(self.views)
+        metrics = {**metrics, **collapse_metrics(features[:n])}
+        if self.online_probe is not None and "label" in batch:
+            frozen = jax.lax.stop_gradient(features[:n])
+            probe_loss, probe = classification_loss(self.online_probe(frozen), batch["label"])
+            metrics["online_probe_loss"] = probe_loss
+            metrics["online_probe_accuracy"] = probe["accuracy"]
+            loss = loss + probe_loss
+        return loss, metrics
+
+
 def implements(task: nnx.Module | type, hook: str) -> bool:
     """Whether `task` (or its class) overrides the optional `hook`."""
     if hook not in HOOKS:
@@ -196,9 +259,13 @@ def collapse_metrics(embeddings: jax.Array) -> dict[str, jax.Array]:
     """The collapse monitor every task logs (`evaluate/collapse.py`): the
     per-dimension std of the l2-normalised embeddings (about 1/sqrt(D) when
     healthy, 0 when collapsed) and their effective rank (RankMe), on at most
-    the first 512 rows, without gradients."""
+    the first 512 rows, without gradients; the rank also as a fraction of its
+    maximum."""
     z = jax.lax.stop_gradient(embeddings[:_MONITOR_ROWS]).astype(jnp.float32)
+    rank = collapse.effective_rank(z)
     return {
         "embedding_std": collapse.normalized_std(z),
-        "effective_rank": collapse.effective_rank(z),
+        "effective_rank": rank,
+        # Of the largest rank possible, min(N, D): what `CollapseWatch` reads.
+        "effective_rank_fraction": rank / min(z.shape),
     }

@@ -28,10 +28,10 @@ from ssl_jax import losses
 from ssl_jax.models.heads import MLP
 from ssl_jax.registry import TASKS
 from ssl_jax.tasks import teacher
-from ssl_jax.tasks.base import Task, augmented_views, collapse_metrics, view_crops, view_recipes
+from ssl_jax.tasks.base import JointEmbeddingTask
 
 
-class BYOLTask(Task):
+class BYOLTask(JointEmbeddingTask):
     trainable = teacher.TRAINABLE
 
     def __init__(
@@ -44,34 +44,36 @@ class BYOLTask(Task):
         projection_dim: int = 256,
         prediction_hidden_dim: int = 4096,
         base_momentum: float = 0.996,
+        head_init: str = "lecun",
+        num_classes: int = 0,
     ):
-        if len(views) != 2 or not 0.0 <= base_momentum <= 1.0:
-            raise ValueError(f"BYOL needs 2 views and base_momentum in [0, 1], got {views}.")
-        self.encoder = encoder
+        if not 0.0 <= base_momentum <= 1.0:
+            raise ValueError(f"BYOL needs base_momentum in [0, 1], got {base_momentum}.")
+        self.init_views(encoder, views, rngs=rngs, num_classes=num_classes)
         self.projector = MLP(
-            [encoder.feature_dim, projection_hidden_dim, projection_dim], rngs=rngs
+            [encoder.feature_dim, projection_hidden_dim, projection_dim], init=head_init, rngs=rngs
         )
-        self.predictor = MLP([projection_dim, prediction_hidden_dim, projection_dim], rngs=rngs)
+        self.predictor = MLP(
+            [projection_dim, prediction_hidden_dim, projection_dim], init=head_init, rngs=rngs
+        )
         self.teacher = teacher.Teacher(encoder=encoder, projector=self.projector)
         self.base_momentum = float(base_momentum)
-        self.views = view_recipes(views)
-
-    def host_crops(self, image_size):
-        return view_crops(self.views, image_size)
-
-    def augment(self, batch, rng, *, train=True):
-        """uint8 images -> the two normalised views, stacked [2B, H, W, C]."""
-        del train  # the views are the task
-        return {"image": augmented_views(rng, batch["image"], self.views)}
 
     def loss(self, batch, rng, *, train):
         n = batch["image"].shape[0]
         views = self.augment(batch, rng, train=train)["image"]
-        features = self.encoder(views, train=train)
-        prediction = self.predictor(self.projector(features, train=train), train=train)
-        target = self.teacher.projector(self.teacher.encoder(views, train=train), train=train)
+
+        def online(x):
+            features = self.encoder(x, train=train)
+            return features, self.predictor(self.projector(features, train=train), train=train)
+
+        def target(x):
+            return self.teacher.projector(self.teacher.encoder(x, train=train), train=train)
+
+        features, prediction = self.per_view(online, views)
+        target = self.per_view(target, views)
         loss = losses.byol_loss(prediction[:n], prediction[n:], target[:n], target[n:])
-        return loss, {"byol_loss": loss, **collapse_metrics(features[:n])}
+        return self.finish(loss, {"byol_loss": loss}, features, batch)
 
     def after_update(self, step, total_steps):
         momentum = teacher.momentum_schedule(self.base_momentum, step, total_steps)

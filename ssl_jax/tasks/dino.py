@@ -19,12 +19,16 @@ Details that matter:
   norm is fixed to 1 (the reference's `norm_last_layer=True`).
 - The centre (momentum 0.9) is model state updated in `loss` from the teacher
   outputs, as batch-norm statistics are; the teacher temperature warms up
-  linearly from 0.04 to its final value over `teacher_temperature_warmup`
-  steps, read from a step counter that `after_update` keeps.
+  linearly from `warmup_teacher_temperature` to its final value over the
+  first `teacher_temperature_warmup` of the run (a fraction: 30 of the
+  reference's 300 epochs is 0.1), read from the run's progress that
+  `after_update` keeps.
 - The probe uses the TEACHER's encoder, as the paper evaluates it.
-- The prototypes are frozen for the first `freeze_prototypes` steps (the
-  reference's first epoch). Left out: the cosine schedule of the weight
-  decay (0.04 -> 0.4); gradients are clipped at 3.0 by the configs' optimizer.
+- The prototypes are frozen for the first `freeze_prototypes` of the run (a
+  fraction; the reference freezes them for its first epoch). Left out: the
+  cosine schedule of the weight decay (0.04 -> 0.4). Gradients are clipped
+  per tensor at 3.0, as the reference does, by the configs' optimizer
+  (`optimizer.grad_clip = "per_tensor"`).
 """
 
 from __future__ import annotations
@@ -46,8 +50,9 @@ class Center(nnx.Variable):
     """DINO's running mean of the teacher's outputs: model state."""
 
 
-class StepCounter(nnx.Variable):
-    """The optimizer steps taken so far, for schedules inside the loss."""
+class RunProgress(nnx.Variable):
+    """The fraction of the run done (steps taken / train_steps), for the
+    schedules inside the loss: model state, kept by `after_update`."""
 
 
 class DINOHead(nnx.Module):
@@ -66,6 +71,7 @@ class DINOHead(nnx.Module):
             [in_dim, hidden_dim, hidden_dim, bottleneck_dim],
             norm=False,
             activation="gelu",
+            init="dino",
             rngs=rngs,
         )
         init = nnx.initializers.truncated_normal(0.02)
@@ -100,11 +106,16 @@ class DINOTask(Task):
         student_temperature: float = 0.1,
         teacher_temperature: float = 0.04,
         warmup_teacher_temperature: float = 0.04,
-        teacher_temperature_warmup: int = 0,
+        teacher_temperature_warmup: float = 0.0,
         center_momentum: float = 0.9,
         base_momentum: float = 0.996,
-        freeze_prototypes: int = 0,
+        freeze_prototypes: float = 0.0,
     ):
+        if not (0 <= teacher_temperature_warmup <= 1 and 0 <= freeze_prototypes <= 1):
+            raise ValueError(
+                "DINO's teacher_temperature_warmup and freeze_prototypes are fractions of the "
+                f"run in [0, 1], got {teacher_temperature_warmup} and {freeze_prototypes}."
+            )
         if len(global_views) != 2 or num_local < 0:
             raise ValueError(f"DINO needs 2 global views and num_local >= 0, got {global_views}.")
         if min(student_temperature, teacher_temperature, warmup_teacher_temperature) <= 0:
@@ -119,18 +130,18 @@ class DINOTask(Task):
         )
         self.teacher = teacher.Teacher(encoder=encoder, head=self.head)
         self.center = Center(jnp.zeros((1, out_dim), jnp.float32))
-        self.steps_done = StepCounter(jnp.zeros((), jnp.int32))
+        self.progress = RunProgress(jnp.zeros((), jnp.float32))
         self.global_views = view_recipes(global_views)
         self.local_views = view_recipes([local_view] * num_local)
         self.temperatures = (
             float(student_temperature),
             float(warmup_teacher_temperature),
             float(teacher_temperature),
-            int(teacher_temperature_warmup),
+            float(teacher_temperature_warmup),
         )
         self.center_momentum = float(center_momentum)
         self.base_momentum = float(base_momentum)
-        self.freeze_prototypes = int(freeze_prototypes)
+        self.freeze_prototypes = float(freeze_prototypes)
 
     def host_crops(self, image_size):
         crops = {"image": view_crops(self.global_views, image_size)["image"]}
@@ -152,14 +163,15 @@ class DINOTask(Task):
 
     def teacher_temperature(self) -> jax.Array:
         _, start, end, warmup = self.temperatures
-        progress = jnp.clip(self.steps_done[...] / max(warmup, 1), 0.0, 1.0)
-        return jnp.where(self.steps_done[...] >= warmup, end, start + (end - start) * progress)
+        done = self.progress[...]
+        ramp = jnp.clip(done / max(warmup, 1e-9), 0.0, 1.0)
+        return jnp.where(done >= warmup, end, start + (end - start) * ramp)
 
     def loss(self, batch, rng, *, train):
         n = batch["image"].shape[0]
         views = self.augment(batch, rng, train=train)
         features = self.encoder(views["image"], train=train)
-        frozen = self.steps_done[...] < self.freeze_prototypes
+        frozen = self.progress[...] < self.freeze_prototypes
         student = [self.head(features, train=train, frozen=frozen)]
         if "local" in views:
             local = self.encoder(views["local"], train=train)
@@ -183,7 +195,7 @@ class DINOTask(Task):
         return loss, {**metrics, **collapse_metrics(features[:n])}
 
     def after_update(self, step, total_steps):
-        self.steps_done[...] = jnp.asarray(step, jnp.int32)
+        self.progress[...] = jnp.asarray(step / max(total_steps, 1), jnp.float32)
         momentum = teacher.momentum_schedule(self.base_momentum, step, total_steps)
         teacher.ema_update(self.teacher.encoder, self.encoder, momentum)
         teacher.ema_update(self.teacher.head, self.head, momentum)

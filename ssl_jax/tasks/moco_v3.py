@@ -17,7 +17,10 @@ Details that matter:
 - Projector: 3 layers for ViTs, 2 for ResNets (4096 wide, 256 out, each
   batch-normalised, the last without scale and offset); predictor: 2 layers,
   ending in such a batch norm for ViTs only (`predictor_last_norm`), as in
-  the reference's MoCo_ViT and MoCo_ResNet.
+  the reference's MoCo_ViT and MoCo_ResNet; their Linear layers start as
+  PyTorch's (the reference's).
+- Each view goes through the networks on its own (per-view batch-norm
+  statistics, as in the reference).
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ from ssl_jax import losses
 from ssl_jax.models.heads import MLP
 from ssl_jax.registry import TASKS
 from ssl_jax.tasks import teacher
-from ssl_jax.tasks.base import Task, augmented_views, collapse_metrics, view_crops, view_recipes
+from ssl_jax.tasks.base import JointEmbeddingTask
 
 
-class MoCoV3Task(Task):
+class MoCoV3Task(JointEmbeddingTask):
     trainable = teacher.TRAINABLE
 
     def __init__(
@@ -48,13 +51,14 @@ class MoCoV3Task(Task):
         temperature: float = 0.2,
         base_momentum: float = 0.99,
         predictor_last_norm: bool = False,
+        num_classes: int = 0,
     ):
-        if len(views) != 2 or temperature <= 0 or not 0.0 <= base_momentum <= 1.0:
+        if temperature <= 0 or not 0.0 <= base_momentum <= 1.0:
             raise ValueError(
-                f"MoCo v3 needs 2 views, temperature > 0 and base_momentum in [0, 1], "
-                f"got {len(views)}, {temperature}, {base_momentum}."
+                f"MoCo v3 needs temperature > 0 and base_momentum in [0, 1], "
+                f"got {temperature}, {base_momentum}."
             )
-        self.encoder = encoder
+        self.init_views(encoder, views, rngs=rngs, num_classes=num_classes)
         dims = [encoder.feature_dim, *projection_hidden_dims, projection_dim]
         self.projector = MLP(dims, last_norm="plain", rngs=rngs)
         self.predictor = MLP(
@@ -65,28 +69,26 @@ class MoCoV3Task(Task):
         self.teacher = teacher.Teacher(encoder=encoder, projector=self.projector)
         self.temperature = float(temperature)
         self.base_momentum = float(base_momentum)
-        self.views = view_recipes(views)
-
-    def host_crops(self, image_size):
-        return view_crops(self.views, image_size)
-
-    def augment(self, batch, rng, *, train=True):
-        """uint8 images -> the two normalised views, stacked [2B, H, W, C]."""
-        del train
-        return {"image": augmented_views(rng, batch["image"], self.views)}
 
     def loss(self, batch, rng, *, train):
         n = batch["image"].shape[0]
         views = self.augment(batch, rng, train=train)["image"]
-        features = self.encoder(views, train=train)
-        q = self.predictor(self.projector(features, train=train), train=train)
-        k = self.teacher.projector(self.teacher.encoder(views, train=train), train=train)
+
+        def query(x):
+            features = self.encoder(x, train=train)
+            return features, self.predictor(self.projector(features, train=train), train=train)
+
+        def key(x):
+            return self.teacher.projector(self.teacher.encoder(x, train=train), train=train)
+
+        features, q = self.per_view(query, views)
+        k = self.per_view(key, views)
         loss = losses.moco_v3_loss(q[:n], q[n:], k[:n], k[n:], self.temperature)
         metrics = {
             "contrastive_loss": loss,
             "contrastive_accuracy": losses.contrastive_accuracy(q[:n], k[n:]),
         }
-        return loss, {**metrics, **collapse_metrics(features[:n])}
+        return self.finish(loss, metrics, features, batch)
 
     def after_update(self, step, total_steps):
         momentum = teacher.momentum_schedule(self.base_momentum, step, total_steps)

@@ -11,7 +11,10 @@ Details that matter:
   scale and offset; the predictor is a bottleneck (2048 -> 512 -> 2048) whose
   output layer has no batch norm (the paper's section 3, "Baseline settings").
 - The reference trains the predictor at a fixed learning rate (no cosine
-  decay) as an option; here every parameter follows the one schedule.
+  decay; the paper's section 4.4 finds it helps): `optimizer.fixed_lr_modules
+  = ("predictor",)` in the configs.
+- Each view goes through the networks on its own (per-view batch-norm
+  statistics, as in the reference), whose Linear layers start as PyTorch's.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from flax import nnx
 from ssl_jax import losses
 from ssl_jax.models.heads import MLP
 from ssl_jax.registry import TASKS
-from ssl_jax.tasks.base import Task, augmented_views, collapse_metrics, view_crops, view_recipes
+from ssl_jax.tasks.base import JointEmbeddingTask
 
 
-class SimSiamTask(Task):
+class SimSiamTask(JointEmbeddingTask):
     def __init__(
         self,
         encoder: nnx.Module,
@@ -35,32 +38,26 @@ class SimSiamTask(Task):
         views: Sequence[dict],
         projection_dim: int = 2048,
         prediction_hidden_dim: int = 512,
+        num_classes: int = 0,
     ):
-        if len(views) != 2:
-            raise ValueError(f"SimSiam needs 2 views, got {len(views)}.")
-        self.encoder = encoder
+        self.init_views(encoder, views, rngs=rngs, num_classes=num_classes)
         d = encoder.feature_dim
         self.projector = MLP(
             [d, projection_dim, projection_dim, projection_dim], last_norm="plain", rngs=rngs
         )
         self.predictor = MLP([projection_dim, prediction_hidden_dim, projection_dim], rngs=rngs)
-        self.views = view_recipes(views)
-
-    def host_crops(self, image_size):
-        return view_crops(self.views, image_size)
-
-    def augment(self, batch, rng, *, train=True):
-        """uint8 images -> the two normalised views, stacked [2B, H, W, C]."""
-        del train
-        return {"image": augmented_views(rng, batch["image"], self.views)}
 
     def loss(self, batch, rng, *, train):
         n = batch["image"].shape[0]
-        features = self.encoder(self.augment(batch, rng, train=train)["image"], train=train)
-        z = self.projector(features, train=train)
-        p = self.predictor(z, train=train)
+
+        def network(x):
+            features = self.encoder(x, train=train)
+            z = self.projector(features, train=train)
+            return features, z, self.predictor(z, train=train)
+
+        features, z, p = self.per_view(network, self.augment(batch, rng, train=train)["image"])
         loss = losses.simsiam_loss(p[:n], p[n:], z[:n], z[n:])
-        return loss, {"simsiam_loss": loss, **collapse_metrics(features[:n])}
+        return self.finish(loss, {"simsiam_loss": loss}, features, batch)
 
 
 @TASKS.register("simsiam")

@@ -9,6 +9,16 @@ momentum, no stop-gradient, no batch-norm trick in the loss.
 
 The expander is 3 layers of 8192 in the paper (Linear-BN-ReLU twice, then a
 Linear); smaller widths are for tests and CPUs.
+
+Details that matter:
+- The expander's Linear layers start as PyTorch's (the reference's): with
+  Flax's default, three times the weight variance, the CIFAR recipe's
+  covariance term grows from 35 to 65,000 in 14 steps and the run diverges,
+  in this project and in a PyTorch run given the same initialisation.
+- Each view goes through the networks on its own (per-view batch-norm
+  statistics, as in the reference).
+- The variance term is the mean of the two views' terms, as the paper's
+  code has it; solo-learn sums them, so its weight 25 is 50 here.
 """
 
 from __future__ import annotations
@@ -20,10 +30,10 @@ from flax import nnx
 from ssl_jax import losses
 from ssl_jax.models.heads import MLP
 from ssl_jax.registry import TASKS
-from ssl_jax.tasks.base import Task, augmented_views, collapse_metrics, view_crops, view_recipes
+from ssl_jax.tasks.base import JointEmbeddingTask
 
 
-class VICRegTask(Task):
+class VICRegTask(JointEmbeddingTask):
     def __init__(
         self,
         encoder: nnx.Module,
@@ -34,32 +44,26 @@ class VICRegTask(Task):
         invariance_weight: float = 25.0,
         variance_weight: float = 25.0,
         covariance_weight: float = 1.0,
+        num_classes: int = 0,
     ):
-        if len(views) != 2:
-            raise ValueError(f"VICReg needs 2 views, got {len(views)}.")
-        self.encoder = encoder
+        self.init_views(encoder, views, rngs=rngs, num_classes=num_classes)
         self.expander = MLP([encoder.feature_dim, *expander_dims], last_bias=False, rngs=rngs)
         self.weights = (float(invariance_weight), float(variance_weight), float(covariance_weight))
-        self.views = view_recipes(views)
-
-    def host_crops(self, image_size):
-        return view_crops(self.views, image_size)
-
-    def augment(self, batch, rng, *, train=True):
-        """uint8 images -> the two normalised views, stacked [2B, H, W, C]."""
-        del train
-        return {"image": augmented_views(rng, batch["image"], self.views)}
 
     def loss(self, batch, rng, *, train):
         n = batch["image"].shape[0]
-        features = self.encoder(self.augment(batch, rng, train=train)["image"], train=train)
-        z = self.expander(features, train=train)
+
+        def network(x):
+            features = self.encoder(x, train=train)
+            return features, self.expander(features, train=train)
+
+        features, z = self.per_view(network, self.augment(batch, rng, train=train)["image"])
         terms = losses.vicreg_terms(z[:n], z[n:])
         loss = sum(
             w * terms[k]
             for w, k in zip(self.weights, ("invariance", "variance", "covariance"), strict=True)
         )
-        return loss, {**terms, **collapse_metrics(features[:n])}
+        return self.finish(loss, terms, features, batch)
 
 
 @TASKS.register("vicreg")

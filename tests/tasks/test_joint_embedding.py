@@ -1,0 +1,126 @@
+"""The joint-embedding base (`tasks/base.JointEmbeddingTask`) that BYOL,
+SimSiam, MoCo v3, Barlow Twins and VICReg share: per-view networks (batch-norm
+statistics of one view, as the references compute them), the online probe,
+and heads initialised as each method's reference initialises them."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ssl_jax import train
+from ssl_jax.models import heads
+from ssl_jax.tasks.base import JointEmbeddingTask
+from tests.tasks.test_methods import METHODS, _batch, _config
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_network_sees_one_view_at_a_time(method):
+    """Each encoder call (online and teacher) gets one view's B rows, never
+    the 2B rows of both views, whose batch statistics would mix the views."""
+    task = train.build_task(_config(method))
+    assert isinstance(task, JointEmbeddingTask)
+    seen = []
+    encoders = [task.encoder] + ([task.teacher.encoder] if hasattr(task, "teacher") else [])
+    for encoder in encoders:
+
+        class Recording(type(encoder)):
+            def __call__(self, x, *, train):
+                seen.append(x.shape[0])
+                return super().__call__(x, train=train)
+
+        encoder.__class__ = Recording
+    task.loss(_batch(n=8), jax.random.key(0), train=True)
+    assert seen and set(seen) == {8}, seen
+
+
+def test_per_view_normalises_each_view_on_its_own():
+    """Two views with different statistics: per view, each half of a batch
+    norm's output has mean 0 and variance 1; over both views at once, not."""
+    task = train.build_task(_config("simsiam"))
+    norm = nnx.BatchNorm(4, use_running_average=False, rngs=nnx.Rngs(0))
+    x = jnp.concatenate([jnp.ones((8, 4)) * 5.0, jnp.zeros((8, 4))])
+    x = x + jax.random.normal(jax.random.key(1), x.shape)
+    out = task.per_view(lambda v: norm(v), x)
+    for half in (out[:8], out[8:]):
+        np.testing.assert_allclose(half.mean(0), 0.0, atol=1e-5)
+        np.testing.assert_allclose(half.var(0), 1.0, rtol=1e-3)
+    mixed = norm(x)
+    assert float(jnp.abs(mixed[:8].mean(0)).min()) > 0.5
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_online_probe_trains_on_frozen_features(method):
+    config = _config(method)
+    config.task_kwargs.num_classes = 4
+    task = train.build_task(config)
+    loss, metrics = task.loss(_batch(n=8), jax.random.key(0), train=True)
+    assert {"online_probe_loss", "online_probe_accuracy"} <= set(metrics)
+    assert np.isfinite(float(loss))
+
+    trained = train.split_task(task)
+
+    def probe_loss(params):
+        module = nnx.merge(trained.graphdef, params, trained.model_state)
+        return module.loss(_batch(n=8), jax.random.key(0), train=True)[1]["online_probe_loss"]
+
+    grads = jax.grad(probe_loss)(trained.params)
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads["encoder"]))
+    assert any(float(jnp.abs(g).max()) > 0.0 for g in jax.tree.leaves(grads["online_probe"]))
+
+
+def _linear_layers(module):
+    return [m for _, m in nnx.iter_graph(module) if isinstance(m, nnx.Linear)]
+
+
+@pytest.mark.parametrize(
+    "method, attribute, init",
+    [
+        ("vicreg", "expander", "torch"),
+        ("barlow_twins", "projector", "torch"),
+        ("simsiam", "predictor", "torch"),
+        ("moco_v3", "projector", "torch"),
+        ("byol", "projector", "lecun"),
+    ],
+)
+def test_heads_start_as_their_reference_initialises_them(method, attribute, init):
+    """PyTorch's nn.Linear default (the SimSiam, MoCo v3, Barlow Twins and
+    VICReg references): weights and biases U(+-1/sqrt(fan_in)), so weight std
+    1/sqrt(3 fan_in); Haiku's (BYOL's reference): truncated normal, std about
+    0.88/sqrt(fan_in) after truncation at 2 std, zero bias. Flax's default
+    would give VICReg three times PyTorch's weight variance."""
+    config = _config(method)
+    dims = {"vicreg": "expander_dims", "barlow_twins": "projection_dims"}
+    if method in dims:
+        config.task_kwargs[dims[method]] = (256, 256, 256)
+    task = train.build_task(config)
+    for layer in _linear_layers(getattr(task, attribute)):
+        w = np.asarray(layer.kernel[...])
+        fan_in = w.shape[0]
+        bound = 1 / math.sqrt(fan_in)
+        if init == "torch":
+            assert np.abs(w).max() <= bound
+            np.testing.assert_allclose(w.std(), bound / math.sqrt(3), rtol=0.1)
+            if layer.bias is not None:
+                b = np.asarray(layer.bias[...])
+                assert np.abs(b).max() <= bound and np.abs(b).max() > bound / 4
+        else:
+            np.testing.assert_allclose(w.std(), bound, rtol=0.1)
+
+
+def test_torch_init_matches_pytorch_itself():
+    """The same statistics as a real nn.Linear, where PyTorch is installed
+    (the peers' extra)."""
+    torch = pytest.importorskip("torch")
+    linear = torch.nn.Linear(512, 256)
+    ours = heads.linear_init("torch", 512)
+    w = np.asarray(ours["kernel_init"](jax.random.key(0), (512, 256)))
+    b = np.asarray(ours["bias_init"](jax.random.key(1), (256,)))
+    reference_w = linear.weight.detach().numpy()
+    reference_b = linear.bias.detach().numpy()
+    np.testing.assert_allclose(w.std(), reference_w.std(), rtol=0.03)
+    np.testing.assert_allclose(np.abs(w).max(), np.abs(reference_w).max(), rtol=0.01)
+    np.testing.assert_allclose(np.abs(b).max(), np.abs(reference_b).max(), rtol=0.05)
