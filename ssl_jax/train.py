@@ -37,6 +37,7 @@ from ssl_jax import checkpoint, optim, perf, preemption
 from ssl_jax import workdir as workdir_lib
 from ssl_jax.checkpoint import Checkpointer, NonFiniteStateError
 from ssl_jax.data import pipeline
+from ssl_jax.evaluate import collapse
 from ssl_jax.metrics import MetricWriter
 from ssl_jax.models import precision
 from ssl_jax.registry import MODELS, TASKS
@@ -444,6 +445,7 @@ def _loop(
     step), after a log line and a checkpoint of that step.
     """
     visualize, evaluate = hooks
+    collapse_watch = collapse.CollapseWatch(**config.collapse_warning, warn=log.warning)
     stop_on_nonfinite = config.nonfinite == "stop"
     totals, count = None, 0  # metric sums since the last log line, on the device
     first_bad_step = _NO_STEP  # on the device: the first non-finite step since the checkpoint
@@ -498,6 +500,7 @@ def _loop(
                 if evaluate and (step % config.eval_every == 0 or is_last):
                     means.update(evaluate(state))
                 writer.write(step, means)
+                collapse_watch.observe(step, means)
                 last_loss = means.get("loss", last_loss)
                 totals, count = None, 0
                 timer_start, timed_steps = time.perf_counter(), 0

@@ -118,3 +118,30 @@ def test_imports_nothing_from_the_package():
             continue
         for name in names:
             assert name in {"__future__", "jax", "jax.numpy"}, f"collapse.py imports {name}"
+
+
+def test_collapse_watch_warns_once_after_a_sustained_collapse():
+    """SimSiam's collapsing CIFAR run (effective rank 44 -> 7.7 of 128): the
+    warning comes at the second log line below 10%, once; a single dip or a
+    healthy run says nothing."""
+    warnings = []
+    watch = collapse.CollapseWatch(0.1, patience=2, warn=warnings.append)
+    ranks = {100: 44.0, 200: 20.0, 300: 12.0, 400: 14.0, 500: 9.0, 600: 7.7, 700: 7.5}
+    said = [
+        watch.observe(s, {"effective_rank": r, "effective_rank_fraction": r / 128})
+        for s, r in ranks.items()
+    ]
+    assert said[:5] == [None] * 5 and said[5] is not None and said[6] is None
+    assert len(warnings) == 1 and "step 600" in warnings[0] and "7.7" in warnings[0]
+    healthy = collapse.CollapseWatch(0.1, patience=2, warn=warnings.append)
+    for s, r in {100: 40.0, 200: 12.0, 300: 30.0, 400: 11.0, 500: 13.0}.items():
+        assert healthy.observe(s, {"effective_rank_fraction": r / 128}) is None
+    with pytest.raises(ValueError, match="min_rank_fraction"):
+        collapse.CollapseWatch(1.5)
+
+
+def test_rank_fraction_is_the_effective_rank_over_its_maximum():
+    z = jax.random.normal(jax.random.key(0), (64, 16))
+    np.testing.assert_allclose(
+        collapse.rank_fraction(z), collapse.effective_rank(z) / 16, rtol=1e-6
+    )
