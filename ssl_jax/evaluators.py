@@ -96,8 +96,18 @@ def probe(
     """Linear probe on all labels and on `config.probe.labels_per_class` per
     class, and the kNN classifier, all on the same frozen features; and the
     2-D PCA map of the test features as a PNG at `map_path`."""
+    features = _features(trained, config, splits, mesh)
+    return probe_features(features, config, splits, map_path=map_path, title=title)
+
+
+def probe_features(
+    features, config: ConfigDict, splits, *, map_path: str, title: str
+) -> dict[str, Any]:
+    """`probe` on features already extracted, ((train x, y), (test x, y)):
+    the same protocol for an encoder from anywhere (the PyTorch peers in
+    experiments/peers)."""
     train_split, test_split = splits
-    (train_x, train_y), (test_x, test_y) = _features(trained, config, splits, mesh)
+    (train_x, train_y), (test_x, test_y) = features
     if jax.process_index() == 0:
         save_map(test_x, test_y, map_path, title=title, class_names=test_split.class_names)
     fit_kwargs = {

@@ -100,9 +100,10 @@ def test_small_recipe_matches_its_source(method):
     config = config_lib.get_config(method, "dataset=tfds:cifar10")
     for field, value in SOLO_LEARN_CIFAR[method].items():
         assert _field(config, field) == value, (method, field)
-    # 10 warm-up epochs of 1,000, as a fraction: it follows any run's length.
-    assert config.optimizer.warmup_fraction == 0.01 and config.optimizer.warmup_steps == 0
-    assert optim.warmup_steps(config.optimizer, 500) == 5
+    # A stated departure (config_lib.SMALL_WARMUP): 10% of the run, not
+    # solo-learn's 1% (10 of 1,000 epochs), which is 5 steps of a 500-step run.
+    assert config.optimizer.warmup_fraction == 0.1 and config.optimizer.warmup_steps == 0
+    assert optim.warmup_steps(config.optimizer, 500) == 50
 
 
 @pytest.mark.parametrize("method", sorted(VIEWS))

@@ -23,7 +23,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from unittest import mock
 
 if __package__ in (None, ""):  # run as a script: the repository root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -111,8 +110,7 @@ def probe(config, splits, encoder, *, map_path: str, title: str) -> dict:
         (features(encoder, s.images, config.probe.batch_size), s.labels.astype(np.int32))
         for s in (train_split, test_split)
     )
-    with mock.patch.object(evaluators, "_features", lambda *args: xy):
-        return evaluators.probe(None, config, splits, None, map_path=map_path, title=title)
+    return evaluators.probe_features(xy, config, splits, map_path=map_path, title=title)
 
 
 def train_peer(config: ConfigDict, workdir: str, *, bn: str = "per_view") -> dict:

@@ -19,7 +19,8 @@ from ssl_jax import config_lib
 # Small images: solo-learn's CIFAR recipe (scripts/pretrain/cifar/byol.yaml):
 # LARS 1.0 x B/256 with trust coefficient 0.02 and each step clipped to plain
 # SGD's (LARC), weight decay 1e-5, base momentum 0.99, its asymmetric views
-# without blur, 10 warm-up epochs of 1000 (1% of the run), batch 256.
+# without blur, a warm-up of 10% of the run
+# (config_lib.SMALL_WARMUP; solo-learn: 10 of 1000 epochs), batch 256.
 # Departs: heads initialised as BYOL's reference (Haiku) does, not PyTorch.
 _SMALL = {
     "encoder": "resnet18",
@@ -29,7 +30,7 @@ _SMALL = {
     "optimizer": {
         "name": "lars",
         "learning_rate": 1.0,
-        "warmup_fraction": 0.01,
+        "warmup_fraction": config_lib.SMALL_WARMUP,
         "weight_decay": 1e-5,
         "trust_coefficient": 0.02,
         "lars_clip": True,

@@ -32,8 +32,9 @@ def _views(global_size: int, local_size: int, *, global_scale, local_scale, **ov
 # a ResNet-18, two 32 px crops and no local ones, its asymmetric views without
 # blur, head 2048 -> 256 -> 4096 prototypes, LARS 0.3 x B/256 with trust
 # coefficient 0.02 and LARC clipping, weight decay 1e-6, student temperature
-# 0.1, teacher 0.07, prototypes frozen at the start, 10 warm-up epochs of
-# 1000, batch 256. Departs, for short runs: teacher momentum 0.99, not
+# 0.1, teacher 0.07, prototypes frozen at the start, a warm-up of 10% of the
+# run (config_lib.SMALL_WARMUP; solo-learn: 10 of 1000 epochs), batch 256.
+# Departs, for short runs: teacher momentum 0.99, not
 # 0.9995 (which averages over ~2,000 steps, four times a 500-step run); the
 # teacher temperature warms up from 0.04 over the first 10% of the run and
 # the prototypes stay frozen for the first 1%, as the paper's reference
@@ -55,7 +56,7 @@ _SMALL = {
     "optimizer": {
         "name": "lars",
         "learning_rate": 0.3,
-        "warmup_fraction": 0.01,
+        "warmup_fraction": config_lib.SMALL_WARMUP,
         "weight_decay": 1e-6,
         "trust_coefficient": 0.02,
         "lars_clip": True,

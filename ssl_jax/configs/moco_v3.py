@@ -19,7 +19,8 @@ from ssl_jax import config_lib
 # Small images: solo-learn's CIFAR recipe (scripts/pretrain/cifar/mocov3.yaml):
 # LARS 0.3 x B/256 with trust coefficient 0.02 and LARC clipping, weight decay
 # 1e-6, tau 0.2, base momentum 0.99, projector 4096 -> 256, predictor 4096,
-# its asymmetric views without blur, 10 warm-up epochs of 1000, batch 256.
+# its asymmetric views without blur, a warm-up of 10% of the run
+# (config_lib.SMALL_WARMUP; solo-learn: 10 of 1000 epochs), batch 256.
 _SMALL = {
     "encoder": "resnet18",
     "task_kwargs": {"views": config_lib.cifar_views(), "projection_hidden_dims": (4096,)},
@@ -28,7 +29,7 @@ _SMALL = {
     "optimizer": {
         "name": "lars",
         "learning_rate": 0.3,
-        "warmup_fraction": 0.01,
+        "warmup_fraction": config_lib.SMALL_WARMUP,
         "weight_decay": 1e-6,
         "trust_coefficient": 0.02,
         "lars_clip": True,

@@ -27,7 +27,7 @@ _NATURAL = {  # photos: ResNets, flips preserve the label
     "optimizer": {
         "name": "sgd",
         "learning_rate": 0.1,
-        "warmup_fraction": 0.025,
+        "warmup_fraction": config_lib.SMALL_WARMUP,
         "weight_decay": 5e-4,
     },
 }

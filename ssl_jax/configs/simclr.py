@@ -55,7 +55,7 @@ _SMALL = {
     "optimizer": {
         "name": "lars",
         "learning_rate": 1.0,
-        "warmup_fraction": 0.01,
+        "warmup_fraction": config_lib.SMALL_WARMUP,
         "weight_decay": 1e-4,
     },
 }

@@ -17,8 +17,9 @@ Variants, picked by the argument after the colon (comma-separated):
 from ssl_jax import config_lib
 
 # Small images: solo-learn's CIFAR recipe (scripts/pretrain/cifar/simsiam.yaml):
-# SGD at 0.5 x B/256, momentum 0.9, weight decay 1e-5, 10 warm-up epochs of
-# 1000 (1% of the run), the predictor at a fixed learning rate, projector
+# SGD at 0.5 x B/256, momentum 0.9, weight decay 1e-5, a warm-up of 10% of the
+# run (config_lib.SMALL_WARMUP; solo-learn: 10 of 1000 epochs), the
+# predictor at a fixed learning rate, projector
 # 2048 -> 2048, predictor bottleneck 512, its symmetric_weak views (crop
 # 8-100%, jitter 0.4/0.4/0.4/0.1, grayscale 0.2, blur 0.5), batch 256.
 # The paper's own CIFAR setting (appendix D: SGD 0.03 x B/256, weight decay
@@ -35,7 +36,7 @@ _SMALL = {
     "optimizer": {
         "name": "sgd",
         "learning_rate": 0.5,
-        "warmup_fraction": 0.01,
+        "warmup_fraction": config_lib.SMALL_WARMUP,
         "weight_decay": 1e-5,
     },
 }

@@ -21,8 +21,8 @@ from ssl_jax import config_lib
 # 1e-4, expander 3 x 2048, weights 25 / 25 / 1 (its variance term sums the two
 # views' terms where this project averages them, as the paper's code does:
 # weight 50 here), its own views (crop 20-100%, jitter 0.4/0.4/0.2/0.1,
-# grayscale 0.2, solarisation 0.1 on both views, no blur), 10 warm-up epochs
-# of 1000, batch 256.
+# grayscale 0.2, solarisation 0.1 on both views, no blur), a warm-up of 10%
+# of the run (config_lib.SMALL_WARMUP; solo-learn: 10 of 1000 epochs), batch 256.
 _SMALL = {
     "encoder": "resnet18",
     "task_kwargs": {
@@ -37,7 +37,7 @@ _SMALL = {
     "optimizer": {
         "name": "lars",
         "learning_rate": 0.3,
-        "warmup_fraction": 0.01,
+        "warmup_fraction": config_lib.SMALL_WARMUP,
         "weight_decay": 1e-4,
         "trust_coefficient": 0.02,
         "lars_clip": True,
