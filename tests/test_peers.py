@@ -16,7 +16,7 @@ import jax.numpy as jnp  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from experiments.peers import methods, models, optim, train  # noqa: E402
+from experiments.peers import compare, methods, models, optim, train  # noqa: E402
 from ssl_jax import experiment  # noqa: E402
 from ssl_jax import optim as jax_optim  # noqa: E402
 from ssl_jax import train as jax_train  # noqa: E402
@@ -205,3 +205,28 @@ def test_dino_schedules_inside_the_loss_are_the_projects(folder):
         peer.before_step(step)
         frozen = bool(task.progress[...] < task.freeze_prototypes)
         assert (peer.head.last_layer.weight_v.grad is None) == frozen
+
+
+def test_summary_states_each_gain_and_the_distance_to_the_peer(tmp_path):
+    """The evidence table's arithmetic: gains over each side's own random
+    init, the project minus its peer, and the 10-per-class probe against
+    supervised training from scratch."""
+
+    def write(path, top1, few, rand, rand_few, key="linear_probe"):
+        path.mkdir(parents=True)
+        probe = lambda a, b: {"top1": a, "few_labels": [{"per_class": 10, "top1": b}]}
+        results = {key: probe(top1, few), "random_init": {key: probe(rand, rand_few)}}
+        (path / "results.json").write_text(json.dumps({**results, "wall_seconds": 120.0}))
+
+    write(tmp_path / "byol" / "ssl_jax", 0.42, 0.30, 0.35, 0.22)
+    write(tmp_path / "byol" / "peer", 0.43, 0.29, 0.33, 0.20)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    points = [{"per_class": 10, "top1": 0.25}, {"per_class": 100, "top1": 0.4}]
+    (scratch / "results.json").write_text(json.dumps({"supervised_from_scratch": points}))
+    text = compare.report([("byol", str(tmp_path / "byol"))], str(scratch))
+    row = next(line for line in text.splitlines() if line.startswith("| byol"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == "+7.0 / +8.0" and cells[6] == "+10.0 / +9.0"
+    assert cells[7] == "-1.0" and cells[8] == "+5.0" and cells[9] == "2.0, 2.0"
+    assert "from scratch at 10 labels per class: 0.250" in text

@@ -50,6 +50,13 @@ _ONLY = flags.DEFINE_enum("only", None, ["peer", "project"], "Run one side only.
 _BN = flags.DEFINE_enum(
     "bn", "per_view", ["per_view", "joint"], "The peers' batch norm over the two views."
 )
+_SCRATCH = flags.DEFINE_string(
+    "scratch",
+    "",
+    "A run directory whose results.json holds supervised_from_scratch (baselines."
+    "supervised_few_labels): its 10-per-class top-1 joins the summary.",
+)
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Write the report of existing runs only.")
 flags.mark_flags_as_required(["workdir", "configs"])
 
 _TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
@@ -125,8 +132,71 @@ COLUMNS = [
 ]
 
 
-def report(names_and_dirs: list[tuple[str, str]]) -> str:
-    sections = []
+def _scratch_top1(run_dir: str, per_class: int = 10) -> float | None:
+    results = _read(os.path.join(run_dir, "results.json")) if run_dir else None
+    points = (results or {}).get("supervised_from_scratch") or []
+    return next((p["top1"] for p in points if p.get("per_class") == per_class), None)
+
+
+def _points(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.1f}"
+
+
+def summary(names_and_dirs: list[tuple[str, str]], scratch: float | None) -> str:
+    """One row per method: the project and its peer with all labels and 10
+    per class, each next to its own random init, and the verdicts the
+    evidence asks for (gain over random init; distance to the peer; above
+    supervised training from scratch at 10 labels per class)."""
+    rows = []
+    for name, method_dir in names_and_dirs:
+        sides = {}
+        for side in ("ssl_jax", "peer"):
+            results = _read(os.path.join(method_dir, side, "results.json"))
+            if results is None:
+                continue
+            probe = results["linear_probe"]
+            random_probe = results.get("random_init", {}).get("linear_probe", {})
+            sides[side] = (
+                probe["top1"],
+                _few(probe)[1],
+                random_probe.get("top1"),
+                _few(random_probe)[1],
+                results.get("wall_seconds"),
+            )
+        if "ssl_jax" not in sides:
+            rows.append({"method": name, "ssl_jax all / 10": "not run"})
+            continue
+        top1, few, rand, rand_few, wall = sides["ssl_jax"]
+        peer = sides.get("peer")
+        fmt = lambda a, b: f"{a:.3f} / {b:.3f}" if a is not None and b is not None else "-"
+        rows.append(
+            {
+                "method": name,
+                "ssl_jax all / 10": fmt(top1, few),
+                "random init": fmt(rand, rand_few),
+                "gain (points)": f"{_points(top1 - rand)} / {_points(few - rand_few)}",
+                "peer all / 10": fmt(*peer[:2]) if peer else "-",
+                "peer random init": fmt(*peer[2:4]) if peer else "-",
+                "peer gain": f"{_points(peer[0] - peer[2])} / {_points(peer[1] - peer[3])}"
+                if peer
+                else "-",
+                "ssl_jax - peer": _points(top1 - peer[0]) if peer else "-",
+                "10/class vs scratch": _points(few - scratch) if scratch is not None else "-",
+                "wall min (ssl_jax, peer)": f"{wall / 60:.1f}, {peer[4] / 60:.1f}"
+                if peer
+                else f"{wall / 60:.1f}",
+            }
+        )
+    head = (
+        f"Supervised from scratch at 10 labels per class: {scratch:.3f}\n\n"
+        if scratch is not None
+        else ""
+    )
+    return "## Summary\n\n" + head + launch.markdown_table(rows, list(rows[0])) + "\n"
+
+
+def report(names_and_dirs: list[tuple[str, str]], scratch_dir: str = "") -> str:
+    sections = [summary(names_and_dirs, _scratch_top1(scratch_dir))]
     for name, method_dir in names_and_dirs:
         project_dir, peer_dir = (os.path.join(method_dir, s) for s in ("ssl_jax", "peer"))
         project = _read(os.path.join(project_dir, "results.json"))
@@ -150,6 +220,8 @@ def main(argv: list[str]) -> None:
         method_dir = os.path.join(workdir, name)
         names_and_dirs.append((name, method_dir))
         spec = f"{config}:{_ARG.value}" if _ARG.value else config
+        if _REPORT_ONLY.value:
+            continue
         runs = []
         if _ONLY.value != "peer":
             project_dir = os.path.join(method_dir, "ssl_jax")
@@ -158,7 +230,7 @@ def main(argv: list[str]) -> None:
             peer_dir = os.path.join(method_dir, "peer")
             runs.append((peer_dir, peer_command(config, peer_dir)))
         status.update(launch.run_pending(runs, parallel=1))
-    text = report(names_and_dirs)
+    text = report(names_and_dirs, _SCRATCH.value)
     with open(os.path.join(workdir, "peers.md"), "w") as f:
         f.write(text)
     print(text)
