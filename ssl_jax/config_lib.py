@@ -172,6 +172,9 @@ COMMON_OPTIONS = {
 # The fine-tuning evaluator's defaults (`:finetune`): the SimCLR paper's
 # semi-supervised budgets (1% and 10% of the labels) and all labels, a
 # Nesterov SGD without weight decay, and the same recipe from scratch.
+# `encoder_lr_scale` scales the pretrained encoder's steps against its new
+# head's (the run from scratch trains everything at the full rate: its
+# random encoder has nothing to keep).
 FINE_TUNE = {
     "type": "fine_tune",
     "dataset": "",
@@ -180,6 +183,7 @@ FINE_TUNE = {
     "steps": 500,
     "batch_size": 128,
     "from_scratch": True,
+    "encoder_lr_scale": 1.0,
     "optimizer": {
         "name": "sgd",
         "learning_rate": 0.05,

@@ -276,6 +276,11 @@ def check(evals: ConfigDict, num_devices: int = 1) -> None:
                     f"({args.batch_size}) must be >= 1, the batch a multiple of the "
                     f"{num_devices} devices."
                 )
+            if not args.encoder_lr_scale > 0:
+                raise ValueError(
+                    f"config.evals.{name}.encoder_lr_scale must be > 0, "
+                    f"got {args.encoder_lr_scale}."
+                )
             try:
                 optim.validate(optim.default_config(**args.optimizer.to_dict()))
             except (ValueError, AttributeError, KeyError) as error:
@@ -334,20 +339,34 @@ def fine_tune_config(config: ConfigDict, args: ConfigDict, num_classes: int) -> 
     return tuned
 
 
-def fine_tune_dirs(workdir: str, name: str, tuned: ConfigDict, encoder_state) -> tuple[str, str]:
+def pretrained_config(tuned: ConfigDict, encoder_lr_scale: float) -> ConfigDict:
+    """The fine-tune config of the pretrained encoder: `tuned`, with the
+    encoder's steps scaled by `encoder_lr_scale` when it is not 1."""
+    if encoder_lr_scale == 1.0:
+        return tuned
+    pretrained = tuned.copy_and_resolve_references()
+    with pretrained.unlocked():
+        pretrained.optimizer.module_lr_scales = (("encoder", float(encoder_lr_scale)),)
+    return pretrained
+
+
+def fine_tune_dirs(
+    workdir: str, name: str, tuned: ConfigDict, encoder_state, *, pretrained=None
+) -> tuple[str, str]:
     """The directories of the fine-tuned and the from-scratch sub-runs, under a
     key of everything they start from: the fine-tune config (dataset
     included) and, for the pretrained ones, the encoder's weights. Continued
     pretraining or other fine-tune arguments then start fresh runs instead of
     resuming (or reporting) runs that began from other weights or data."""
     setup = json.dumps(tuned.to_dict(), sort_keys=True, default=str)
+    tuned_setup = json.dumps((pretrained or tuned).to_dict(), sort_keys=True, default=str)
     weights = fingerprint(host_leaves(encoder_state))
 
     def key(*parts: str) -> str:
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
     return (
-        os.path.join(workdir, name, key(setup, weights)),
+        os.path.join(workdir, name, key(tuned_setup, weights)),
         os.path.join(workdir, f"{name}_from_scratch", key(setup)),
     )
 
@@ -365,13 +384,16 @@ def _fine_tune(context: Context, name: str, args: ConfigDict) -> dict[str, Any]:
     from flax import nnx
 
     encoder_state = nnx.state(encoder)
-    pretrained_dir, scratch_dir = fine_tune_dirs(context.workdir, name, tuned, encoder_state)
+    pretrained = pretrained_config(tuned, args.encoder_lr_scale)
+    pretrained_dir, scratch_dir = fine_tune_dirs(
+        context.workdir, name, tuned, encoder_state, pretrained=pretrained
+    )
     result = {
         "dataset": dataset,
         "steps": args.steps,
         "directory": pretrained_dir,
         "points": train_on_labels(
-            tuned,
+            pretrained,
             pretrained_dir,
             splits,
             context.mesh,

@@ -153,6 +153,12 @@ def validate(opt: ConfigDict) -> None:
         raise ValueError(f"optimizer.warmup_steps must be >= 0, got {opt.warmup_steps}.")
     if not 0 <= opt.warmup_fraction < 1:
         raise ValueError(f"optimizer.warmup_fraction must be in [0, 1), got {opt.warmup_fraction}.")
+    for pair in opt.module_lr_scales:
+        if len(pair) != 2 or not float(pair[1]) > 0:
+            raise ValueError(
+                "optimizer.module_lr_scales holds (module, scale > 0) pairs, e.g. "
+                f"(('encoder', 0.1),); got {tuple(opt.module_lr_scales)}."
+            )
     if opt.grad_clip not in CLIPPING:
         raise ValueError(f"optimizer.grad_clip={opt.grad_clip!r} is not one of {sorted(CLIPPING)}.")
     if not 0 <= opt.end_lr_fraction <= 1:
@@ -174,9 +180,18 @@ def make_optimizer(
         tx = optax.multi_transform(
             {"scheduled": tx, "fixed": fixed_tx}, _fixed_lr_labels(tuple(opt.fixed_lr_modules))
         )
+    for module, scale in opt.module_lr_scales:
+        # A module's steps scaled, e.g. a pretrained encoder fine-tuned at a
+        # tenth of its new head's rate.
+        tx = optax.chain(tx, optax.masked(optax.scale(float(scale)), _module_mask(module)))
     if opt.grad_clip_norm:
         tx = optax.chain(CLIPPING[opt.grad_clip](opt.grad_clip_norm), tx)
     return tx, schedule
+
+
+def _module_mask(module: str) -> Callable:
+    labels = _fixed_lr_labels((module,))
+    return lambda params: jax.tree.map(lambda label: label == "fixed", labels(params))
 
 
 def _with_bias_scale(opt: ConfigDict, tx: optax.GradientTransformation):
@@ -260,6 +275,8 @@ def default_config(**overrides) -> ConfigDict:
             # Top-level task modules whose learning rate stays at the peak for
             # the whole run (no warm-up, no decay): SimSiam's predictor.
             "fixed_lr_modules": (),
+            # (module, scale) pairs: those top-level modules' steps scaled.
+            "module_lr_scales": (),
         }
     )
     config.update(overrides)

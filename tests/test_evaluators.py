@@ -6,6 +6,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -144,3 +145,35 @@ def test_fine_tuning_trains_the_patch_projection_moco_v3_froze():
     tuned = evaluators.fine_tune_config(pretraining, pretraining.evals.fine_tune, 1000)
     assert not tuned.model_kwargs.frozen_patch_embed
     assert pretraining.model_kwargs.frozen_patch_embed  # the pretraining config is unchanged
+
+
+def test_encoder_lr_scale_slows_the_pretrained_encoder_only():
+    """Fine-tuning at `encoder_lr_scale`: the pretrained run's encoder steps
+    are scaled (its own key), the run from scratch keeps the full rate."""
+    config = _supervised_config()
+    weights = nnx.state(train.build_task(config).encoder)
+    slow = evaluators.pretrained_config(config, 0.1)
+    assert slow.optimizer.module_lr_scales == (("encoder", 0.1),)
+    assert evaluators.pretrained_config(config, 1.0) is config
+    plain = evaluators.fine_tune_dirs("w", "ft", config, weights)
+    scaled = evaluators.fine_tune_dirs("w", "ft", config, weights, pretrained=slow)
+    assert scaled[0] != plain[0] and scaled[1] == plain[1]
+    trained = train.split_task(train.build_task(slow))
+    tx, _ = optim.make_optimizer(slow.optimizer, batch_size=16, total_steps=10)
+    grads = jax.tree.map(jnp.ones_like, trained.params)
+    state = tx.init(trained.params)
+    for _ in range(3):  # past the warm-up's zero first step
+        updates, state = tx.update(grads, state, trained.params)
+    full_tx, _ = optim.make_optimizer(config.optimizer, batch_size=16, total_steps=10)
+    full_state = full_tx.init(trained.params)
+    for _ in range(3):
+        full, full_state = full_tx.update(grads, full_state, trained.params)
+    ratio = lambda a, b: float(jnp.linalg.norm(a) / jnp.linalg.norm(b))
+    leaves = lambda tree, key: jax.tree.leaves(tree[key])
+    for u, f in zip(leaves(updates, "encoder"), leaves(full, "encoder"), strict=True):
+        if float(jnp.linalg.norm(f)) > 0:
+            assert ratio(u, f) == pytest.approx(0.1, rel=1e-4)
+    others = [k for k in trained.params.keys() if k != "encoder"]
+    for key in others:
+        for u, f in zip(leaves(updates, key), leaves(full, key), strict=True):
+            np.testing.assert_allclose(u, f, rtol=1e-6)
