@@ -513,3 +513,8 @@ def validate(config: ConfigDict) -> None:
 
     CollapseWatch(**config.collapse_warning)  # refuses a threshold outside [0, 1)
     optim.warmup_steps(config.optimizer, config.train_steps)  # refuses a warm-up past the run
+    if config.baselines.supervised or config.baselines.supervised_few_labels:
+        # The supervised baselines train with the same optimizer for their own steps.
+        optim.warmup_steps(
+            config.optimizer, config.baselines.supervised_steps or config.train_steps
+        )

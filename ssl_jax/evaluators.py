@@ -140,6 +140,10 @@ def supervised_config(config: ConfigDict, num_classes: int) -> ConfigDict:
         supervised.task_kwargs = ConfigDict(
             {**config.baselines.supervised_task_kwargs.to_dict(), "num_classes": num_classes}
         )
+        # Settings that name the pretext task's modules (SimSiam's predictor)
+        # mean nothing to the supervised task's encoder and head.
+        supervised.optimizer.fixed_lr_modules = ()
+        supervised.optimizer.module_lr_scales = ()
         if supervised.model_kwargs.get("frozen_patch_embed"):
             # MoCo v3 freezes a ViT's patch projection to stabilise pretraining;
             # supervised training and fine-tuning train it (DeiT's recipe), from
@@ -282,7 +286,9 @@ def check(evals: ConfigDict, num_devices: int = 1) -> None:
                     f"got {args.encoder_lr_scale}."
                 )
             try:
-                optim.validate(optim.default_config(**args.optimizer.to_dict()))
+                fine_tune_opt = optim.default_config(**args.optimizer.to_dict())
+                optim.validate(fine_tune_opt)
+                optim.warmup_steps(fine_tune_opt, args.steps)
             except (ValueError, AttributeError, KeyError) as error:
                 raise ValueError(f"config.evals.{name}.optimizer: {error}") from None
 

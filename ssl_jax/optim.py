@@ -190,7 +190,7 @@ def make_optimizer(
 
 
 def _module_mask(module: str) -> Callable:
-    labels = _fixed_lr_labels((module,))
+    labels = _fixed_lr_labels((module,), field="module_lr_scales")
     return lambda params: jax.tree.map(lambda label: label == "fixed", labels(params))
 
 
@@ -203,7 +203,7 @@ def _with_bias_scale(opt: ConfigDict, tx: optax.GradientTransformation):
     return optax.chain(tx, optax.masked(optax.scale(opt.bias_lr_scale), not_decayed))
 
 
-def _fixed_lr_labels(modules: tuple[str, ...]) -> Callable:
+def _fixed_lr_labels(modules: tuple[str, ...], field: str = "fixed_lr_modules") -> Callable:
     """Labels "fixed" for the parameters under the task's top-level attributes
     named in `modules` (e.g. "predictor"), "scheduled" for the rest; the
     labels keep the parameters' container type (a dict or an nnx.State)."""
@@ -212,7 +212,7 @@ def _fixed_lr_labels(modules: tuple[str, ...]) -> Callable:
         unknown = set(modules) - set(params.keys())
         if unknown:
             raise ValueError(
-                f"optimizer.fixed_lr_modules names {sorted(unknown)}, which the task does not "
+                f"optimizer.{field} names {sorted(unknown)}, which the task does not "
                 f"have; its modules are {sorted(params.keys())}."
             )
 

@@ -49,6 +49,7 @@ RESULT_NEUTRAL_FIELDS = (
     "data_profile",  # a record of which recipe the config file chose
     "nonfinite",
     "max_skipped_fraction",
+    "collapse_warning",  # only what the run says, not what it computes
     "input.workers",
     # Skipping instead of stopping on a bad record changes nothing before the
     # first bad record, where a run that stopped on it ended.

@@ -177,3 +177,23 @@ def test_encoder_lr_scale_slows_the_pretrained_encoder_only():
     for key in others:
         for u, f in zip(leaves(updates, key), leaves(full, key), strict=True):
             np.testing.assert_allclose(u, f, rtol=1e-6)
+
+
+def test_simsiam_supervised_baseline_drops_the_predictors_fixed_rate():
+    """SimSiam's optimizer names its predictor (fixed_lr_modules); the
+    supervised task has none, so its baseline must not inherit that (it
+    crashed after pretraining)."""
+    config = config_lib.get_config("simsiam", "runlocal,supervised")
+    assert config.optimizer.fixed_lr_modules == ("predictor",)
+    supervised = evaluators.supervised_config(config, 4)
+    assert supervised.optimizer.fixed_lr_modules == ()
+    trained = train.split_task(train.build_task(supervised))
+    tx, _ = optim.make_optimizer(supervised.optimizer, batch_size=16, total_steps=6)
+    tx.init(trained.params)
+
+
+def test_a_fine_tune_warmup_longer_than_its_steps_is_refused_before_pretraining():
+    config = config_lib.get_config("rotation", "runlocal,finetune")
+    config.evals.fine_tune.optimizer.update(warmup_fraction=0.0, warmup_steps=50)
+    with pytest.raises(ValueError, match="longer than the run"):
+        evaluators.check(config.evals)

@@ -177,7 +177,17 @@ def test_every_recipe_states_its_warmup_as_a_fraction():
     recipe (all data profiles) warms up for less than half of it."""
     from ssl_jax import config_lib
 
-    for name in ("barlow_twins", "byol", "dino", "mae", "moco_v3", "rotation", "simclr"):
+    for name in (
+        "barlow_twins",
+        "byol",
+        "dino",
+        "mae",
+        "moco_v3",
+        "rotation",
+        "simclr",
+        "simsiam",
+        "vicreg",
+    ):
         for dataset in ("digits", "tfds:cifar10", "tfds:imagenet2012"):
             config = config_lib.get_config(name, f"dataset={dataset}")
             assert config.optimizer.warmup_steps == 0, (name, dataset)

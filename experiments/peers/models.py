@@ -134,10 +134,12 @@ def simclr_head(in_dim: int, hidden_dims: Sequence[int], out_dim: int) -> nn.Seq
 
 def init_linears(module: nn.Module, kind: str) -> None:
     """Re-initialise every nn.Linear of `module` as ssl_jax's `heads.linear_init(kind)`:
-    "torch" (PyTorch's default, kept), "lecun" (truncated normal of variance
-    1/fan_in, cut at 2 std, zero bias: Flax's default), "dino" (truncated
-    normal, std 0.02, zero bias)."""
-    if kind not in ("torch", "lecun", "dino"):
+    "torch" (PyTorch's default, kept), "haiku" (normal of std 1/sqrt(fan_in)
+    cut at 2 std, not rescaled, zero bias: BYOL's reference), "lecun"
+    (truncated normal of variance exactly 1/fan_in, zero bias: Flax's
+    default), "dino" (std 0.02 with bounds +-2 in absolute units, in effect a
+    plain normal, zero bias: DINO's and lightly's)."""
+    if kind not in ("torch", "haiku", "lecun", "dino"):
         raise ValueError(f"Unknown head init {kind!r}.")
     for layer in module.modules():
         if not isinstance(layer, nn.Linear):
@@ -147,7 +149,12 @@ def init_linears(module: nn.Module, kind: str) -> None:
             continue
         # jax's truncated normals divide the std by 0.8796 (the std of a unit
         # normal cut at +-2), so the truncated draw has the asked variance.
-        std = 0.02 if kind == "dino" else (1.0 / layer.in_features) ** 0.5 / 0.87962566103423978
-        nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
+        if kind == "dino":
+            nn.init.trunc_normal_(layer.weight, std=0.02, a=-2.0, b=2.0)
+        else:
+            std = (1.0 / layer.in_features) ** 0.5
+            if kind == "lecun":
+                std /= 0.87962566103423978
+            nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
         if layer.bias is not None:
             nn.init.zeros_(layer.bias)

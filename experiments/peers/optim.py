@@ -88,6 +88,8 @@ class Optimizer:
         self.opt = opt
         self.schedule = jax_optim.make_schedule(opt, batch_size=batch_size, total_steps=total_steps)
         self.peak = jax_optim.scaled_learning_rate(opt, batch_size)
+        if tuple(getattr(opt, "module_lr_scales", ()) or ()):
+            raise ValueError("optimizer.module_lr_scales has no peer yet.")
         fixed_modules = tuple(getattr(opt, "fixed_lr_modules", ()) or ())
         modules = {name for name, _ in method.named_children()}
         unknown = set(fixed_modules) - modules

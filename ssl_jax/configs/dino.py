@@ -5,11 +5,12 @@ centred, sharpened outputs across 2 global and several local crops. On the
 embedded `digits` default (a small ConvNet, 16 px global and 8 px local
 crops, 2 CPU cores) it takes about 5 minutes and the probe of the pretrained
 (teacher) encoder should beat the same encoder at random initialisation (see
-README). The CIFAR-size and ImageNet recipes train ViTs, as the paper does.
+README). The CIFAR-size recipe trains a ResNet-18 on two 32 px crops (solo-learn's);
+the 64 px and ImageNet recipes train ViTs, as the paper does.
 
 Variants, picked by the argument after the colon (comma-separated):
   configs/dino.py:runlocal                  tiny ViT, a handful of steps (tests, smoke runs)
-  configs/dino.py:dataset=tfds:cifar10      ViT-Ti/4 at 32 px, 16 px local crops
+  configs/dino.py:dataset=tfds:cifar10      ResNet-18, two 32 px crops (solo-learn's recipe)
   configs/dino.py:dataset=tfds:imagenet2012 ViT-S/16, 2 x 224 + 8 x 96 px, the paper's recipe
   configs/dino.py:supervised                also train the supervised baseline
   configs/dino.py:encoder=vit               the ViT of the other configs' encoder=vit

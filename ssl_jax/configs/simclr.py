@@ -41,7 +41,8 @@ def augment_kwargs(**overrides) -> dict:
 # (google-research/simclr README): ResNet with a 3x3 stride-1 stem, batch 512,
 # LARS at 1.0 x batch / 256, weight decay 1e-4 (the README's; the paper lists
 # 1e-6), temperature 0.5, colour strength 0.5, no blur (32 px images are
-# blurry already), 1000 epochs.
+# blurry already), 1000 epochs. Departs: a warm-up of 10% of the run
+# (config_lib.SMALL_WARMUP), not the reference's 10 of 1000 epochs.
 _SMALL = {
     "encoder": "resnet18",
     "task_kwargs": {

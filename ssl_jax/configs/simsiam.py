@@ -8,7 +8,7 @@ at random initialisation (see README).
 
 Variants, picked by the argument after the colon (comma-separated):
   configs/simsiam.py:runlocal                  tiny model, a handful of steps (tests, smoke runs)
-  configs/simsiam.py:dataset=tfds:cifar10      ResNet-18 (CIFAR stem), 32 px, paper's CIFAR recipe
+  configs/simsiam.py:dataset=tfds:cifar10      ResNet-18 (CIFAR stem), 32 px, solo-learn's recipe
   configs/simsiam.py:dataset=tfds:imagenet2012 ResNet-50, 224 px, the paper's recipe
   configs/simsiam.py:supervised                also train the supervised baseline
   configs/simsiam.py:encoder=vit               the ViT of the other configs' encoder=vit

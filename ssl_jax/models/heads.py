@@ -53,9 +53,14 @@ def linear_init(kind: str, fan_in: int) -> dict:
       1/(3 fan_in). The SimSiam, MoCo v3, Barlow Twins and VICReg references
       are PyTorch and keep it; with Flax's default (three times the variance)
       VICReg's CIFAR recipe diverges in both frameworks (issue 18's evidence).
-    - "lecun": truncated normal with variance 1/fan_in, zero bias: Flax's and
-      Haiku's default, so BYOL's reference (Haiku).
-    - "dino": truncated normal with std 0.02, zero bias (DINO's `DINOHead`).
+    - "haiku": Haiku's `hk.Linear` default, BYOL's reference: a normal of std
+      1/sqrt(fan_in) cut at 2 std (no correction for the cut, so the std is
+      about 0.88/sqrt(fan_in)), zero bias.
+    - "lecun": Flax's default: truncated normal of variance exactly 1/fan_in
+      (the cut corrected for), zero bias.
+    - "dino": DINO's `DINOHead` (`trunc_normal_(std=0.02)`, whose bounds are
+      +-2 in absolute units, so in effect a plain normal of std 0.02), zero
+      bias.
     """
     if kind == "torch":
         limit = 1.0 / math.sqrt(fan_in)
@@ -63,14 +68,25 @@ def linear_init(kind: str, fan_in: int) -> dict:
             "kernel_init": nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
             "bias_init": _symmetric_uniform(limit),
         }
+    if kind == "haiku":
+        return {"kernel_init": _cut_normal(1.0 / math.sqrt(fan_in))}
     if kind == "lecun":
         return {"kernel_init": nnx.initializers.lecun_normal()}
     if kind == "dino":
-        return {"kernel_init": nnx.initializers.truncated_normal(0.02)}
+        return {"kernel_init": nnx.initializers.normal(0.02)}
     raise ValueError(f"Unknown head init {kind!r}; known: {LINEAR_INITS}.")
 
 
-LINEAR_INITS = ("torch", "lecun", "dino")
+def _cut_normal(std: float):
+    """A normal of scale `std` cut at +-2 std, not rescaled (Haiku's TruncatedNormal)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return std * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
+
+    return init
+
+
+LINEAR_INITS = ("torch", "haiku", "lecun", "dino")
 
 
 class MLP(nnx.Module):

@@ -13,8 +13,11 @@ Details that matter:
   momentum 1 - (1 - m_base)(cos(pi k / K) + 1) / 2, m_base = 0.996.
 - The two views are asymmetric (the paper's appendix B): view 1 is always
   blurred and never solarised, view 2 blurred with p = 0.1 and solarised with
-  p = 0.2; both views use one encoder call, so batch-norm statistics cover
-  both.
+  p = 0.2 (the CIFAR recipe, solo-learn's, blurs neither).
+- Each view goes through the networks on its own, so batch-norm statistics
+  are per view, as in the reference (`JointEmbeddingTask.per_view`).
+- The heads' Linear layers start as the reference's (Haiku's default: a
+  normal of std 1/sqrt(fan_in) cut at 2 std; `heads.linear_init`).
 - The probe uses the online encoder's features, as the paper does.
 """
 
@@ -44,7 +47,7 @@ class BYOLTask(JointEmbeddingTask):
         projection_dim: int = 256,
         prediction_hidden_dim: int = 4096,
         base_momentum: float = 0.996,
-        head_init: str = "lecun",
+        head_init: str = "haiku",
         num_classes: int = 0,
     ):
         if not 0.0 <= base_momentum <= 1.0:

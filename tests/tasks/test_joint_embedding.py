@@ -83,7 +83,7 @@ def _linear_layers(module):
         ("barlow_twins", "projector", "torch"),
         ("simsiam", "predictor", "torch"),
         ("moco_v3", "projector", "torch"),
-        ("byol", "projector", "lecun"),
+        ("byol", "projector", "haiku"),
     ],
 )
 def test_heads_start_as_their_reference_initialises_them(method, attribute, init):
@@ -108,7 +108,9 @@ def test_heads_start_as_their_reference_initialises_them(method, attribute, init
                 b = np.asarray(layer.bias[...])
                 assert np.abs(b).max() <= bound and np.abs(b).max() > bound / 4
         else:
-            np.testing.assert_allclose(w.std(), bound, rtol=0.1)
+            # Haiku's cut at 2 std without rescaling: std 0.8796 / sqrt(fan_in).
+            assert np.abs(w).max() <= 2 * bound
+            np.testing.assert_allclose(w.std(), 0.8796 * bound, rtol=0.05)
 
 
 def test_torch_init_matches_pytorch_itself():
