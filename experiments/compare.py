@@ -2,7 +2,8 @@
 
     python experiments/compare.py --workdir=runs/compare_vit --arg=encoder=vit
 
-trains each config in `--configs` (default: every file in `configs/`) with the
+trains each config in `--configs` (default: every image config in `configs/`;
+the text and video configs, which declare `MODALITY`, are left out) with the
 `--arg` option (`encoder=vit`: the same ViT for every task; without it each
 config uses its own default encoder, and MAE always needs a ViT) and the
 `--set` overrides applied to all of them, probes each run's encoder at its
@@ -23,7 +24,7 @@ lines; with `--dry_run` it prints the script), and once the array has
 finished the same command with `--gather` writes the report from the
 finished runs without launching anything:
 
-    python experiments/compare.py --workdir=runs/compare_vit --arg=encoder=vit \
+    python experiments/compare.py --workdir=runs/compare_vit --arg=encoder=vit \\
         --slurm --parallel=3 --slurm_gpus=1 --slurm_time=1:00:00
     python experiments/compare.py --workdir=runs/compare_vit --arg=encoder=vit --gather
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import importlib.util
 import json
 import os
 import sys
@@ -43,7 +45,9 @@ from ssl_jax import launch
 from ssl_jax.evaluate import label_efficiency
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs and the report.")
-_CONFIGS = flags.DEFINE_list("configs", None, "Config files (default: configs/*.py).")
+_CONFIGS = flags.DEFINE_list(
+    "configs", None, "Config files (default: the image configs in configs/)."
+)
 _ARG = flags.DEFINE_string("arg", "", "The get_config argument for every config, e.g. runlocal.")
 _SET = flags.DEFINE_multi_string("set", [], "field=value applied to every run.")
 _SUPERVISED = flags.DEFINE_enum(
@@ -53,7 +57,23 @@ _SUPERVISED = flags.DEFINE_enum(
     "Which configs' encoders get the supervised baseline.",
 )
 launch.define_flags()  # --parallel, --dry_run, --slurm, --slurm_*, --gather
+flags.adopt_module_key_flags(launch)  # ... listed by --help, not only --helpfull
 flags.mark_flags_as_required(["workdir"])
+
+
+def default_configs(directory: str = "configs") -> list[str]:
+    """The image configs in `directory`. A config of another modality says so
+    (`MODALITY = "text"` in mlm.py, "video" in frames.py): its encoder and
+    data fit neither `--arg=encoder=vit` nor an image table."""
+    configs = []
+    for path in sorted(glob.glob(os.path.join(directory, "*.py"))):
+        name = os.path.splitext(os.path.basename(path))[0]
+        spec = importlib.util.spec_from_file_location(f"compare_config_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if getattr(module, "MODALITY", "image") == "image":
+            configs.append(path)
+    return configs
 
 
 def _rows(name: str, results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -124,7 +144,7 @@ def _bar_chart(rows: list[dict[str, Any]], path: str, title: str) -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    configs = _CONFIGS.value or sorted(glob.glob("configs/*.py"))
+    configs = _CONFIGS.value or default_configs()
     workdir = _WORKDIR.value
     runs = []
     for i, config in enumerate(configs):

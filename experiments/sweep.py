@@ -1,7 +1,7 @@
 """Run a sweep defined in a config file, then summarise and plot it.
 
     python experiments/sweep.py --config=configs/rotation.py --workdir=runs/rot_sweep
-    python experiments/sweep.py --config=configs/rotation.py:runlocal \
+    python experiments/sweep.py --config=configs/rotation.py:runlocal \\
         --workdir=/tmp/sweep --parallel=2 --set=train_steps=20
     python experiments/sweep.py ... --dry_run        # print the commands only
 
@@ -18,7 +18,7 @@ options as #SBATCH lines; the script is kept in WORKDIR/slurm/array.sh, its
 logs beside it. When the array has finished, the same command with `--gather`
 writes the summary and the plot from the finished runs, launching nothing:
 
-    python experiments/sweep.py --config=configs/rotation.py --workdir=runs/rot_sweep \
+    python experiments/sweep.py --config=configs/rotation.py --workdir=runs/rot_sweep \\
         --slurm --parallel=4 --slurm_partition=gpu --slurm_gpus=1 --slurm_time=2:00:00
     python experiments/sweep.py ... --slurm --dry_run    # print the batch script only
     python experiments/sweep.py ... --gather             # after the array: summarise
@@ -49,6 +49,7 @@ _SET = flags.DEFINE_multi_string(
 )
 _METRIC = flags.DEFINE_string("metric", "linear_probe.top1", "results.json field to plot.")
 launch.define_flags()  # --parallel, --dry_run, --slurm, --slurm_*, --gather
+flags.adopt_module_key_flags(launch)  # ... listed by --help, not only --helpfull
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from typing import Any
 
@@ -31,6 +32,15 @@ from ml_collections import ConfigDict
 from ssl_jax.data import augment
 
 _FORMAT = "ssl_jax.encoder/1"
+
+
+class _ReadOnlyNotice(logging.Filter):
+    """Drops orbax's "Given directory is read only" warning, which opening a
+    workdir's checkpoints for reading (as `load_encoder` must, beside a
+    possibly live run) logs every time; every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
 
 
 @dataclasses.dataclass
@@ -92,7 +102,12 @@ def _load_workdir(workdir: str) -> Encoder:
     )
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise CheckpointError(f"{workdir} holds no checkpoint yet: train first.")
-    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints, read_only=True)
+    absl_logger, notice = logging.getLogger("absl"), _ReadOnlyNotice()  # orbax logs through absl
+    absl_logger.addFilter(notice)
+    try:
+        checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints, read_only=True)
+    finally:
+        absl_logger.removeFilter(notice)
     try:
         restored = checkpointer.restore_latest(like=train.init_state(trained, tx), set_aside=False)
     finally:

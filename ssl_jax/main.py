@@ -1,7 +1,7 @@
 """Command-line entry point: parses flags, runs one experiment.
 
     python -m ssl_jax.main --config=configs/rotation.py --workdir=runs/rotation
-    python -m ssl_jax.main --config=configs/rotation.py:runlocal --workdir=/tmp/r \
+    python -m ssl_jax.main --config=configs/rotation.py:runlocal --workdir=/tmp/r \\
         --config.train_steps=50
     ssl-jax --config=simclr:runlocal --workdir=/tmp/s   # an installed package's configs, by name
 

@@ -1,7 +1,7 @@
 """Writes a dataset's images, still encoded, into ArrayRecord shards for streaming.
 
     python -m ssl_jax.prepare --source=imagefolder:/data/imagenet --out=/data/imagenet_records
-    python -m ssl_jax.prepare --source=tfds:imagenette --data_dir=~/tensorflow_datasets \
+    python -m ssl_jax.prepare --source=tfds:imagenette --data_dir=~/tensorflow_datasets \\
         --out=/data/imagenette_records
 
 An image folder is `root/train/<class>/<image>` plus `root/test/<class>/...`

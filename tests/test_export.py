@@ -59,6 +59,21 @@ def test_loaded_and_exported_encoders_give_the_evaluators_features(workdirs, tmp
     np.testing.assert_array_equal(exported(images), features)
 
 
+def test_load_encoder_prints_no_read_only_warning(workdirs, caplog):
+    """orbax logs "Given directory is read only" whenever a reader opens a
+    workdir's checkpoints; load_encoder drops that record, and no other."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        encoder = ssl_jax.load_encoder(str(workdirs / "simclr"))
+        absl_logging.warning("a warning after load_encoder")
+    assert encoder.info["step"] == 6
+    assert "read only" not in caplog.text
+    assert "a warning after load_encoder" in caplog.text  # absl's logger still speaks
+
+
 def test_dino_exports_its_teacher(workdirs):
     from ml_collections import ConfigDict
 
