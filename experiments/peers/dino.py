@@ -27,7 +27,7 @@ from lightly.loss import DINOLoss
 from lightly.models.modules.heads import DINOProjectionHead
 from lightly.models.utils import deactivate_requires_grad
 
-from experiments.peers import views
+from experiments.peers import models, views
 from experiments.peers.methods import Method
 
 
@@ -35,7 +35,7 @@ class DINO(Method):
     implemented = {"global_views", "local_view", "num_local", "out_dim", "hidden_dim"}
     implemented |= {"bottleneck_dim", "student_temperature", "teacher_temperature"}
     implemented |= {"warmup_teacher_temperature", "teacher_temperature_warmup"}
-    implemented |= {"center_momentum", "base_momentum", "freeze_prototypes"}
+    implemented |= {"center_momentum", "base_momentum", "freeze_prototypes", "head_init"}
     teacher_pairs = ("encoder", "head")
 
     def __init__(self, config, encoder, **kw):
@@ -70,7 +70,9 @@ class DINO(Method):
                 freeze_last_layer=np.float32(k["freeze_prototypes"]),
                 norm_last_layer=True,
             )
-        with torch.no_grad():  # ssl_jax's prototypes; lightly's MLP init is ssl_jax's "dino"
+        if k["head_init"] != "dino":  # lightly's MLP init is ssl_jax's "dino"
+            models.init_linears(head.layers, k["head_init"])
+        with torch.no_grad():  # ssl_jax's prototypes
             torch.nn.init.trunc_normal_(head.last_layer.weight_v, std=0.02, a=-0.04, b=0.04)
         return head
 

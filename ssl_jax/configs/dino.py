@@ -104,6 +104,7 @@ RECIPES = {
             "hidden_dim": 256,
             "bottleneck_dim": 64,
             "base_momentum": 0.99,
+            "head_init": "lecun",  # the init this recipe was tuned with (tasks/dino.py)
         },
         "baselines": {"supervised_task_kwargs": {"flip": False}},
         "batch_size": 128,
@@ -167,6 +168,7 @@ def get_config(arg: str | None = None):
                 "out_dim": 32,
                 "hidden_dim": 16,
                 "bottleneck_dim": 8,
+                "head_init": "lecun",
                 **_views(16, 8, global_scale=(0.4, 1.0), local_scale=(0.1, 0.4)),
             }
         },

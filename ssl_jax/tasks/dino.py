@@ -16,7 +16,11 @@ Details that matter:
   encoder separately (a ViT's sin-cos positions fit any grid).
 - The head: a 3-layer MLP (GELU, no batch norm) to a bottleneck, l2
   normalisation, then a weight-normalised linear layer to K prototypes whose
-  norm is fixed to 1 (the reference's `norm_last_layer=True`).
+  norm is fixed to 1 (the reference's `norm_last_layer=True`). Its MLP starts
+  as the reference's (`head_init="dino"`: std 0.02), which suits the
+  reference's 2048-wide layers; the digits and runlocal recipes, whose heads
+  are 16-256 wide, keep Flax's default (`"lecun"`): at std 0.02 a 16-wide
+  layer shrinks its input ~40-fold and the runlocal run stopped learning.
 - The centre (momentum 0.9) is model state updated in `loss` from the teacher
   outputs, as batch-norm statistics are; the teacher temperature warms up
   linearly from `warmup_teacher_temperature` to its final value over the
@@ -65,13 +69,14 @@ class DINOHead(nnx.Module):
         *,
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
+        init: str = "dino",
         rngs: nnx.Rngs,
     ):
         self.mlp = MLP(
             [in_dim, hidden_dim, hidden_dim, bottleneck_dim],
             norm=False,
             activation="gelu",
-            init="dino",
+            init=init,
             rngs=rngs,
         )
         init = nnx.initializers.truncated_normal(0.02)
@@ -115,6 +120,7 @@ class DINOTask(Task):
         center_momentum: float = 0.9,
         base_momentum: float = 0.996,
         freeze_prototypes: float = 0.0,
+        head_init: str = "dino",
     ):
         if not (0 <= teacher_temperature_warmup <= 1 and 0 <= freeze_prototypes <= 1):
             raise ValueError(
@@ -131,6 +137,7 @@ class DINOTask(Task):
             out_dim,
             hidden_dim=hidden_dim,
             bottleneck_dim=bottleneck_dim,
+            init=head_init,
             rngs=rngs,
         )
         self.teacher = teacher.Teacher(encoder=encoder, head=self.head)
