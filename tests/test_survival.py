@@ -86,4 +86,7 @@ def test_same_loss_on_one_and_eight_devices(tmp_path, config):
     run_main(eight, *common, devices=8, config=config)
     a, b = losses(one), losses(eight)
     assert a.keys() == b.keys()
-    np.testing.assert_allclose(list(a.values()), list(b.values()), rtol=2e-4)
+    # atol: a loss that crosses zero (SimSiam's negative cosine, 0.016 at step
+    # 4 of its runlocal run at learning rate 2) has no meaningful relative
+    # error; 8 devices reassociate the sums (4e-5 there), a bug moves O(1).
+    np.testing.assert_allclose(list(a.values()), list(b.values()), rtol=2e-4, atol=1e-4)
