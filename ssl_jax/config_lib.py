@@ -225,6 +225,21 @@ def image_only_options(options: ConfigDict, task: str, family: str) -> None:
 SMALL_WARMUP = 0.1
 
 
+def solo_learn_lars(learning_rate: float, weight_decay: float) -> dict:
+    """The optimizer of solo-learn's CIFAR recipes (`optimizer.kwargs` of its
+    yaml files): LARS with trust coefficient 0.02 and each adapted step
+    clipped to plain SGD's (`clip_lr`: LARC), biases and norms excluded; the
+    short-run warm-up of `SMALL_WARMUP`."""
+    return {
+        "name": "lars",
+        "learning_rate": learning_rate,
+        "warmup_fraction": SMALL_WARMUP,
+        "weight_decay": weight_decay,
+        "trust_coefficient": 0.02,
+        "lars_clip": True,
+    }
+
+
 # ----------------------------------------------------------------------------- views
 # Augmented-view recipes (fields of ssl_jax.data.augment.ViewRecipe) shared by
 # the configs of the two-view methods.

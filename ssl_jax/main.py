@@ -22,6 +22,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from ssl_jax import cli
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file, e.g. configs/rotation.py:runlocal.", lock_config=True
 )
@@ -175,24 +177,9 @@ def _missing_field(error: Exception, argv: list[str]) -> str | None:
     return None
 
 
-def _help_lists_flags(module_name: str) -> None:
-    """Makes `--help` list the flags of `module_name`. absl's `--help` shows
-    the key flags of the program's main module, which it knows by
-    `sys.argv[0]`: for `python -m ssl_jax.main` that is this file, but for a
-    console script (`ssl-jax`) it is the launcher pip wrote, which defines no
-    flags, so `--help` listed none. Declaring the module's flags key flags of
-    `sys.argv[0]` too shows them either way; the launcher's missing
-    docstring (the usage text above the flags) becomes the module's."""
-    for flag in flags.FLAGS.get_key_flags_for_module(module_name):
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    launcher = sys.modules.get("__main__")
-    if launcher is not None and not launcher.__doc__:
-        launcher.__doc__ = sys.modules[module_name].__doc__
-
-
 def console() -> None:
     """The `ssl-jax` command (pyproject's console script)."""
-    _help_lists_flags(__name__)
+    cli.help_lists_flags(__name__)
     app.run(main, flags_parser=_parse_flags)
 
 

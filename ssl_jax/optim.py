@@ -177,21 +177,19 @@ def make_optimizer(
         # 4.4; solo-learn's `static_lr`): the same optimizer, another schedule.
         fixed = optax.constant_schedule(scaled_learning_rate(opt, batch_size))
         fixed_tx = _with_bias_scale(opt, OPTIMIZERS[opt.name](opt, fixed))
-        tx = optax.multi_transform(
-            {"scheduled": tx, "fixed": fixed_tx}, _fixed_lr_labels(tuple(opt.fixed_lr_modules))
+        in_fixed = _in_modules(tuple(opt.fixed_lr_modules), "fixed_lr_modules")
+        labels = lambda params: jax.tree.map(
+            lambda fixed: "fixed" if fixed else "scheduled", in_fixed(params)
         )
+        tx = optax.multi_transform({"scheduled": tx, "fixed": fixed_tx}, labels)
     for module, scale in opt.module_lr_scales:
         # A module's steps scaled, e.g. a pretrained encoder fine-tuned at a
         # tenth of its new head's rate.
-        tx = optax.chain(tx, optax.masked(optax.scale(float(scale)), _module_mask(module)))
+        mask = _in_modules((module,), "module_lr_scales")
+        tx = optax.chain(tx, optax.masked(optax.scale(float(scale)), mask))
     if opt.grad_clip_norm:
         tx = optax.chain(CLIPPING[opt.grad_clip](opt.grad_clip_norm), tx)
     return tx, schedule
-
-
-def _module_mask(module: str) -> Callable:
-    labels = _fixed_lr_labels((module,), field="module_lr_scales")
-    return lambda params: jax.tree.map(lambda label: label == "fixed", labels(params))
 
 
 def _with_bias_scale(opt: ConfigDict, tx: optax.GradientTransformation):
@@ -203,12 +201,13 @@ def _with_bias_scale(opt: ConfigDict, tx: optax.GradientTransformation):
     return optax.chain(tx, optax.masked(optax.scale(opt.bias_lr_scale), not_decayed))
 
 
-def _fixed_lr_labels(modules: tuple[str, ...], field: str = "fixed_lr_modules") -> Callable:
-    """Labels "fixed" for the parameters under the task's top-level attributes
-    named in `modules` (e.g. "predictor"), "scheduled" for the rest; the
-    labels keep the parameters' container type (a dict or an nnx.State)."""
+def _in_modules(modules: tuple[str, ...], field: str) -> Callable:
+    """params -> True for the parameters under the task's top-level attributes
+    named in `modules` (e.g. "predictor"), False elsewhere, in the parameters'
+    container type (a dict or an nnx.State); `field` names the config field
+    in the error for a module the task lacks."""
 
-    def labels(params):
+    def membership(params):
         unknown = set(modules) - set(params.keys())
         if unknown:
             raise ValueError(
@@ -216,14 +215,13 @@ def _fixed_lr_labels(modules: tuple[str, ...], field: str = "fixed_lr_modules") 
                 f"have; its modules are {sorted(params.keys())}."
             )
 
-        def label(path, _):
+        def member(path, _):
             top = path[0]
-            name = getattr(top, "key", getattr(top, "name", None))
-            return "fixed" if name in modules else "scheduled"
+            return getattr(top, "key", getattr(top, "name", None)) in modules
 
-        return jax.tree_util.tree_map_with_path(label, params)
+        return jax.tree_util.tree_map_with_path(member, params)
 
-    return labels
+    return membership
 
 
 def _clip_each_tensor(max_norm: float) -> optax.GradientTransformation:

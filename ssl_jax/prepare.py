@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from absl import app, flags
 from absl import logging as absl_logging
 
+from ssl_jax import cli
 from ssl_jax.data import decode, records
 from ssl_jax.data.datasets import IMAGE_EXTENSIONS, DatasetError, _visible_entries
 
@@ -224,15 +225,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def console() -> None:
     """The `ssl-jax-prepare` command (pyproject's console script)."""
-    # absl's --help lists the key flags of the module named by sys.argv[0]:
-    # for a console script that is pip's launcher, which defines none, so
-    # declare this module's flags key flags of it too, and give it this
-    # module's docstring as the usage text (as ssl_jax.main does).
-    for flag in flags.FLAGS.get_key_flags_for_module(__name__):
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    launcher = sys.modules.get("__main__")
-    if launcher is not None and not launcher.__doc__:
-        launcher.__doc__ = __doc__
+    cli.help_lists_flags(__name__)
     app.run(main, flags_parser=_parse_flags)
 
 

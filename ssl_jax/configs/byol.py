@@ -27,14 +27,7 @@ _SMALL = {
     "task_kwargs": {"views": config_lib.cifar_views(), "base_momentum": 0.99},
     "batch_size": 256,
     "train_steps": 195_300,
-    "optimizer": {
-        "name": "lars",
-        "learning_rate": 1.0,
-        "warmup_fraction": config_lib.SMALL_WARMUP,
-        "weight_decay": 1e-5,
-        "trust_coefficient": 0.02,
-        "lars_clip": True,
-    },
+    "optimizer": config_lib.solo_learn_lars(1.0, weight_decay=1e-5),
 }
 
 RECIPES = {

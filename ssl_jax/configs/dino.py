@@ -54,14 +54,7 @@ _SMALL = {
     },
     "batch_size": 256,
     "train_steps": 195_300,
-    "optimizer": {
-        "name": "lars",
-        "learning_rate": 0.3,
-        "warmup_fraction": config_lib.SMALL_WARMUP,
-        "weight_decay": 1e-6,
-        "trust_coefficient": 0.02,
-        "lars_clip": True,
-    },
+    "optimizer": config_lib.solo_learn_lars(0.3, weight_decay=1e-6),
 }
 
 # 64 px photos: the ViT recipe (a ViT-Ti/8, 2 x 64 + 6 x 32 px crops, AdamW).

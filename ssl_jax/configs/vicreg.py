@@ -34,14 +34,7 @@ _SMALL = {
     },
     "batch_size": 256,
     "train_steps": 195_300,
-    "optimizer": {
-        "name": "lars",
-        "learning_rate": 0.3,
-        "warmup_fraction": config_lib.SMALL_WARMUP,
-        "weight_decay": 1e-4,
-        "trust_coefficient": 0.02,
-        "lars_clip": True,
-    },
+    "optimizer": config_lib.solo_learn_lars(0.3, weight_decay=1e-4),
 }
 
 RECIPES = {

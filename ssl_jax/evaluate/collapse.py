@@ -73,12 +73,6 @@ def effective_rank(z: jax.Array, eps: float = RANKME_EPS) -> jax.Array:
     return jnp.exp(-jnp.sum(p * jnp.log(p)))
 
 
-def rank_fraction(z: jax.Array) -> jax.Array:
-    """`effective_rank(z)` over the largest rank `z` could have, min(N, D):
-    one figure for any width, so one warning threshold fits every encoder."""
-    return effective_rank(z) / min(z.shape)
-
-
 class CollapseWatch:
     """Warns once when a run's embeddings have stayed dimensionally collapsed:
     `effective_rank_fraction` (logged by every task) below `min_rank_fraction`

@@ -143,8 +143,6 @@ class JointEmbeddingTask(Task):
       representation's quality during pretraining (BYOL's reference does it).
     """
 
-    per_view_norm = True
-
     def init_views(self, encoder, views, *, rngs: nnx.Rngs, count: int = 2, num_classes=0):
         if len(views) != count:
             raise ValueError(f"{type(self).__name__} needs {count} views, got {len(views)}.")
@@ -166,8 +164,6 @@ class JointEmbeddingTask(Task):
     def per_view(self, network, x):
         """`network(rows)` on each view's rows of `x` ([V * B, ...], view 0
         first), concatenated; outputs may be a tuple of arrays."""
-        if not self.per_view_norm:
-            return network(x)
         outputs = [network(rows) for rows in jnp.split(x, len(self.views))]
         return jax.tree.map(lambda *parts: jnp.concatenate(parts), *outputs)
 

@@ -141,7 +141,9 @@ def test_collapse_watch_warns_once_after_a_sustained_collapse():
 
 
 def test_rank_fraction_is_the_effective_rank_over_its_maximum():
+    from ssl_jax.tasks.base import collapse_metrics
+
     z = jax.random.normal(jax.random.key(0), (64, 16))
     np.testing.assert_allclose(
-        collapse.rank_fraction(z), collapse.effective_rank(z) / 16, rtol=1e-6
+        collapse_metrics(z)["effective_rank_fraction"], collapse.effective_rank(z) / 16, rtol=1e-6
     )
