@@ -4,8 +4,9 @@
 padding 1) - BatchNorm - ReLU] x depth, the first convolution at
 `stem_stride`, the first of every later stage at stride 2, global average
 pooling. Convolutions get He-normal init with fan_out (ssl_jax's
-`layers.he_normal`); batch norm keeps running averages with momentum 0.9 in
-Flax's convention, which is PyTorch's `momentum=0.1`, eps 1e-5.
+`layers.he_normal`) or, with `conv_init="torch"`, PyTorch's own default;
+batch norm keeps running averages with momentum 0.9 in Flax's convention,
+which is PyTorch's `momentum=0.1`, eps 1e-5.
 
 `mlp` builds ssl_jax's `models.heads.MLP` from lightly's generic
 `ProjectionHead` blocks (same layers, biases and batch norms; PyTorch's
@@ -37,8 +38,11 @@ class ConvNet(nn.Module):
         widths: Sequence[int] = (32, 64, 128),
         depth: int = 2,
         stem_stride: int = 2,
+        conv_init: str = "he",
     ):
         super().__init__()
+        if conv_init not in ("he", "torch"):
+            raise ValueError(f"Unknown conv_init {conv_init!r}; choose he or torch.")
         if not widths or depth < 1:
             raise ValueError(f"ConvNet needs a stage and depth >= 1, got {widths=}, {depth=}.")
         layers: list[nn.Module] = []
@@ -47,7 +51,9 @@ class ConvNet(nn.Module):
             for i in range(depth):
                 stride = (2 if stage > 0 else stem_stride) if i == 0 else 1
                 conv = nn.Conv2d(channels, width, 3, stride=stride, padding=1, bias=False)
-                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+                if conv_init == "he":
+                    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+                # "torch": nn.Conv2d's constructor has already drawn its default.
                 bn = nn.BatchNorm2d(width, eps=BN_EPS, momentum=BN_MOMENTUM)
                 layers += [conv, bn, nn.ReLU()]
                 channels = width

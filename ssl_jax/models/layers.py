@@ -16,11 +16,39 @@ from flax import nnx
 # keeps the variance of the backward signal constant through ReLU layers.
 he_normal = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
+# The convolution initialisations an encoder may ask for by name.
+CONV_INITS = {
+    "he": he_normal,
+    # PyTorch's own default for nn.Conv2d (kaiming_uniform with a=sqrt(5)):
+    # uniform with variance 1 / (3 fan_in), six times smaller than He fan_out
+    # for a square 3x3 layer. Under batch norm a smaller weight means a larger
+    # effective step (the output is scale-free, the gradient scales as 1/|w|):
+    # it helped rotation's short SGD run on photos and hurt BYOL and SimSiam
+    # (docs/results.md, "Every method").
+    "torch": nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+}
+
+
+def conv_initializer(name: str):
+    """`CONV_INITS[name]`, or a one-line error naming the choices."""
+    if name not in CONV_INITS:
+        raise ValueError(
+            f"Unknown conv_init {name!r}; choose one of {', '.join(sorted(CONV_INITS))}."
+        )
+    return CONV_INITS[name]
+
 
 def conv(
-    in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, rngs: nnx.Rngs
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    init: str = "he",
+    rngs: nnx.Rngs,
 ) -> nnx.Conv:
-    """A bias-free square convolution (a batch norm follows it) with He init.
+    """A bias-free square convolution (a batch norm follows it), initialised
+    as `CONV_INITS[init]` (He by default).
 
     Padding is explicit and symmetric (`kernel_size // 2` on each side), as in
     the PyTorch reference models; "SAME" would pad stride-2 convolutions on
@@ -34,7 +62,7 @@ def conv(
         strides=stride,
         padding=((pad, pad), (pad, pad)),
         use_bias=False,
-        kernel_init=he_normal,
+        kernel_init=conv_initializer(init),
         rngs=rngs,
     )
 
@@ -61,9 +89,12 @@ class ConvBN(nnx.Module):
         *,
         stride: int = 1,
         zero_scale: bool = False,
+        init: str = "he",
         rngs: nnx.Rngs,
     ):
-        self.conv = conv(in_channels, out_channels, kernel_size, stride=stride, rngs=rngs)
+        self.conv = conv(
+            in_channels, out_channels, kernel_size, stride=stride, init=init, rngs=rngs
+        )
         self.bn = batch_norm(out_channels, zero_scale=zero_scale, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:

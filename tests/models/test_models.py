@@ -294,3 +294,34 @@ def test_conv_kernels_have_he_fan_out_init():
     assert kernel.shape == (3, 3, 64, 64)
     assert np.isclose(float(jnp.std(kernel)), math.sqrt(2 / fan_out), rtol=0.05)
     assert not model.layers[3].conv.use_bias
+
+
+@pytest.mark.parametrize("conv_init", ["he", "torch"])
+def test_convnet_conv_init_statistics(conv_init):
+    """ "he": He normal with fan_out (std sqrt(2 / (9 out))); "torch": PyTorch's
+    nn.Conv2d default, U(+-1/sqrt(fan_in)) (std 1/sqrt(3 * 9 in)). The CIFAR
+    recipes' choice rests on the difference, so both are pinned."""
+    model = build("convnet", conv_init=conv_init, widths=(64, 64), depth=1)
+    w = np.asarray(model.layers[1].conv.kernel[...])  # 3x3, 64 -> 64
+    fan_in = fan_out = 9 * 64
+    if conv_init == "he":
+        np.testing.assert_allclose(w.std(), math.sqrt(2 / fan_out), rtol=0.05)
+    else:
+        bound = 1 / math.sqrt(fan_in)
+        assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
+        np.testing.assert_allclose(w.std(), bound / math.sqrt(3), rtol=0.05)
+
+
+def test_convnet_torch_init_matches_pytorch_itself():
+    torch = pytest.importorskip("torch")
+    reference = torch.nn.Conv2d(64, 128, 3, bias=False).weight.detach().numpy()
+    ours = np.asarray(
+        build("convnet", conv_init="torch", widths=(64, 128), depth=1).layers[1].conv.kernel[...]
+    )
+    np.testing.assert_allclose(ours.std(), reference.std(), rtol=0.03)
+    np.testing.assert_allclose(np.abs(ours).max(), np.abs(reference).max(), rtol=0.01)
+
+
+def test_unknown_conv_init_is_refused():
+    with pytest.raises(ValueError, match="conv_init 'lecun'; choose one of he, torch"):
+        build("convnet", conv_init="lecun")
