@@ -36,6 +36,7 @@ class DINO(Method):
     implemented |= {"bottleneck_dim", "student_temperature", "teacher_temperature"}
     implemented |= {"warmup_teacher_temperature", "teacher_temperature_warmup"}
     implemented |= {"center_momentum", "base_momentum", "freeze_prototypes", "head_init"}
+    implemented |= {"head_batch_norm"}
     teacher_pairs = ("encoder", "head")
 
     def __init__(self, config, encoder, **kw):
@@ -66,7 +67,7 @@ class DINO(Method):
                 k["hidden_dim"],
                 k["bottleneck_dim"],
                 k["out_dim"],
-                batch_norm=False,
+                batch_norm=bool(k["head_batch_norm"]),
                 freeze_last_layer=np.float32(k["freeze_prototypes"]),
                 norm_last_layer=True,
             )

@@ -115,3 +115,27 @@ def test_a_step_counts_itself_and_the_probe_reads_the_teacher():
     np.testing.assert_allclose(task.features(images), teacher, rtol=1e-5, atol=1e-6)
     student = task.encoder((images / 255.0 - 0.5) / 0.5, train=False)
     assert not np.allclose(student, teacher)  # one step apart: the probe must read the teacher
+
+
+def _mean_cosine(x):
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    similarity = x @ x.T
+    return similarity[~np.eye(len(x), dtype=bool)].mean()
+
+
+def test_head_batch_norm_separates_images_that_share_a_large_common_part():
+    """The CIFAR recipe's `head_batch_norm` (the reference's use_bn_in_head):
+    pooled ReLU features share a large common part; without batch norm every
+    image reaches nearly the same bottleneck point (and, once centred, the
+    teacher's output is uniform), with it the images stay apart."""
+    rng = np.random.default_rng(0)
+    features = 5.0 + 0.05 * rng.normal(size=(64, 32)).astype(np.float32)
+    cosines = {}
+    for batch_norm in (False, True):
+        task = train.build_task(_config(head_batch_norm=batch_norm, head_init="torch"))
+        assert len(task.head.mlp.norms) == (2 if batch_norm else 0)
+        head = task.head.mlp
+        head_in = jnp.asarray(features[:, : head.linears[0].in_features])
+        cosines[batch_norm] = _mean_cosine(np.asarray(head(head_in, train=True)))
+    assert cosines[False] > 0.99
+    assert cosines[True] < 0.5
