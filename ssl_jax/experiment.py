@@ -36,6 +36,7 @@ from ssl_jax.evaluators import (
     supervised_config,
     supervised_from_scratch,
 )
+from ssl_jax.registry import EVALUATORS
 
 
 def load_splits(name: str, config: ConfigDict):
@@ -134,7 +135,7 @@ def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[st
     train_split, test_split = splits(config.dataset)
     probe_splits = splits(config.probe.dataset or config.dataset)
     config = fill_from_dataset(config, train_split)
-    evaluators.check_memory(config, splits)
+    evaluators.check_data(config, splits)
     data = training_data(config, train_split)
 
     evaluator = knn_evaluator(config, probe_splits, mesh)
@@ -158,7 +159,7 @@ def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[st
     }
     context = evaluators.Context(config, workdir, mesh, trained, splits, allow_config_change)
     for name, args in config.evals.items():
-        results[name] = evaluators.EVALUATORS[args.type](context, name, args)
+        results[name] = EVALUATORS.get(args.type)(context, name, args)
     if config.baselines.random_init:
         initial = train.split_task(train.build_task(config))
         results["random_init"] = {
@@ -244,6 +245,9 @@ def format_table(results: dict[str, Any]) -> str:
         rows.append(("random init", results["random_init"]["linear_probe"]))
     if "supervised" in results:
         rows.append(("supervised", results["supervised"]["linear_probe"]))
+    for name, entry in results.items():
+        if isinstance(entry, dict) and entry.get("baseline") == "bag_of_tokens":
+            rows.append((f"{name} (no network)", entry))
     few = [
         f"{f['fraction']:.0%}" if "fraction" in f else f"{f['per_class']}/class"
         for f in (rows[0][1]["few_labels"] if rows else ())
@@ -269,7 +273,7 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"{'supervised from scratch':<24}{first}{'-':>8}{cells}{'-':>8}")
     for name, entry in results.items():
         if isinstance(entry, dict) and "top1" in entry and "few_labels" in entry:
-            if name != "linear_probe":  # another linear_probe evaluator: a transfer
+            if name != "linear_probe" and "baseline" not in entry:  # a transfer
                 line = f"{name} ({entry.get('dataset', '')}): top-1 {entry['top1']:.3f}"
                 baseline = results.get("random_init", {}).get(name)
                 if baseline:

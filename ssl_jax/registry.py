@@ -1,10 +1,13 @@
-"""Name -> constructor lookups for tasks, models and datasets.
+"""Name -> constructor lookups for tasks, models, encoder families,
+datasets and evaluators: one mechanism for every part a config names.
 
-Configs name their parts with strings (`config.task = "rotation"`); the
+Configs name their parts with strings (`config.task = "rotation"`,
+`config.evals.x.type = "linear_probe"`, `config.dataset = "digits"`); the
 registries turn those names into constructors. A module registers itself with a
-decorator, and each package (`ssl_jax.tasks`, `ssl_jax.models`) imports all of
-its submodules on first use, so adding a file is enough: there is no import
-table to maintain.
+decorator, and each registry imports its home on first use: every submodule
+of a package (`ssl_jax.tasks`, `ssl_jax.models`), so adding a file is enough,
+or the one module that defines the entries (`ssl_jax.evaluators`,
+`ssl_jax.data.datasets`). There is no import table to maintain.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ class UnknownNameError(KeyError):
 
 
 class Registry:
-    """A dict of named constructors that fills itself from one package."""
+    """A dict of named constructors that fills itself from one package (all
+    its submodules) or one module."""
 
     def __init__(self, kind: str, package: str):
         self.kind = kind
@@ -45,13 +49,17 @@ class Registry:
         if self._loaded:
             return
         package = importlib.import_module(self._package)
-        for module in pkgutil.iter_modules(package.__path__):
+        for module in pkgutil.iter_modules(getattr(package, "__path__", [])):
             importlib.import_module(f"{self._package}.{module.name}")
         self._loaded = True
 
     def names(self) -> list[str]:
         self._load()
         return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        self._load()
+        return name in self._entries
 
     def get(self, name: str) -> Callable[..., Any]:
         self._load()
@@ -70,3 +78,9 @@ MODELS = Registry("model", "ssl_jax.models")
 # the family's variant for it (`ssl_jax.models.presets.EncoderPreset`), so the
 # configs' `encoder=` option and recipes name a family, never a size.
 ENCODERS = Registry("encoder family", "ssl_jax.models")
+# Evaluators of a trained encoder (`config.evals.<name>.type`).
+EVALUATORS = Registry("evaluator", "ssl_jax.evaluators")
+# Dataset sources, by the part of `config.dataset` before the first colon
+# (`digits`, `tfds`, `imagefolder`, ...): loader(arg, split, image_size,
+# data_dir, cache_dir).
+DATASETS = Registry("dataset source", "ssl_jax.data.datasets")

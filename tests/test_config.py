@@ -67,6 +67,30 @@ def test_registry_suggests_close_names():
         TASKS.get("rotatoin")
 
 
+def test_one_registry_mechanism_for_every_named_part():
+    """Tasks, models, encoder families, datasets and evaluators are all
+    `registry.Registry`s, each filling itself from its home module(s) on
+    first use; no module keeps a name -> constructor dict of its own."""
+    import pathlib
+    import re
+
+    from ssl_jax import registry
+
+    found = {k: v for k, v in vars(registry).items() if isinstance(v, registry.Registry)}
+    assert set(found) == {"TASKS", "MODELS", "ENCODERS", "DATASETS", "EVALUATORS"}
+    assert {"digits", "imagefolder", "tfds", "pydoc"} <= set(registry.DATASETS.names())
+    assert {"linear_probe", "fine_tune", "bag_of_tokens"} <= set(registry.EVALUATORS.names())
+    # The error message's list of dataset forms names every registered source.
+    from ssl_jax.data.datasets import dataset_names
+
+    forms = {name.partition(":")[0].partition("[")[0] for name in dataset_names()}
+    assert forms == set(registry.DATASETS.names())
+    source = pathlib.Path(registry.__file__).parent
+    lookup = re.compile(r"^_?[A-Z_]*(LOADERS|EVALUATORS|REGISTRY)\b.*=\s*\{", re.M)
+    offenders = [p.name for p in source.rglob("*.py") if lookup.search(p.read_text())]
+    assert offenders == []
+
+
 @pytest.mark.parametrize("path", IMAGE_CONFIGS, ids=lambda p: p.name)
 @pytest.mark.parametrize("runlocal", [False, True])
 def test_encoder_vit_gives_every_task_the_same_encoder(path, runlocal):

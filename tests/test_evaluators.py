@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from ssl_jax import config_lib, evaluators, experiment, optim, train
+from ssl_jax.registry import EVALUATORS
 from tests.test_main import run_main
 
 
@@ -197,3 +198,62 @@ def test_a_fine_tune_warmup_longer_than_its_steps_is_refused_before_pretraining(
     config.evals.fine_tune.optimizer.update(warmup_fraction=0.0, warmup_steps=50)
     with pytest.raises(ValueError, match="longer than the run"):
         evaluators.check(config.evals)
+
+
+def test_token_frequencies_count_each_sequences_real_tokens():
+    tokens = np.array([[3, 3, 5, 9, 9], [5, 9, 9, 9, 9]], np.int32)  # 9 is padding here
+    freq = evaluators.token_frequencies(tokens, vocab_size=10, pad_id=9)
+    expected = np.zeros((2, 10), np.float32)
+    expected[0, [3, 5]] = [2 / 3, 1 / 3]
+    expected[1, 5] = 1.0
+    np.testing.assert_allclose(freq, expected)
+
+
+def _token_splits(num_classes=3, same_bytes=False):
+    """Token data whose classes differ in the bytes they use, or (same_bytes)
+    only in the order of the same bytes."""
+    from ssl_jax.data.datasets import ArrayDataset
+
+    rng = np.random.default_rng(0)
+
+    def split(n, seed):
+        labels = np.random.default_rng(seed).integers(num_classes, size=n).astype(np.int32)
+        if same_bytes:  # every row is a shuffle-free rotation of the same 12 bytes
+            base = np.arange(97, 109)
+            tokens = np.stack([np.roll(base, 4 * c) for c in labels])
+        else:
+            tokens = 97 + 4 * labels[:, None] + rng.integers(4, size=(n, 12))
+        return ArrayDataset(tokens.astype(np.int32), labels, num_classes, "toy", "tokens")
+
+    return split(90, 1), split(60, 2)
+
+
+@pytest.mark.parametrize("same_bytes", [False, True])
+def test_bag_of_tokens_sees_which_bytes_not_their_order(same_bytes, tmp_path):
+    config = config_lib.get_config("mlm", "runlocal")
+    splits = _token_splits(same_bytes=same_bytes)
+    context = evaluators.Context(config, str(tmp_path), None, None, lambda name: splits)
+    result = EVALUATORS.get("bag_of_tokens")(context, "bag_of_bytes", config.evals.bag_of_bytes)
+    assert result["baseline"] == "bag_of_tokens" and result["few_labels"]
+    if same_bytes:  # identical histograms: chance (1/3) at best
+        assert result["top1"] < 0.5 and result["knn_top1"] < 0.5
+    else:
+        assert result["top1"] > 0.95 and result["knn_top1"] > 0.95
+    table = experiment.format_table(
+        {
+            "task": "mlm",
+            "model": "t",
+            "probe_dataset": "toy",
+            "train_steps": 1,
+            "linear_probe": result,
+            "bag_of_bytes": result,
+        }
+    )
+    assert "bag_of_bytes (no network)" in table
+
+
+def test_bag_of_tokens_on_images_is_refused_before_pretraining():
+    config = config_lib.get_config("mlm", "runlocal")
+    images = experiment.load_splits("digits", config_lib.get_config("rotation", "runlocal"))
+    with pytest.raises(ValueError, match=r"evals.bag_of_bytes \(bag_of_tokens\) needs a token"):
+        evaluators.check_data(config, lambda name: images)

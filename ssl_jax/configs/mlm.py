@@ -36,7 +36,16 @@ def get_config(arg: str | None = None):
             "task_kwargs": {"mask_rate": options.mask_rate},
             # Width 64, depth 2 over 128 bytes: ~0.1 GFLOP per sequence, so 1000
             # steps take minutes on 2 CPU cores (width 128, depth 4: 0.78, ~40 min).
-            "model_kwargs": {"embed_dim": 64, "depth": 2, "num_heads": 4},
+            # Features: the last layer's mean next to the token embeddings'
+            # mean (models/sequence.py POOLS), a rule set before measuring
+            # (the last layer alone probed below a random encoder; its
+            # embeddings' mean is a learned bag of bytes).
+            "model_kwargs": {
+                "embed_dim": 64,
+                "depth": 2,
+                "num_heads": 4,
+                "pool": "embedding_and_last",
+            },
             "batch_size": 64,
             # 600 steps: ~10 min on 2 shared CPU cores (1000 took 15).
             "train_steps": 600,
@@ -54,6 +63,8 @@ def get_config(arg: str | None = None):
             "probe": {"labels_per_class": (5, 10)},
         },
     )
+    # The no-network baseline: each chunk as its byte frequencies, probed alike.
+    config.evals.bag_of_bytes = {"type": "bag_of_tokens"}
     config = config_lib.finish(config, options, "", encoder=_FAMILY)
     # CPU-sized: float32 on the embedded corpus, bfloat16 for TFDS corpora (accelerators).
     embedded = options.dataset.startswith("pydoc") or options.runlocal

@@ -31,7 +31,6 @@ files' names, sizes and mtimes, so a changed source is decoded again.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import hashlib
 import io
 import json
@@ -41,120 +40,34 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
-from typing import ClassVar
 
 import numpy as np
 from PIL import Image
 
-SPLITS = ("train", "test")
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# Each source module registers its loader in DATASETS when imported.
+from ssl_jax.data import digits, synthetic, text, video  # noqa: F401
+from ssl_jax.data.base import (  # noqa: F401  (the types are this module's API too)
+    IMAGE_EXTENSIONS,
+    SPLITS,
+    ArrayDataset,
+    DatasetError,
+    ImageDataset,
+    only_feature,
+    padded_batches,
+    square,
+    to_rgb,
+)
+from ssl_jax.registry import DATASETS
+
 # Bump when the decoded content changes for the same key (e.g. a new resize).
 _CACHE_VERSION = 1
 # Every loader takes (argument after "name:", split, image_size, data_dir, cache_dir).
 Loader = Callable[[str, str, int, "str | None", "str | None"], "ImageDataset | ArrayDataset"]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous; compare by identity.
-class ImageDataset:
-    images: np.ndarray  # uint8 [N, H, W, 3], RGB.
-    labels: np.ndarray  # int32 [N], in [0, num_classes).
-    num_classes: int
-    name: str  # e.g. "digits", "tfds:cifar10", "imagefolder:/x".
-    class_names: tuple[str, ...] | None = None
-
-    def __post_init__(self):
-        # Checked here once so no loader can hand the pipeline a malformed dataset.
-        images, labels = np.ascontiguousarray(self.images), np.ascontiguousarray(self.labels)
-        object.__setattr__(self, "images", images)  # Frozen: set the normalised arrays once.
-        object.__setattr__(self, "labels", labels)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(
-                f"images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}"
-            )
-        if labels.dtype != np.int32 or labels.shape != images.shape[:1]:
-            raise ValueError(
-                f"labels must be int32 [{len(images)}], got {labels.dtype} {labels.shape}"
-            )
-        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"labels must lie in [0, {self.num_classes})")
-
-    # The batch key the inputs travel under (tasks read `batch[input_key]`).
-    input_key: ClassVar[str] = "image"
-
-    @property
-    def inputs(self) -> np.ndarray:
-        return self.images
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def batches(self, batch_size: int):
-        """(images, mask, labels) in order, every batch exactly `batch_size`
-        rows (one compiled shape): the last one padded with zeros, mask False."""
-        return padded_batches(self.images, self.labels, batch_size)
-
-    def subset(self, indices) -> ImageDataset:
-        return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
-
-
-def padded_batches(inputs: np.ndarray, labels: np.ndarray, batch_size: int):
-    """(inputs, mask, labels) in order, every batch exactly `batch_size` rows:
-    the last one padded with zeros, mask False there."""
-    for start in range(0, len(labels), batch_size):
-        x = inputs[start : start + batch_size]
-        y = labels[start : start + batch_size]
-        valid = len(x)
-        mask = np.arange(batch_size) < valid
-        if valid < batch_size:
-            pad = batch_size - valid
-            x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-            y = np.concatenate([y, np.zeros(pad, np.int32)])
-        yield x, mask, y
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ArrayDataset:
-    """A labelled split of another modality than images: `inputs` [N, ...]
-    travel under the batch key `input_key` (`tokens` int32 [N, T] of text,
-    `video` uint8 [N, T, H, W, 3] of clips). The same interface as
-    `ImageDataset` (`inputs`, `labels`, `batches`, `subset`), so the loop and
-    the evaluators take either."""
-
-    inputs: np.ndarray
-    labels: np.ndarray  # int32 [N], in [0, num_classes)
-    num_classes: int
-    name: str
-    input_key: str
-    class_names: tuple[str, ...] | None = None
-
-    def __post_init__(self):
-        inputs, labels = np.ascontiguousarray(self.inputs), np.ascontiguousarray(self.labels)
-        object.__setattr__(self, "inputs", inputs)
-        object.__setattr__(self, "labels", labels)
-        if labels.dtype != np.int32 or labels.shape != inputs.shape[:1]:
-            raise ValueError(
-                f"labels must be int32 [{len(inputs)}], got {labels.dtype} {labels.shape}"
-            )
-        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"labels must lie in [0, {self.num_classes})")
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def batches(self, batch_size: int):
-        return padded_batches(self.inputs, self.labels, batch_size)
-
-    def subset(self, indices) -> ArrayDataset:
-        return dataclasses.replace(self, inputs=self.inputs[indices], labels=self.labels[indices])
-
-
-class DatasetError(ValueError):
-    """Bad dataset name, path or content; the message is one line: what is wrong, what to do."""
-
-
 def dataset_names() -> list[str]:
     """The accepted forms of `name` for `load_dataset`."""
-    options = ",".join(f"{k}={v}" for k, v in _SYNTHETIC_DEFAULTS.items())
+    options = ",".join(f"{k}={v}" for k, v in synthetic.DEFAULTS.items())
     return [
         "digits",
         f"synthetic[:{options}]",
@@ -179,9 +92,10 @@ def load_dataset(
     if not isinstance(image_size, int) or image_size < 1:
         raise DatasetError(f"image_size must be a positive int, got {image_size!r}.")
     kind, _, arg = name.partition(":")
-    if kind not in _LOADERS:
+    if kind not in DATASETS:
         raise DatasetError(f"Unknown dataset {name!r}. Valid forms: {'; '.join(dataset_names())}.")
-    return _LOADERS[kind](arg, split, image_size, data_dir, cache_dir)
+    loader: Loader = DATASETS.get(kind)
+    return loader(arg, split, image_size, data_dir, cache_dir)
 
 
 def native_size(name: str, data_dir: str | None = None, *, peek: int = 16) -> int | None:
@@ -201,7 +115,7 @@ def native_size(name: str, data_dir: str | None = None, *, peek: int = 16) -> in
             import tensorflow_datasets as tfds
 
             features = tfds.builder(arg, data_dir=data_dir).info.features
-            shape = features[_only_feature(features, tfds.features.Image, "image", arg)].shape
+            shape = features[only_feature(features, tfds.features.Image, "image", arg)].shape
             return shape[0] if shape[0] and shape[1] else None
         if kind == "imagefolder":
             root = os.path.join(os.path.expanduser(data_dir or ""), os.path.expanduser(arg))
@@ -212,7 +126,7 @@ def native_size(name: str, data_dir: str | None = None, *, peek: int = 16) -> in
                 if len(sizes) >= peek:
                     break
         elif kind == "arrayrecord":
-            from ssl_jax.data import records  # records imports this module
+            from ssl_jax.data import records  # Lazy: only record datasets need it.
 
             source = records.open_source(name, "train", data_dir=data_dir)
             indices = range(min(peek, len(source)))
@@ -234,43 +148,10 @@ def _shorter_side(source) -> int:
 # ----------------------------------------------------------------------------- images
 
 
-_WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image as 8-bit RGB. 16-bit greys are scaled (x / 257) to 8 bits:
-    PIL's own conversion saturates them, turning most of a 16-bit PNG white.
-    (A 32-bit "I" image whose values fit in 8 bits is kept as it is.)"""
-    if image.mode in _WIDE_GREY_MODES:
-        pixels = np.asarray(image, dtype=np.float64)
-        if image.mode != "I" or pixels.max(initial=0) > 255:
-            pixels = pixels / 257.0
-        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L")
-    return image.convert("RGB")  # Grey, palette, RGBA, CMYK -> 3 channels.
-
-
-def _square(image: Image.Image, size: int) -> np.ndarray:
-    """Center-crops to a square and resizes to `size`, as RGB uint8 [size, size, 3].
-
-    Cropping the central square and resizing it is the same geometry as "resize
-    the shorter side, then center-crop", done in one resampling step. Both axes
-    get the same scale and the same filter, so resampling artefacts look alike
-    in every direction: a rotation pretext task cannot read the image's
-    orientation from them.
-    """
-    image = to_rgb(image)
-    w, h = image.size
-    side = min(w, h)
-    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-    if (w, h) != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
-    return np.asarray(image, dtype=np.uint8)
-
-
 def _decode_image(source: str | bytes, size: int) -> np.ndarray:
     """Decodes one image file (path) or encoded bytes to RGB uint8 [size, size, 3]."""
     with Image.open(source if isinstance(source, str) else io.BytesIO(source)) as image:
-        return _square(image, size)
+        return square(image, size)
 
 
 def _decode_all(sources: Sequence[str | bytes], size: int, names: Sequence[str]) -> np.ndarray:
@@ -344,144 +225,10 @@ def _file_stats(directory: str, files: Sequence[str]) -> list[tuple[str, int, in
     return stats
 
 
-# ----------------------------------------------------------------------------- digits
-
-
-def _load_digits(
-    arg: str, split: str, image_size: int, data_dir: str | None, cache_dir: str | None
-) -> ImageDataset:
-    """scikit-learn's digits: 1797 images, 10 classes; train 1438 / test 359 images.
-
-    The split is class-stratified, 20% of each class (rounded) to test, drawn
-    with `np.random.RandomState(0)`, whose stream NumPy keeps fixed across
-    versions, so every machine gets the same split.
-    """
-    if arg:
-        raise DatasetError(f"'digits' takes no options, got 'digits:{arg}'.")
-    from sklearn.datasets import load_digits  # Lazy: only this loader needs scikit-learn.
-
-    digits = load_digits()
-    pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)  # Values 0..16 -> 0..255.
-    targets = digits.target.astype(np.int32)
-    rng = np.random.RandomState(0)
-    is_test = np.zeros(len(targets), bool)
-    for c in range(10):
-        members = np.flatnonzero(targets == c)
-        is_test[rng.permutation(members)[: round(0.2 * len(members))]] = True
-    keep = is_test if split == "test" else ~is_test
-    images = np.stack([_square(Image.fromarray(p, "L"), image_size) for p in pixels[keep]])
-    names = tuple(str(c) for c in range(10))
-    return ImageDataset(images, targets[keep], 10, "digits", names)
-
-
-# ----------------------------------------------------------------------------- synthetic
-
-_SYNTHETIC_DEFAULTS = {"num_classes": 10, "train_size": 512, "test_size": 256, "seed": 0}
-
-# Shape masks over coordinates (u, v) in units of the object's radius, v pointing down.
-_SHAPES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "disc": lambda u, v: u * u + v * v <= 1.0,
-    "square": lambda u, v: np.maximum(np.abs(u), np.abs(v)) <= 0.8,
-    "ring": lambda u, v: np.abs(np.sqrt(u * u + v * v) - 0.75) <= 0.25,
-    "cross": lambda u, v: (
-        (np.minimum(np.abs(u), np.abs(v)) <= 0.3) & (np.maximum(np.abs(u), np.abs(v)) <= 1.0)
-    ),
-    "triangle": lambda u, v: (v <= 0.8) & (np.abs(u) <= (v + 1.0) * 0.55),
-    "diamond": lambda u, v: np.abs(u) + np.abs(v) <= 1.0,
-}
-# Fill patterns inside the shape; they scale with the object (coordinates are in radii).
-_TEXTURES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "solid": lambda u, v: np.ones_like(u, bool),
-    "hstripes": lambda u, v: np.sin(v * 2.5 * np.pi) > 0,
-    "vstripes": lambda u, v: np.sin(u * 2.5 * np.pi) > 0,
-    "checker": lambda u, v: np.sin(u * 2.0 * np.pi) * np.sin(v * 2.0 * np.pi) > 0,
-}
-_MAX_SYNTHETIC_CLASSES = len(_SHAPES) * len(_TEXTURES)
-
-
-def make_synthetic(
-    num_examples: int, num_classes: int, image_size: int, seed: int, stream: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Draws (uint8 images [N, S, S, 3], int32 labels [N]) of class-specific patterns.
-
-    Class c is shape `c % 6` filled with texture `c // 6` (solid, h/v stripes, checker),
-    drawn at a random position and scale, in random foreground/background
-    colours, with pixel noise. Colour, position and scale carry no label, so a
-    model must read shape and texture: learnable, but not from one pixel.
-    Classes are balanced exactly. `stream` separates train and test draws.
-    """
-    rng = np.random.default_rng([seed, stream])
-    labels = rng.permutation(np.arange(num_examples) % num_classes).astype(np.int32)
-    radius = rng.uniform(0.2, 0.4, num_examples).astype(np.float32)
-    cx, cy = (rng.uniform(radius, 1.0 - radius).astype(np.float32) for _ in range(2))
-    background = rng.uniform(0.0, 1.0, (num_examples, 3)).astype(np.float32)
-    # Shifting each channel by 0.35..0.65 (mod 1) keeps the object at least 0.35 off the background.
-    foreground = (background + rng.uniform(0.35, 0.65, (num_examples, 3))).astype(np.float32) % 1
-    noise_seed = int(rng.integers(2**32))
-
-    grid = (np.arange(image_size, dtype=np.float32) + 0.5) / image_size
-    images = np.empty((num_examples, image_size, image_size, 3), np.uint8)
-    shapes, textures = list(_SHAPES.values()), list(_TEXTURES.values())
-    for c in range(num_classes):  # Vectorised over all images of one class at a time.
-        idx = np.flatnonzero(labels == c)
-        r = radius[idx, None, None]
-        u = (grid[None, None, :] - cx[idx, None, None]) / r
-        v = (grid[None, :, None] - cy[idx, None, None]) / r
-        inside = shapes[c % len(shapes)](u, v)
-        on = inside & textures[c // len(shapes)](u, v)
-        fg, bg = foreground[idx, None, None], background[idx, None, None]
-        # Texture gaps take the fg/bg midpoint, so a textured shape keeps its outline. The
-        # masks enter as float weights: much faster than np.where with broadcast colours.
-        mid = 0.5 * (fg + bg)
-        pixels = bg + inside[..., None].astype(np.float32) * (mid - bg)
-        pixels += on[..., None].astype(np.float32) * (fg - mid)
-        noise = np.random.default_rng([noise_seed, c]).standard_normal(pixels.shape, np.float32)
-        noise *= 0.06
-        pixels += noise
-        pixels *= 255.0
-        images[idx] = np.clip(pixels, 0.0, 255.0, out=pixels)  # Cast to uint8 on assignment.
-    return images, labels
-
-
-def _load_synthetic(
-    arg: str, split: str, image_size: int, data_dir: str | None, cache_dir: str | None
-) -> ImageDataset:
-    options = dict(_SYNTHETIC_DEFAULTS)
-    for item in filter(None, arg.split(",")):
-        key, _, value = item.partition("=")
-        if key not in options or not re.fullmatch(r"\d+", value.strip()):
-            raise DatasetError(
-                f"Bad synthetic option {item!r}: use synthetic:KEY=INT,... with KEY in "
-                f"{', '.join(options)}."
-            )
-        options[key] = int(value)
-    if not 2 <= options["num_classes"] <= _MAX_SYNTHETIC_CLASSES:
-        raise DatasetError(f"synthetic num_classes must be in [2, {_MAX_SYNTHETIC_CLASSES}].")
-    size = options[f"{split}_size"]
-    images, labels = make_synthetic(
-        size, options["num_classes"], image_size, options["seed"], SPLITS.index(split)
-    )
-    names = tuple(f"{s}-{t}" for t in _TEXTURES for s in _SHAPES)[: options["num_classes"]]
-    name = "synthetic:" + ",".join(f"{k}={v}" for k, v in options.items())
-    return ImageDataset(images, labels, options["num_classes"], name, names)
-
-
 # ----------------------------------------------------------------------------- tfds
 
 
-def _only_feature(features, kind: type, preferred: str, spec: str) -> str:
-    """The key of the feature of type `kind`: `preferred` if it is one, else the only one."""
-    keys = [k for k, f in features.items() if isinstance(f, kind)]
-    if preferred in keys:
-        return preferred
-    if len(keys) != 1:
-        raise DatasetError(
-            f"tfds:{spec} needs exactly one {kind.__name__} feature (or one named {preferred!r}), "
-            f"found {keys or 'none'} among {list(features)}."
-        )
-    return keys[0]
-
-
+@DATASETS.register("tfds")
 def _load_tfds(
     spec: str, split: str, image_size: int, data_dir: str | None, cache_dir: str | None
 ) -> ImageDataset:
@@ -512,12 +259,12 @@ def _load_tfds(
     if tfds_split is None:
         raise DatasetError(f"tfds:{spec} has no split {' or '.join(wanted)}; it has {available}.")
     features = builder.info.features
-    label_key = _only_feature(features, tfds.features.ClassLabel, "label", spec)
+    label_key = only_feature(features, tfds.features.ClassLabel, "label", spec)
     num_classes = features[label_key].num_classes
     kinds = {type(f).__name__ for f in features.values()}
     if "Image" not in kinds and kinds & {"Text", "Video"}:
         return _load_tfds_sequences(builder, spec, tfds_split, label_key, image_size, prepare)
-    image_key = _only_feature(features, tfds.features.Image, "image", spec)
+    image_key = only_feature(features, tfds.features.Image, "image", spec)
 
     def build() -> tuple[np.ndarray, np.ndarray]:
         try:  # Keep images encoded, so they are decoded (and resized) on our thread pool.
@@ -562,8 +309,6 @@ def _load_tfds_sequences(builder, spec, tfds_split, label_key, image_size, prepa
     `data/text.py`) or a Video one (`data/video.py`), with its ClassLabel."""
     import tensorflow_datasets as tfds
 
-    from ssl_jax.data import text, video
-
     features = builder.info.features
     try:
         source = builder.as_data_source(split=tfds_split)
@@ -574,12 +319,12 @@ def _load_tfds_sequences(builder, spec, tfds_split, label_key, image_size, prepa
     label = features[label_key]
     names = tuple(label.names)
     if any(isinstance(f, tfds.features.Text) for f in features.values()):
-        key = _only_feature(features, tfds.features.Text, "text", spec)
+        key = only_feature(features, tfds.features.Text, "text", spec)
         texts = [ex[key] for ex in examples]
         return text.from_texts(
             texts, labels, label.num_classes, f"tfds:{spec}", _TFDS_TEXT_LENGTH, names
         )
-    key = _only_feature(features, tfds.features.Video, "video", spec)
+    key = only_feature(features, tfds.features.Video, "video", spec)
     return video.from_frames(
         [ex[key] for ex in examples],
         labels,
@@ -598,6 +343,7 @@ def _visible_entries(directory: str) -> list[str]:
     return sorted(e for e in os.listdir(directory) if not e.startswith("."))
 
 
+@DATASETS.register("imagefolder")
 def _load_imagefolder(
     path: str, split: str, image_size: int, data_dir: str | None, cache_dir: str | None
 ) -> ImageDataset:
@@ -660,28 +406,3 @@ def _load_imagefolder(
         lambda: (_decode_all(files, image_size, files), np.array(labels, np.int32)),
     )
     return ImageDataset(images, label_array, len(classes), f"imagefolder:{root}", tuple(classes))
-
-
-# ----------------------------------------------------------------------------- other modalities
-
-
-def _load_pydoc(arg, split, image_size, data_dir, cache_dir) -> ArrayDataset:
-    from ssl_jax.data import text
-
-    return text.load_pydoc(arg, split)
-
-
-def _load_moving_digits(arg, split, image_size, data_dir, cache_dir) -> ArrayDataset:
-    from ssl_jax.data import video
-
-    return video.load_moving_digits(arg, split, image_size)
-
-
-_LOADERS: dict[str, Loader] = {
-    "digits": _load_digits,
-    "synthetic": _load_synthetic,
-    "tfds": _load_tfds,
-    "imagefolder": _load_imagefolder,
-    "pydoc": _load_pydoc,
-    "moving_digits": _load_moving_digits,
-}

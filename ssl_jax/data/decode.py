@@ -11,7 +11,7 @@ The streaming input path keeps images encoded on disk and turns each one into
   as SimCLR, BYOL, DINO and MAE do, each with a random horizontal flip.
   The image is decoded once for all crops.
 - `center_square(image, size)`: the evaluation transform, the same function
-  as the in-memory path's (`datasets._square`), so both evaluate alike.
+  as the in-memory path's (`base.square`), so both evaluate alike.
 
 Every random draw comes from the `numpy.random.Generator` passed in; the
 streaming loader builds it from (seed, step, row), so a crop is a pure function
@@ -35,8 +35,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from ssl_jax.data import datasets
-from ssl_jax.data.datasets import DatasetError
+from ssl_jax.data.base import DatasetError, square
 
 # What PIL raises for a broken file: unidentified format, truncated data, bad
 # headers, an image too large to be real (decompression bomb).
@@ -255,10 +254,10 @@ def random_resized_crop(
 def center_square(image: np.ndarray | Image.Image, size: int) -> np.ndarray:
     """The evaluation transform: the central square resized to `size` (uint8 [size, size, 3]).
 
-    It is the in-memory path's own function (`datasets._square`: one bilinear
+    It is the in-memory path's own function (`base.square`: one bilinear
     resampling step, the same scale on both axes), so in-memory and streaming
     evaluation see identical pixels.
     """
     if isinstance(image, np.ndarray):
         image = Image.fromarray(np.asarray(image, np.uint8))
-    return datasets._square(image, size)
+    return square(image, size)

@@ -42,7 +42,7 @@ from typing import Any
 
 import msgpack
 
-from ssl_jax.data.datasets import SPLITS, DatasetError, _only_feature
+from ssl_jax.data.base import SPLITS, DatasetError, only_feature
 
 log = logging.getLogger(__name__)
 
@@ -361,8 +361,8 @@ class TfdsSource:
         import tensorflow_datasets as tfds
 
         features = builder.info.features
-        self._image_key = _only_feature(features, tfds.features.Image, "image", spec)
-        self._label_key = _only_feature(features, tfds.features.ClassLabel, "label", spec)
+        self._image_key = only_feature(features, tfds.features.Image, "image", spec)
+        self._label_key = only_feature(features, tfds.features.ClassLabel, "label", spec)
         self.num_classes = features[self._label_key].num_classes
         self.class_names = tuple(features[self._label_key].names)
         self._source = None

@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from ssl_jax.data import decode, pipeline, records
-from ssl_jax.data.datasets import DatasetError
+from ssl_jax.data.base import DatasetError, ImageDataset
 
 Transform = Callable[[records.Record, np.random.Generator], dict[str, np.ndarray]]
 ON_BAD_RECORD = ("stop", "skip")
@@ -523,7 +523,6 @@ class StreamSplit:
     def subset(self, indices):
         """The records at `indices`, decoded and centre-cropped into memory
         (with on_bad_record="skip", unreadable ones are left out)."""
-        from ssl_jax.data.datasets import ImageDataset
 
         source, transform = self.dataset.source, center_transform(self.image_size)
         images, labels = [], []

@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ssl_jax.data.base import ArrayDataset, DatasetError
+from ssl_jax.registry import DATASETS
+
 PAD_ID = 256
 MASK_ID = 257
 VOCAB_SIZE = 258  # 256 bytes + [PAD] + [MASK]
@@ -62,7 +65,6 @@ def chunks(text: str, length: int) -> list[bytes]:
 
 def parse_options(arg: str, defaults: dict[str, int], kind: str) -> dict[str, int]:
     """`key=INT,...` after a dataset's name (unknown keys are an error)."""
-    from ssl_jax.data.datasets import DatasetError
 
     options = dict(defaults)
     for item in filter(None, arg.split(",")):
@@ -106,7 +108,6 @@ def pydoc_corpus(length: int, min_chunks: int) -> tuple[dict[str, np.ndarray], t
 
 
 def load_pydoc(arg: str, split: str):
-    from ssl_jax.data.datasets import ArrayDataset, DatasetError
 
     options = parse_options(arg, _PYDOC_DEFAULTS, "pydoc")
     if options["length"] < 2 or options["min_chunks"] < _TEST_EVERY:
@@ -119,7 +120,6 @@ def load_pydoc(arg: str, split: str):
 
 def from_texts(texts, labels, num_classes: int, name: str, length: int, class_names=None):
     """A text split from raw texts (str or UTF-8 bytes), e.g. a TFDS dataset's."""
-    from ssl_jax.data.datasets import ArrayDataset
 
     tokens = np.stack([encode(t, length) for t in texts]) if len(texts) else np.zeros((0, length))
     return ArrayDataset(
@@ -130,3 +130,9 @@ def from_texts(texts, labels, num_classes: int, name: str, length: int, class_na
         "tokens",
         class_names,
     )
+
+
+@DATASETS.register("pydoc")
+def _load(arg, split, image_size, data_dir, cache_dir) -> ArrayDataset:
+    del image_size, data_dir, cache_dir  # no pixels; the corpus ships with Python
+    return load_pydoc(arg, split)

@@ -26,6 +26,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from ssl_jax.data.base import ArrayDataset, DatasetError, square
+from ssl_jax.data.digits import load_digits
+from ssl_jax.registry import DATASETS
+
 CANVAS = 16
 DIGIT = 8
 # (dx, dy) per frame, v pointing down: E, NE, N, NW, W, SW, S, SE.
@@ -38,7 +42,6 @@ _SEEDS = {"train": 0, "test": 1}
 
 
 def parse(arg: str) -> dict:
-    from ssl_jax.data.datasets import DatasetError
 
     options = dict(_DEFAULTS)
     for item in filter(None, arg.split(",")):
@@ -97,11 +100,10 @@ def _resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_moving_digits(arg: str, split: str, image_size: int):
-    from ssl_jax.data.datasets import ArrayDataset, load_dataset
 
     options = parse(arg)
-    # The digits split of `datasets._load_digits`, at their own 8 px (grey).
-    digits = load_dataset("digits", split, image_size=DIGIT)
+    # The digits split of `digits.load_digits`, at their own 8 px (grey).
+    digits = load_digits("", split, DIGIT, None, None)
     clips, source, direction = make_clips(
         digits.images[..., 0], options["frames"], options["clips"], _SEEDS[split]
     )
@@ -117,7 +119,6 @@ def load_moving_digits(arg: str, split: str, image_size: int):
 def from_frames(videos, labels, num_classes: int, name: str, frames: int, image_size: int, names):
     """A video split from decoded videos (each uint8 [T, H, W, C]): `frames`
     evenly spaced frames, centre square, resized to `image_size`, RGB."""
-    from ssl_jax.data.datasets import ArrayDataset, _square
 
     out = np.zeros((len(videos), frames, image_size, image_size, 3), np.uint8)
     for i, video in enumerate(videos):
@@ -125,5 +126,11 @@ def from_frames(videos, labels, num_classes: int, name: str, frames: int, image_
         picks = np.linspace(0, len(video) - 1, frames).round().astype(int)
         for t, j in enumerate(picks):
             frame = video[j][..., 0] if video.shape[-1] == 1 else video[j]
-            out[i, t] = _square(Image.fromarray(frame), image_size)
+            out[i, t] = square(Image.fromarray(frame), image_size)
     return ArrayDataset(out, np.asarray(labels, np.int32), num_classes, name, "video", names)
+
+
+@DATASETS.register("moving_digits")
+def _load(arg, split, image_size, data_dir, cache_dir) -> ArrayDataset:
+    del data_dir, cache_dir  # made from the embedded digits: nothing to read or cache
+    return load_moving_digits(arg, split, image_size)

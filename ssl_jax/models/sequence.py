@@ -6,7 +6,9 @@ over a different embedding.
   learned absolute positions (BERT's; up to `max_length` tokens), the
   blocks (padding masked out of attention), a final LayerNorm;
   `encode(tokens)` gives every position `[B, T, D]`, `model(tokens, train=...)`
-  the mean over the non-padding positions `[B, D]`. Used by BERT-style masked
+  the mean over the non-padding positions `[B, D]` (`pool="last"`), or that
+  mean next to the mean of the token embeddings, without positions
+  (`pool="embedding_and_last"`, `[B, 2D]`). Used by BERT-style masked
   language modelling (`tasks/mlm.py`).
 - `ClipTransformer`: video `[B, T, H, W, C]` (float, normalised) -> one token
   per frame (the flattened frame through one linear layer, as a ViT's patch
@@ -34,6 +36,12 @@ from ssl_jax.models.vit import Block, layer_norm, linear, sincos_1d
 from ssl_jax.registry import ENCODERS, MODELS
 
 _TOKEN_INIT = nnx.initializers.normal(0.02)  # BERT's, for tokens and positions
+
+# What a TokenTransformer's features are. The mean of the token embeddings
+# alone is a learned bag of bytes, which on the pydoc topics probes above the
+# last layer's mean of a short MLM run (docs/results.md); "embedding_and_last"
+# keeps both, so a probe can use what the context adds without losing it.
+POOLS = ("last", "embedding_and_last")
 
 
 class _Blocks(nnx.Module):
@@ -78,13 +86,17 @@ class TokenTransformer(nnx.Module):
         depth: int = 4,
         num_heads: int = 4,
         mlp_ratio: float = 4.0,
+        pool: str = "last",
     ):
         if not 0 <= pad_id < vocab_size:
             raise ValueError(f"pad_id={pad_id} must be a token id below vocab_size={vocab_size}.")
+        if pool not in POOLS:
+            raise ValueError(f"Unknown pool {pool!r}; choose one of {', '.join(POOLS)}.")
         self.vocab_size = vocab_size
         self.pad_id = pad_id
         self.embed_dim = embed_dim
-        self.feature_dim: int = embed_dim
+        self.pool = pool
+        self.feature_dim: int = embed_dim * (2 if pool == "embedding_and_last" else 1)
         self.max_length = max_length
         self.embed = nnx.Embed(vocab_size, embed_dim, embedding_init=_TOKEN_INIT, rngs=rngs)
         # Learned absolute positions, as BERT's: with fixed sin-cos ones a small
@@ -104,8 +116,15 @@ class TokenTransformer(nnx.Module):
     def __call__(self, tokens: jax.Array, *, train: bool) -> jax.Array:
         del train  # no dropout, no batch norm
         valid = (tokens != self.pad_id).astype(jnp.float32)[..., None]
-        x = self.encode(tokens).astype(jnp.float32)
-        return jnp.sum(x * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1.0)
+
+        def mean(x):
+            x = x.astype(jnp.float32)
+            return jnp.sum(x * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1.0)
+
+        last = mean(self.encode(tokens))
+        if self.pool == "last":
+            return last
+        return jnp.concatenate([mean(self.embed(tokens)), last], axis=-1)
 
 
 class ClipTransformer(nnx.Module):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssl_jax.data import datasets, decode
+from ssl_jax.data import base, decode
 from ssl_jax.data.datasets import DatasetError
 from ssl_jax.data.decode import CropSpec
 
@@ -279,7 +279,7 @@ def test_center_square_equals_in_memory_square(mode, fmt, shape, size):
     encoded = _encode(Image.fromarray(pixels).convert(mode), fmt)
     ours = decode.center_square(decode.decode_image(encoded, "x"), size)
     with Image.open(io.BytesIO(encoded)) as image:
-        theirs = datasets._square(image, size)
+        theirs = base.square(image, size)
     assert ours.shape == (size, size, 3)
     np.testing.assert_array_equal(ours, theirs)
 

@@ -121,3 +121,20 @@ def test_mlm_refuses_an_image_encoder():
     encoder = MODELS.get("vit_test")(rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="token_transformer"):
         TASKS.get("mlm")(encoder, rngs=nnx.Rngs(1))
+
+
+def test_embedding_and_last_pool_keeps_the_embeddings_mean_beside_the_last_layer():
+    tokens = jnp.asarray(_tokens(4, 12))
+    both = MODELS.get("token_transformer_test")(rngs=nnx.Rngs(0), pool="embedding_and_last")
+    last = MODELS.get("token_transformer_test")(rngs=nnx.Rngs(0))
+    assert both.feature_dim == 2 * last.feature_dim
+    features = np.asarray(both(tokens, train=False))
+    np.testing.assert_allclose(
+        features[:, last.feature_dim :], last(tokens, train=False), atol=1e-6
+    )
+    table = np.asarray(both.embed.embedding[...])
+    for row, ids in zip(features, np.asarray(tokens), strict=True):
+        real = ids[ids != text.PAD_ID]
+        np.testing.assert_allclose(row[: last.feature_dim], table[real].mean(0), atol=1e-6)
+    with pytest.raises(ValueError, match="Unknown pool 'max'"):
+        MODELS.get("token_transformer_test")(rngs=nnx.Rngs(0), pool="max")

@@ -1,0 +1,161 @@
+"""The data types every source produces, with no loader in sight: the
+datasets (`ImageDataset`, `ArrayDataset`), their error (`DatasetError`) and
+the image geometry every decoder shares (`square`, `to_rgb`). Sources
+(`datasets.py`, `digits.py`, `text.py`, `video.py`, `records.py`) import
+this module, never each other's types, so `ssl_jax/data` has no import loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import numpy as np
+from PIL import Image
+
+SPLITS = ("train", "test")
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+
+class DatasetError(ValueError):
+    """Bad dataset name, path or content; the message is one line: what is wrong, what to do."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous; compare by identity.
+class ImageDataset:
+    images: np.ndarray  # uint8 [N, H, W, 3], RGB.
+    labels: np.ndarray  # int32 [N], in [0, num_classes).
+    num_classes: int
+    name: str  # e.g. "digits", "tfds:cifar10", "imagefolder:/x".
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        # Checked here once so no loader can hand the pipeline a malformed dataset.
+        images, labels = np.ascontiguousarray(self.images), np.ascontiguousarray(self.labels)
+        object.__setattr__(self, "images", images)  # Frozen: set the normalised arrays once.
+        object.__setattr__(self, "labels", labels)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(
+                f"images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}"
+            )
+        if labels.dtype != np.int32 or labels.shape != images.shape[:1]:
+            raise ValueError(
+                f"labels must be int32 [{len(images)}], got {labels.dtype} {labels.shape}"
+            )
+        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.num_classes})")
+
+    # The batch key the inputs travel under (tasks read `batch[input_key]`).
+    input_key: ClassVar[str] = "image"
+
+    @property
+    def inputs(self) -> np.ndarray:
+        return self.images
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int):
+        """(images, mask, labels) in order, every batch exactly `batch_size`
+        rows (one compiled shape): the last one padded with zeros, mask False."""
+        return padded_batches(self.images, self.labels, batch_size)
+
+    def subset(self, indices) -> ImageDataset:
+        return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
+
+
+def padded_batches(inputs: np.ndarray, labels: np.ndarray, batch_size: int):
+    """(inputs, mask, labels) in order, every batch exactly `batch_size` rows:
+    the last one padded with zeros, mask False there."""
+    for start in range(0, len(labels), batch_size):
+        x = inputs[start : start + batch_size]
+        y = labels[start : start + batch_size]
+        valid = len(x)
+        mask = np.arange(batch_size) < valid
+        if valid < batch_size:
+            pad = batch_size - valid
+            x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+            y = np.concatenate([y, np.zeros(pad, np.int32)])
+        yield x, mask, y
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArrayDataset:
+    """A labelled split of another modality than images: `inputs` [N, ...]
+    travel under the batch key `input_key` (`tokens` int32 [N, T] of text,
+    `video` uint8 [N, T, H, W, 3] of clips). The same interface as
+    `ImageDataset` (`inputs`, `labels`, `batches`, `subset`), so the loop and
+    the evaluators take either."""
+
+    inputs: np.ndarray
+    labels: np.ndarray  # int32 [N], in [0, num_classes)
+    num_classes: int
+    name: str
+    input_key: str
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        inputs, labels = np.ascontiguousarray(self.inputs), np.ascontiguousarray(self.labels)
+        object.__setattr__(self, "inputs", inputs)
+        object.__setattr__(self, "labels", labels)
+        if labels.dtype != np.int32 or labels.shape != inputs.shape[:1]:
+            raise ValueError(
+                f"labels must be int32 [{len(inputs)}], got {labels.dtype} {labels.shape}"
+            )
+        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.num_classes})")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int):
+        return padded_batches(self.inputs, self.labels, batch_size)
+
+    def subset(self, indices) -> ArrayDataset:
+        return dataclasses.replace(self, inputs=self.inputs[indices], labels=self.labels[indices])
+
+
+_WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB. 16-bit greys are scaled (x / 257) to 8 bits:
+    PIL's own conversion saturates them, turning most of a 16-bit PNG white.
+    (A 32-bit "I" image whose values fit in 8 bits is kept as it is.)"""
+    if image.mode in _WIDE_GREY_MODES:
+        pixels = np.asarray(image, dtype=np.float64)
+        if image.mode != "I" or pixels.max(initial=0) > 255:
+            pixels = pixels / 257.0
+        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L")
+    return image.convert("RGB")  # Grey, palette, RGBA, CMYK -> 3 channels.
+
+
+def square(image: Image.Image, size: int) -> np.ndarray:
+    """Center-crops to a square and resizes to `size`, as RGB uint8 [size, size, 3].
+
+    Cropping the central square and resizing it is the same geometry as "resize
+    the shorter side, then center-crop", done in one resampling step. Both axes
+    get the same scale and the same filter, so resampling artefacts look alike
+    in every direction: a rotation pretext task cannot read the image's
+    orientation from them.
+    """
+    image = to_rgb(image)
+    w, h = image.size
+    side = min(w, h)
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    if (w, h) != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def only_feature(features, kind: type, preferred: str, spec: str) -> str:
+    """The key of the feature of type `kind`: `preferred` if it is one, else the only one."""
+    keys = [k for k, f in features.items() if isinstance(f, kind)]
+    if preferred in keys:
+        return preferred
+    if len(keys) != 1:
+        raise DatasetError(
+            f"tfds:{spec} needs exactly one {kind.__name__} feature (or one named {preferred!r}), "
+            f"found {keys or 'none'} among {list(features)}."
+        )
+    return keys[0]
