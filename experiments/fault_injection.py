@@ -63,10 +63,7 @@ COMMON = (
     "--config.probe.steps=20",
     "--config.probe.labels_per_class=()",
 )
-# No persistent compilation cache: a full disk or a kill mid-write would
-# leave a truncated entry in it (the test session shares one).
-ENV = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-ENV["JAX_PLATFORMS"] = "cpu"
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 TIMEOUT = 300  # seconds for one run; a run that takes longer counts as hung
 PAGE = 4096
 # The package's own final line, and absl's ERROR / FATAL lines.

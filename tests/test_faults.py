@@ -32,10 +32,6 @@ def _start(workdir, *overrides, preexec_fn=None):
         *overrides,
     ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    # These runs are killed or hit a file-size limit: kept off the session's
-    # shared compilation cache (tests/conftest.py), which a cut write would
-    # leave with a truncated entry (a warning on every later read).
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     return subprocess.Popen(
         command,
         cwd=ROOT,
