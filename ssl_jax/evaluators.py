@@ -46,6 +46,7 @@ from ml_collections import ConfigDict
 
 from ssl_jax import config_lib, metrics, optim, train
 from ssl_jax.checkpoint import fingerprint, host_leaves
+from ssl_jax.data import text
 from ssl_jax.evaluate.embedding_map import save_map
 from ssl_jax.evaluate.knn import knn_top1
 from ssl_jax.evaluate.linear_probe import balanced_subset, few_label_probe, fit_linear_probe
@@ -295,13 +296,19 @@ def check(evals: ConfigDict, num_devices: int = 1) -> None:
                 raise ValueError(f"config.evals.{name}.optimizer: {error}") from None
 
 
+def evaluated_dataset(config: ConfigDict, args: ConfigDict) -> str:
+    """The dataset an evaluator entry judges: its own `dataset`, else
+    `probe.dataset`, else the pretraining data."""
+    return args.get("dataset") or config.probe.dataset or config.dataset
+
+
 def check_data(config: ConfigDict, splits: Callable[[str], tuple]) -> None:
     """What an evaluator needs of its data, before pretraining: a
     `bag_of_tokens` entry needs a token dataset held in memory."""
     for name, args in config.evals.items():
         if args.type != "bag_of_tokens":
             continue
-        dataset = args.get("dataset") or config.probe.dataset or config.dataset
+        dataset = evaluated_dataset(config, args)
         train_split = splits(dataset)[0]
         if getattr(train_split, "input_key", None) != "tokens" or not hasattr(
             train_split, "inputs"
@@ -331,7 +338,7 @@ def check_memory(config: ConfigDict, splits: Callable[[str], tuple]) -> None:
     for name, args in config.evals.items():
         if args.type != "fine_tune":
             continue
-        dataset = args.get("dataset") or config.probe.dataset or config.dataset
+        dataset = evaluated_dataset(config, args)
         train_split = splits(dataset)[0]
         budgets = _budgets(args.label_fractions, args.labels_per_class, train_split)
         examples = max(k for k, _ in budgets) * train_split.num_classes
@@ -348,7 +355,7 @@ def check_memory(config: ConfigDict, splits: Callable[[str], tuple]) -> None:
 @evaluator("linear_probe")
 def _linear_probe(context: Context, name: str, args: ConfigDict) -> dict[str, Any]:
     config = context.config
-    dataset = args.get("dataset") or config.probe.dataset or config.dataset
+    dataset = evaluated_dataset(config, args)
     suffix = "" if name == "linear_probe" else f"_{name}"
     result = probe(
         context.trained,
@@ -411,7 +418,7 @@ def fine_tune_dirs(
 @evaluator("fine_tune")
 def _fine_tune(context: Context, name: str, args: ConfigDict) -> dict[str, Any]:
     config = context.config
-    dataset = args.get("dataset") or config.probe.dataset or config.dataset
+    dataset = evaluated_dataset(config, args)
     splits = context.splits(dataset)
     budgets = _budgets(args.label_fractions, args.labels_per_class, splits[0])
     tuned = fine_tune_config(config, args, splits[0].num_classes)
@@ -455,10 +462,8 @@ def _fine_tune(context: Context, name: str, args: ConfigDict) -> dict[str, Any]:
 
 @evaluator("bag_of_tokens")
 def _bag_of_tokens(context: Context, name: str, args: ConfigDict) -> dict[str, Any]:
-    from ssl_jax.data import text
-
     config = context.config
-    dataset = args.get("dataset") or config.probe.dataset or config.dataset
+    dataset = evaluated_dataset(config, args)
     splits = context.splits(dataset)
     features = tuple(
         (token_frequencies(s.inputs, text.VOCAB_SIZE, text.PAD_ID), s.labels) for s in splits
