@@ -375,23 +375,38 @@ def from_recipes(
 ) -> ConfigDict:
     """A config file's whole `get_config`: the base config for `task`, the
     profile's defaults, the config's `common` fields, its recipe for the data's
-    profile (`recipes[profile]`, whose `encoder` names the encoder family),
-    `runlocal`'s overrides when asked, then `finish`."""
+    profile (`recipes[profile]`, whose `encoder` names the encoder family and
+    whose optional `family_kwargs` are passed to `finish`), `runlocal`'s
+    overrides when asked, then `finish`."""
     config, profile = start(task, options)
     update(config, common or {})
     recipe = dict(recipes[profile])
     encoder = recipe.pop("encoder")
+    family_kwargs = recipe.pop("family_kwargs", None)
     update(config, recipe)
     if options.runlocal:
         update(config, runlocal or {})
-    return finish(config, options, profile, encoder=encoder)
+    return finish(config, options, profile, encoder=encoder, family_kwargs=family_kwargs)
 
 
-def finish(config: ConfigDict, options: ConfigDict, profile: str, *, encoder: str) -> ConfigDict:
+def finish(
+    config: ConfigDict,
+    options: ConfigDict,
+    profile: str,
+    *,
+    encoder: str,
+    family_kwargs: dict[str, dict] | None = None,
+) -> ConfigDict:
     """The tail every config shares: the encoder (`encoder` family from the
     recipe, or the `encoder=` option, sized by image_size, the family's tiny
     variant under `runlocal`), checkpoint and evaluation cadence from the
-    step count, the compute dtype, and `runlocal`'s shrinking."""
+    step count, the compute dtype, and `runlocal`'s shrinking.
+
+    `family_kwargs` maps a model-name prefix ("vit", "convnet") to model
+    kwargs that belong to the method rather than to one encoder: they apply to
+    whichever encoder of that family the run ends up with, `encoder=` and
+    `runlocal` included (MAE's probe reads the mean of the patch tokens on
+    any ViT)."""
     if options.finetune:
         config.evals.fine_tune = ConfigDict(FINE_TUNE)
     if options.transfer:
@@ -404,6 +419,9 @@ def finish(config: ConfigDict, options: ConfigDict, profile: str, *, encoder: st
     extra = {} if options.encoder or options.runlocal else config.model_kwargs.to_dict()
     set_encoder(config, family, runlocal=options.runlocal)
     config.model_kwargs.update(extra)
+    for prefix, kwargs in (family_kwargs or {}).items():
+        if config.model.startswith(prefix):
+            config.model_kwargs.update(kwargs)
     if not options.runlocal:
         # About four checkpoints and kNN evaluations per run, on log steps.
         quarter = config.train_steps // 4 // config.log_every * config.log_every
@@ -481,6 +499,13 @@ def validate(config: ConfigDict) -> None:
         raise ValueError(
             f"config.eval_every ({config.eval_every}) must be 0 (off) or a multiple of "
             f"config.log_every ({config.log_every})."
+        )
+    patch = config.model_kwargs.get("patch_size")
+    if patch and config.image_size % patch:
+        # Refused here, before a dataset is decoded, not when the step traces.
+        raise ValueError(
+            f"Image size {config.image_size}x{config.image_size} is not divisible by the patch "
+            f"size {patch}: choose config.image_size as a multiple of model_kwargs.patch_size."
         )
     if config.knn.k < 1 or config.knn.temperature <= 0:
         raise ValueError("config.knn.k must be >= 1 and config.knn.temperature > 0.")

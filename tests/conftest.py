@@ -5,9 +5,42 @@ XLA_FLAGS=--xla_force_host_platform_device_count=8, since the device count is
 fixed once JAX initialises its backend.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
+
+import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Fewer XLA optimisations compile tiny test models much faster.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# One dataset cache per test session, shared with the runs it starts (they
+# inherit the environment): the digits are decoded once, and nothing is
+# written into the user's ~/.cache/ssl_jax.
+if "SSL_JAX_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="ssl_jax_test_cache_")
+    os.environ["SSL_JAX_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def _finished_quick_run(tmp_path_factory):
+    from tests.test_main import QUICK, run_main
+
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    run_main(workdir, *QUICK)
+    return workdir
+
+
+@pytest.fixture
+def finished_run(_finished_quick_run, tmp_path):
+    """A private copy of one finished `rotation.py:runlocal` run with
+    `tests.test_main.QUICK`'s settings (checkpoints 3 and 6, results.json):
+    the starting point of the tests that resume, corrupt or change a workdir,
+    trained once per session instead of once per test."""
+    workdir = tmp_path / "run"
+    shutil.copytree(_finished_quick_run, workdir)
+    return workdir

@@ -3,7 +3,7 @@ exit code 2, no traceback, and leaves existing checkpoints untouched."""
 
 import pytest
 
-from tests.test_main import run_main
+from tests.test_main import QUICK, run_main
 
 
 def _image_folder(root, *, garbage=False, empty=False):
@@ -120,11 +120,10 @@ def test_image_folder_problems(tmp_path, monkeypatch, layout, message):
     _assert_one_clear_line(result, message)
 
 
-def test_another_model_on_a_workdir_is_refused_and_nothing_is_touched(tmp_path):
-    workdir = tmp_path / "run"
-    run_main(workdir, "--config.baselines.random_init=false")
+def test_another_model_on_a_workdir_is_refused_and_nothing_is_touched(finished_run):
+    workdir = finished_run
     snapshot = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
-    result = run_main(workdir, "--config.model=resnet_tiny", check=False)
+    result = run_main(workdir, *QUICK, "--config.model=resnet_tiny", check=False)
     _assert_one_clear_line(result, "model 'convnet_tiny' -> 'resnet_tiny'")
     after = {
         p: p.read_bytes() for p in workdir.rglob("*") if p.is_file() and p.name != "ssl_jax.lock"

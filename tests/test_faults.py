@@ -12,14 +12,7 @@ import time
 
 import pytest
 
-from tests.test_main import ROOT, losses, run_main
-
-QUICK = (
-    "--config.baselines.random_init=false",
-    "--config.eval_every=0",
-    "--config.probe.steps=20",
-    "--config.probe.few_label_draws=1",
-)
+from tests.test_main import QUICK, ROOT, losses, run_main
 
 
 def _start(workdir, *overrides, preexec_fn=None):
@@ -80,9 +73,8 @@ def test_a_second_run_on_the_same_workdir_is_refused(tmp_path):
         first.wait()
 
 
-def test_a_changed_config_is_refused_and_touches_nothing(tmp_path):
-    workdir = tmp_path / "run"
-    run_main(workdir, *QUICK)
+def test_a_changed_config_is_refused_and_touches_nothing(finished_run):
+    workdir = finished_run
     before = _files(workdir)
     for change in ("--config.seed=1", "--config.batch_size=8", "--config.train_steps=9"):
         result = run_main(workdir, *QUICK, change, check=False)
@@ -163,9 +155,8 @@ def test_a_full_disk_is_one_line_and_the_rerun_resumes(tmp_path, overrides, mess
     assert list(losses(workdir)) == list(range(1, steps + 1))
 
 
-def test_a_truncated_metrics_line_does_not_block_the_resume(tmp_path):
-    workdir = tmp_path / "run"
-    run_main(workdir, *QUICK)
+def test_a_truncated_metrics_line_does_not_block_the_resume(finished_run):
+    workdir = finished_run
     # As a kill during step 6 leaves it: no checkpoint 6, half a line for step 6.
     subprocess.run(["rm", "-r", str(workdir / "checkpoints" / "6")], check=True)
     metrics = workdir / "metrics.jsonl"

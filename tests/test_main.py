@@ -12,6 +12,15 @@ import pytest
 
 ROOT = pathlib.Path(__file__).parents[1]
 
+# The runlocal rotation run with its evaluations cut to what workdir tests
+# need; `finished_run` (conftest) is one such run, finished.
+QUICK = (
+    "--config.baselines.random_init=false",
+    "--config.eval_every=0",
+    "--config.probe.steps=20",
+    "--config.probe.few_label_draws=1",
+)
+
 
 def run_main(
     workdir, *overrides, devices=1, config="configs/rotation.py:runlocal", check=True, cwd=None
@@ -169,13 +178,12 @@ def test_probe_can_use_another_dataset(tmp_path):
     assert results["linear_probe"]["top5"] == 1.0
 
 
-def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
-    workdir = tmp_path / "run"
-    run_main(workdir, "--config.baselines.random_init=false")
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(finished_run):
+    workdir = finished_run
     files = [p for p in (workdir / "checkpoints" / "6").rglob("*") if p.is_file()]
     for path in files:
         path.write_bytes(b"garbage")
-    result = run_main(workdir, "--config.baselines.random_init=false")
+    result = run_main(workdir, *QUICK)
     warnings = [line for line in result.stderr.splitlines() if "moved to" in line]
     assert len(warnings) == 1 and "checkpoints/6 cannot be read" in warnings[0]
     assert "Resumed from the checkpoint of step 3" in result.stderr
@@ -190,16 +198,15 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     ]
 
 
-def test_when_no_checkpoint_is_usable_the_run_stops_and_moves_nothing(tmp_path):
-    workdir = tmp_path / "run"
-    quick = ("--config.baselines.random_init=false", "--config.keep_checkpoints=1")
-    run_main(workdir, *quick)
+def test_when_no_checkpoint_is_usable_the_run_stops_and_moves_nothing(finished_run):
+    workdir = finished_run
     files = [p for p in (workdir / "checkpoints").rglob("*") if p.is_file()]
     for path in files:
         path.write_bytes(b"garbage")
-    result = run_main(workdir, *quick, check=False)
+    result = run_main(workdir, *QUICK, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "No usable checkpoint" in result.stderr and "step 6 cannot be read" in result.stderr
+    assert "No usable checkpoint" in result.stderr
+    assert "step 6 cannot be read" in result.stderr and "step 3 cannot be read" in result.stderr
     assert all(p.read_bytes() == b"garbage" for p in files)
     assert not (workdir / "corrupt_checkpoints").exists()
 
@@ -216,11 +223,9 @@ def test_missing_tfds_dataset_is_one_clear_line(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_same_command_twice_is_deterministic(tmp_path):
-    first, second = tmp_path / "a", tmp_path / "b"
-    quick = ("--config.baselines.random_init=false", "--config.probe.few_label_draws=1")
-    run_main(first, *quick)
-    run_main(second, *quick)
+def test_same_command_twice_is_deterministic(finished_run, tmp_path):
+    first, second = finished_run, tmp_path / "b"
+    run_main(second, *QUICK)
     a = json.loads((first / "results.json").read_text())
     b = json.loads((second / "results.json").read_text())
     assert a["state_fingerprint"] == b["state_fingerprint"]

@@ -25,9 +25,14 @@ from ssl_jax import config_lib
 # 0.05, 1000 epochs). Departs: a ViT-Ti encoder and a 256 x 4 decoder (a
 # CPU-sized model), and 1e-3 x B/256 with a warm-up of 10% of the run
 # (config_lib.SMALL_WARMUP): the small step is for 1000 epochs, and at a few
-# thousand steps the digits recipe's 1e-3 is what moves the ViT.
+# thousand steps the digits recipe's 1e-3 is what moves the ViT; the probe
+# reads the mean of the patch tokens (`pool="gap"`, on any ViT), which the
+# paper finds as good as its class token: on the CIFAR-10 photos (vit_mini,
+# 1,000 steps x 128) the class token gained 1.9 points over random init, the
+# mean 6.5 (docs/runs/evidence_cifar/mae).
 _SMALL = {
     "encoder": "vit_tiny",
+    "family_kwargs": {"vit": {"pool": "gap"}},
     "task_kwargs": {
         "norm_pix_loss": True,
         "decoder_dim": 256,

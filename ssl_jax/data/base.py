@@ -8,6 +8,14 @@ this module, never each other's types, so `ssl_jax/data` has no import loop.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
+import re
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -159,3 +167,49 @@ def only_feature(features, kind: type, preferred: str, spec: str) -> str:
             f"found {keys or 'none'} among {list(features)}."
         )
     return keys[0]
+
+
+# Bump when the stored content changes for the same key (e.g. a new resize).
+_CACHE_VERSION = 1
+
+
+def cached_arrays(
+    cache_dir: str | None,
+    stem: str,
+    key: dict,
+    image_size: int,
+    build: Callable[[], tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) from `<cache_dir>/<stem>-<hash(key)>.npz`, built by
+    `build()` and saved there on first use. `cache_dir` defaults to
+    `$SSL_JAX_CACHE_DIR` or `~/.cache/ssl_jax`."""
+    directory = os.path.expanduser(
+        cache_dir or os.environ.get("SSL_JAX_CACHE_DIR") or "~/.cache/ssl_jax"
+    )
+    blob = json.dumps({"version": _CACHE_VERSION, **key}, sort_keys=True).encode()
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)
+    path = os.path.join(directory, f"{stem}-{hashlib.sha256(blob).hexdigest()[:16]}.npz")
+    try:
+        with np.load(path) as f:
+            images, labels = f["images"], f["labels"]
+        if images.shape[1:] != (image_size, image_size, 3) or len(labels) != len(images):
+            raise ValueError("cached arrays have the wrong shape")
+        return images, labels
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass  # Missing, or corrupt (e.g. a killed writer on a non-atomic FS): (re)build it.
+
+    images, labels = build()
+    try:
+        os.makedirs(directory, exist_ok=True)
+        # Write then rename, so a concurrent reader or a killed run never sees half a file.
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, images=images, labels=labels)
+            os.replace(tmp, path)
+        except BaseException:
+            os.remove(tmp)
+            raise
+    except OSError as e:  # A read-only home should not stop training; it only costs a re-decode.
+        warnings.warn(f"Could not write dataset cache {path}: {e}", stacklevel=3)
+    return images, labels

@@ -31,14 +31,8 @@ files' names, sizes and mtimes, so a changed source is decoded again.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import io
-import json
 import os
-import re
-import tempfile
-import warnings
-import zipfile
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -52,6 +46,7 @@ from ssl_jax.data.base import (  # noqa: F401  (the types are this module's API 
     ArrayDataset,
     DatasetError,
     ImageDataset,
+    cached_arrays,
     only_feature,
     padded_batches,
     square,
@@ -59,8 +54,6 @@ from ssl_jax.data.base import (  # noqa: F401  (the types are this module's API 
 )
 from ssl_jax.registry import DATASETS
 
-# Bump when the decoded content changes for the same key (e.g. a new resize).
-_CACHE_VERSION = 1
 # Every loader takes (argument after "name:", split, image_size, data_dir, cache_dir).
 Loader = Callable[[str, str, int, "str | None", "str | None"], "ImageDataset | ArrayDataset"]
 
@@ -173,49 +166,6 @@ def _decode_all(sources: Sequence[str | bytes], size: int, names: Sequence[str])
     return out
 
 
-# ----------------------------------------------------------------------------- cache
-
-
-def _cached(
-    cache_dir: str | None,
-    stem: str,
-    key: dict,
-    image_size: int,
-    build: Callable[[], tuple[np.ndarray, np.ndarray]],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (images, labels) from `<cache_dir>/<stem>-<hash(key)>.npz`, building it if needed."""
-    directory = os.path.expanduser(
-        cache_dir or os.environ.get("SSL_JAX_CACHE_DIR") or "~/.cache/ssl_jax"
-    )
-    blob = json.dumps({"version": _CACHE_VERSION, **key}, sort_keys=True).encode()
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)
-    path = os.path.join(directory, f"{stem}-{hashlib.sha256(blob).hexdigest()[:16]}.npz")
-    try:
-        with np.load(path) as f:
-            images, labels = f["images"], f["labels"]
-        if images.shape[1:] != (image_size, image_size, 3) or len(labels) != len(images):
-            raise ValueError("cached arrays have the wrong shape")
-        return images, labels
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        pass  # Missing, or corrupt (e.g. a killed writer on a non-atomic FS): (re)build it.
-
-    images, labels = build()
-    try:
-        os.makedirs(directory, exist_ok=True)
-        # Write then rename, so a concurrent reader or a killed run never sees half a file.
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, images=images, labels=labels)
-            os.replace(tmp, path)
-        except BaseException:
-            os.remove(tmp)
-            raise
-    except OSError as e:  # A read-only home should not stop training; it only costs a re-decode.
-        warnings.warn(f"Could not write dataset cache {path}: {e}", stacklevel=3)
-    return images, labels
-
-
 def _file_stats(directory: str, files: Sequence[str]) -> list[tuple[str, int, int]]:
     """(relative path, size, mtime_ns) per file: the part of a cache key that sees edits."""
     stats = []
@@ -294,7 +244,7 @@ def _load_tfds(
         "files": _file_stats(version_dir, files),
     }
     stem = f"tfds-{builder.info.full_name}-{tfds_split}-{image_size}"
-    images, labels = _cached(cache_dir, stem, key, image_size, build)
+    images, labels = cached_arrays(cache_dir, stem, key, image_size, build)
     class_names = tuple(features[label_key].names)
     return ImageDataset(images, labels, num_classes, f"tfds:{spec}", class_names)
 
@@ -398,7 +348,7 @@ def _load_imagefolder(
         "files": _file_stats(root, files),
     }
     stem = f"imagefolder-{os.path.basename(root)}-{split}-{image_size}"
-    images, label_array = _cached(
+    images, label_array = cached_arrays(
         cache_dir,
         stem,
         key,

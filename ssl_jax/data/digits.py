@@ -1,12 +1,17 @@
 """scikit-learn's handwritten digits: the embedded default (no network; the
-data ships inside the scikit-learn wheel)."""
+data ships inside the scikit-learn wheel).
+
+Each split is kept in the dataset cache after its first load: importing
+scikit-learn costs most of a second, paid by every short run otherwise."""
 
 from __future__ import annotations
+
+import importlib.metadata
 
 import numpy as np
 from PIL import Image
 
-from ssl_jax.data.base import DatasetError, ImageDataset, square
+from ssl_jax.data.base import DatasetError, ImageDataset, cached_arrays, square
 from ssl_jax.registry import DATASETS
 
 
@@ -22,6 +27,17 @@ def load_digits(
     """
     if arg:
         raise DatasetError(f"'digits' takes no options, got 'digits:{arg}'.")
+    key = {"split": split, "image_size": image_size}
+    # Another scikit-learn may ship other data: its version is part of the key.
+    key["scikit-learn"] = importlib.metadata.version("scikit-learn")
+    images, labels = cached_arrays(
+        cache_dir, "digits", key, image_size, lambda: _decode(split, image_size)
+    )
+    names = tuple(str(c) for c in range(10))
+    return ImageDataset(images, labels, 10, "digits", names)
+
+
+def _decode(split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     from sklearn import datasets as sklearn_datasets  # Lazy: only this loader needs scikit-learn.
 
     digits = sklearn_datasets.load_digits()
@@ -34,5 +50,4 @@ def load_digits(
         is_test[rng.permutation(members)[: round(0.2 * len(members))]] = True
     keep = is_test if split == "test" else ~is_test
     images = np.stack([square(Image.fromarray(p, "L"), image_size) for p in pixels[keep]])
-    names = tuple(str(c) for c in range(10))
-    return ImageDataset(images, targets[keep], 10, "digits", names)
+    return images, targets[keep]

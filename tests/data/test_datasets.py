@@ -119,6 +119,24 @@ def test_digits_is_deterministic(digits8):
     np.testing.assert_array_equal(again.labels, digits8[1].labels)
 
 
+def test_digits_are_cached_after_the_first_load(tmp_path, monkeypatch):
+    from ssl_jax.data import digits
+
+    first = load_dataset("digits", "test", image_size=8, cache_dir=str(tmp_path))
+    assert len(list(tmp_path.glob("digits-*.npz"))) == 1
+
+    def no_decode(*args):
+        raise AssertionError("decoded again instead of reading the cache")
+
+    monkeypatch.setattr(digits, "_decode", no_decode)
+    again = load_dataset("digits", "test", image_size=8, cache_dir=str(tmp_path))
+    np.testing.assert_array_equal(again.images, first.images)
+    np.testing.assert_array_equal(again.labels, first.labels)
+    # Another split or size is another entry, never the cached one.
+    with pytest.raises(AssertionError, match="decoded again"):
+        load_dataset("digits", "train", image_size=8, cache_dir=str(tmp_path))
+
+
 def test_digits_takes_no_options():
     _error(load_dataset, "digits:foo=1", "train", image_size=8)
 

@@ -22,7 +22,9 @@ def num_params(model):
 
 
 def test_names_are_registered():
-    assert {"vit", "vit_test", "vit_tiny", "vit_small", "vit_base"} <= set(MODELS.names())
+    assert {"vit", "vit_test", "vit_mini", "vit_tiny", "vit_small", "vit_base"} <= set(
+        MODELS.names()
+    )
 
 
 @pytest.mark.parametrize("shape,p", [((2, 8, 12, 3), 4), ((1, 6, 6, 1), 2), ((3, 5, 5, 2), 5)])
@@ -113,7 +115,8 @@ def test_vit_base_parameter_count():
 
 
 @pytest.mark.parametrize(
-    "name,dim", [("vit_test", 32), ("vit_tiny", 192), ("vit_small", 384), ("vit_base", 768)]
+    "name,dim",
+    [("vit_test", 32), ("vit_mini", 128), ("vit_tiny", 192), ("vit_small", 384), ("vit_base", 768)],
 )
 def test_named_sizes_accept_any_multiple_of_the_patch_size(name, dim):
     model = nnx.eval_shape(lambda: build(name))
