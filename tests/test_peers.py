@@ -116,6 +116,46 @@ def test_convnet_computes_what_ssl_jaxs_computes(kwargs):
     assert net.feature_dim == flax_net.feature_dim
 
 
+@pytest.mark.parametrize("pool", ["gap", "cls"])
+def test_vit_computes_what_ssl_jaxs_computes(pool):
+    """ssl_jax's ViT weights copied into the MAE peer's: the same features,
+    so the two share the architecture (blocks, sin-cos positions, pooling)."""
+    from experiments.peers import mae
+
+    flax_net = MODELS.get("vit_test")(rngs=nnx.Rngs(0), pool=pool)
+    net = mae.build_vit("vit_test", {"patch_size": 4, "pool": pool})
+
+    def linear(layer, kernel, bias):
+        layer.weight.copy_(torch.from_numpy(np.array(kernel[...])).T)
+        layer.bias.copy_(torch.from_numpy(np.array(bias[...])))
+
+    def norm(layer, flax_norm):
+        # Moved off their init (ones, zeros), so a swapped pair would show.
+        layer.weight.copy_(torch.from_numpy(np.array(flax_norm.scale[...]) + 0.1))
+        layer.bias.copy_(torch.from_numpy(np.array(flax_norm.bias[...]) + 0.2))
+        flax_norm.scale[...] = flax_norm.scale[...] + 0.1
+        flax_norm.bias[...] = flax_norm.bias[...] + 0.2
+
+    with torch.no_grad():
+        linear(net.patch_embed, flax_net.patch_embed.kernel, flax_net.patch_embed.bias)
+        if pool == "cls":
+            net.cls_token.copy_(torch.from_numpy(np.array(flax_net.cls_token[...])))
+        for block, flax_block in zip(net.blocks, flax_net.blocks, strict=True):
+            norm(block.norm1, flax_block.norm1)
+            norm(block.norm2, flax_block.norm2)
+            attn = block.self_attn
+            attn.in_proj_weight.copy_(torch.from_numpy(np.array(flax_block.attn.qkv.kernel[...])).T)
+            attn.in_proj_bias.copy_(torch.from_numpy(np.array(flax_block.attn.qkv.bias[...])))
+            linear(attn.out_proj, flax_block.attn.proj.kernel, flax_block.attn.proj.bias)
+            linear(block.linear1, flax_block.fc1.kernel, flax_block.fc1.bias)
+            linear(block.linear2, flax_block.fc2.kernel, flax_block.fc2.bias)
+        norm(net.norm, flax_net.norm)
+    images = np.random.default_rng(1).normal(size=(3, 8, 8, 3)).astype(np.float32)  # 2 x 2 patches
+    expected = np.asarray(flax_net(jnp.asarray(images), train=False))
+    got = net.eval()(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+    np.testing.assert_allclose(got.detach().numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_learning_rates_are_the_projects_schedule(folder):
     config = _config(
         "simsiam", folder, "train_steps=10", "optimizer.fixed_lr_modules=('predictor',)"
