@@ -140,6 +140,12 @@ def _file_size_limit(limit_bytes):
     ],
 )
 def test_a_full_disk_is_one_line_and_the_rerun_resumes(tmp_path, overrides, message, steps):
+    from ssl_jax.data.datasets import load_dataset
+
+    # The digits in the session's dataset cache first: a cold cache's write
+    # would fail under the limit too (a warning, then a decode every run).
+    for split in ("train", "test"):
+        load_dataset("digits", split, image_size=16)
     workdir = tmp_path / "run"
     process = _start(workdir, *QUICK, *overrides, preexec_fn=_file_size_limit(60_000))
     _, stderr = process.communicate(timeout=300)

@@ -156,6 +156,18 @@ def test_vit_computes_what_ssl_jaxs_computes(pool):
     np.testing.assert_allclose(got.detach().numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("ratio", [0.75, 0.9, 0.6])
+def test_mae_peer_hides_as_many_patches_as_ssl_jax(ratio, folder):
+    from ssl_jax.tasks.mae import num_visible
+
+    config = _config("mae", folder, f"task_kwargs.mask_ratio={ratio}")
+    peer = train.build_method(config)
+    images = torch.zeros(2, 3, config.image_size, config.image_size, dtype=torch.uint8)
+    _, metrics = peer.loss(images, None, 0)
+    patches = (config.image_size // config.model_kwargs.patch_size) ** 2
+    assert metrics["visible_fraction"] == num_visible(patches, ratio) / patches
+
+
 def test_learning_rates_are_the_projects_schedule(folder):
     config = _config(
         "simsiam", folder, "train_steps=10", "optimizer.fixed_lr_modules=('predictor',)"

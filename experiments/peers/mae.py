@@ -9,10 +9,11 @@ Linear starts xavier-uniform with a zero bias and the tokens normal(0.02), as
 MAE's reference (`_init_weights`) and ssl_jax initialise them.
 
 Each step: a random resized crop and a flip per image (torchvision), a fresh
-random subset of `mask_ratio` of the patches hidden per image (lightly's
-`random_token_mask`), the encoder on the visible patches only, a decoder
-(its own width and depth, a shared mask token scattered to the hidden
-positions, sin-cos positions) predicting every patch's pixels, and the mean
+random subset of `mask_ratio` of the patches hidden per image (as many as
+ssl_jax hides: `tasks.mae.num_visible`), the encoder on the visible patches
+only, a decoder (its own width and depth, the encoded tokens scattered to
+their grid positions among copies of a shared mask token, sin-cos
+positions, the class token in front) predicting every patch's pixels, and the mean
 squared error on the hidden patches, each target patch standardised with
 `norm_pix_loss` (population variance as ssl_jax's `losses.mae_loss`; the
 reference's torch `var` is the unbiased one, 2% apart at 48 values).
@@ -22,12 +23,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from lightly.models.utils import patchify, random_token_mask
+from lightly.models.utils import patchify
 from torch import nn
 from torchvision.transforms import v2
 
 from experiments.peers import views
 from experiments.peers.methods import Method
+from ssl_jax.tasks.mae import num_visible
 
 LN_EPS = 1e-6
 
@@ -154,17 +156,19 @@ class Decoder(nn.Module):
         init_xavier(self)
         nn.init.normal_(self.mask_token, std=0.02)
 
-    def forward(self, visible: torch.Tensor, keep: torch.Tensor, grid) -> torch.Tensor:
-        """Encoded visible patch tokens [B, n, E] at grid indices `keep` ->
-        predicted pixels of every patch [B, N, P], in grid order."""
-        x = self.embed(visible)
+    def forward(self, tokens: torch.Tensor, keep: torch.Tensor, grid, prefix: int) -> torch.Tensor:
+        """Encoder output [B, prefix + n, E] (the class token, if any, then the
+        visible patches at grid indices `keep`) -> predicted pixels of every
+        patch [B, N, P], in grid order. The class token goes through the
+        blocks, as in the reference, and is dropped from the output."""
+        x = self.embed(tokens)
         batch, n_patches = len(x), grid[0] * grid[1]
         full = self.mask_token.expand(batch, n_patches, self.dim).clone()
-        full = full.scatter(1, keep[:, :, None].expand(-1, -1, self.dim), x)
-        x = full + sincos_2d(self.dim, *grid)[None]
+        full = full.scatter(1, keep[:, :, None].expand(-1, -1, self.dim), x[:, prefix:])
+        x = torch.cat([x[:, :prefix], full + sincos_2d(self.dim, *grid)[None]], dim=1)
         for block in self.blocks:
             x = block(x)
-        return self.pred(self.norm(x))
+        return self.pred(self.norm(x))[:, prefix:]
 
 
 class MAE(Method):
@@ -204,15 +208,15 @@ class MAE(Method):
         grid = encoder.grid(x)
         target = patchify(x, encoder.patch_size)
         n_patches = target.shape[1]
-        # lightly keeps int(N (1 - ratio)) patches, ssl_jax round(N (1 - ratio)):
-        # the same 16 of 64 at the recipe's 0.75.
-        keep, _ = random_token_mask(
-            (len(x), n_patches), mask_ratio=self.kw["mask_ratio"], mask_class_token=True
-        )
+        # ssl_jax's count of visible patches (round, at least 1, at most N - 1);
+        # lightly's random_token_mask keeps int(N (1 - ratio)), which differs
+        # at other ratios (0.9 of 16 patches: 1 against 2).
+        n_keep = num_visible(n_patches, self.kw["mask_ratio"])
+        keep = torch.argsort(torch.rand(len(x), n_patches), dim=1)[:, :n_keep]
         visible = torch.gather(target, 1, keep[:, :, None].expand(-1, -1, target.shape[2]))
         tokens = encoder.encode(visible, keep, grid)
         prefix = 1 if encoder.cls_token is not None else 0
-        pred = self.decoder(tokens[:, prefix:], keep, grid)
+        pred = self.decoder(tokens, keep, grid, prefix)
         hidden = torch.ones(len(x), n_patches)
         hidden.scatter_(1, keep, 0.0)
         if self.kw["norm_pix_loss"]:

@@ -59,6 +59,7 @@ RECIPES = {
     # ImageNet: a ResNet-50 for about 30 epochs of 1.28 M images (RotNet trained ~35).
     "large": {
         **_NATURAL,
+        "family_kwargs": {},  # measured on 32 px photos only
         "encoder": "resnet50",
         "task_kwargs": {"flip": True, "crop_padding": 16},
         "batch_size": 512,
