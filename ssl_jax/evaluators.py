@@ -304,7 +304,8 @@ def evaluated_dataset(config: ConfigDict, args: ConfigDict) -> str:
 
 def check_data(config: ConfigDict, splits: Callable[[str], tuple]) -> None:
     """What an evaluator needs of its data, before pretraining: a
-    `bag_of_tokens` entry needs a token dataset held in memory."""
+    `bag_of_tokens` entry needs a token dataset held in memory, and a
+    `fine_tune` entry's label budgets must fit in memory (`check_memory`)."""
     for name, args in config.evals.items():
         if args.type != "bag_of_tokens":
             continue

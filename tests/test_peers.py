@@ -120,10 +120,8 @@ def test_convnet_computes_what_ssl_jaxs_computes(kwargs):
 def test_vit_computes_what_ssl_jaxs_computes(pool):
     """ssl_jax's ViT weights copied into the MAE peer's: the same features,
     so the two share the architecture (blocks, sin-cos positions, pooling)."""
-    from experiments.peers import mae
-
     flax_net = MODELS.get("vit_test")(rngs=nnx.Rngs(0), pool=pool)
-    net = mae.build_vit("vit_test", {"patch_size": 4, "pool": pool})
+    net = models.build_encoder("vit_test", {"patch_size": 4, "pool": pool})
 
     def linear(layer, kernel, bias):
         layer.weight.copy_(torch.from_numpy(np.array(kernel[...])).T)

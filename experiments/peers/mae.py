@@ -1,12 +1,5 @@
-"""MAE's peer (He et al., CVPR 2022; ssl_jax/tasks/mae.py) in PyTorch.
-
-The encoder is ssl_jax's ViT rebuilt from torch's own layers: a linear
-projection of the flattened patches (lightly's `patchify`), fixed 2-D sin-cos
-positions, pre-norm `nn.TransformerEncoderLayer` blocks (exact GELU, a 4x
-MLP, LayerNorm eps 1e-6, no dropout), a final LayerNorm; features are the
-class token or the mean of the patch tokens (`model_kwargs.pool`). Every
-Linear starts xavier-uniform with a zero bias and the tokens normal(0.02), as
-MAE's reference (`_init_weights`) and ssl_jax initialise them.
+"""MAE's peer (He et al., CVPR 2022; ssl_jax/tasks/mae.py) in PyTorch, on
+the peers' ViT (`models.ViT`: ssl_jax's ViT from torch's own layers).
 
 Each step: a random resized crop and a flip per image (torchvision), a fresh
 random subset of `mask_ratio` of the patches hidden per image (as many as
@@ -21,7 +14,6 @@ reference's torch `var` is the unbiased one, 2% apart at 48 values).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from lightly.models.utils import patchify
 from torch import nn
@@ -29,119 +21,8 @@ from torchvision.transforms import v2
 
 from experiments.peers import views
 from experiments.peers.methods import Method
+from experiments.peers.models import LN_EPS, ViT, blocks, init_xavier, sincos_2d
 from ssl_jax.tasks.mae import num_visible
-
-LN_EPS = 1e-6
-
-# ssl_jax's named ViT sizes (ssl_jax/models/vit.py).
-SIZES = {
-    "vit_test": {"embed_dim": 32, "depth": 2, "num_heads": 2},
-    "vit_mini": {"embed_dim": 128, "depth": 4, "num_heads": 4},
-    "vit_tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
-    "vit": {},
-}
-
-
-def sincos_2d(dim: int, rows: int, cols: int) -> torch.Tensor:
-    """[rows * cols, dim] fixed positions, row-major: the first half of the
-    channels encodes the row and the second half the column, each as
-    [sin, cos] of dim/4 frequencies 10000^(-i / (dim/4))."""
-    quarter = dim // 4
-    frequencies = 1.0 / 10000.0 ** (np.arange(quarter) / quarter)
-    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-    parts = []
-    for coordinate in (r.ravel(), c.ravel()):
-        angles = coordinate[:, None] * frequencies[None, :]
-        parts += [np.sin(angles), np.cos(angles)]
-    return torch.from_numpy(np.concatenate(parts, axis=1).astype(np.float32))
-
-
-def blocks(dim: int, depth: int, num_heads: int) -> nn.ModuleList:
-    return nn.ModuleList(
-        nn.TransformerEncoderLayer(
-            dim,
-            num_heads,
-            4 * dim,
-            dropout=0.0,
-            activation="gelu",
-            layer_norm_eps=LN_EPS,
-            batch_first=True,
-            norm_first=True,
-        )
-        for _ in range(depth)
-    )
-
-
-def init_xavier(module: nn.Module) -> None:
-    """MAE's reference init: xavier-uniform Linear weights (the fused q/k/v
-    projection as one [3D, D] matrix, as its timm qkv layer), zero biases."""
-    for layer in module.modules():
-        if isinstance(layer, nn.Linear):
-            nn.init.xavier_uniform_(layer.weight)
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
-        elif isinstance(layer, nn.MultiheadAttention):
-            nn.init.xavier_uniform_(layer.in_proj_weight)
-            nn.init.zeros_(layer.in_proj_bias)
-
-
-class ViT(nn.Module):
-    def __init__(
-        self,
-        *,
-        patch_size: int,
-        embed_dim: int,
-        depth: int,
-        num_heads: int,
-        pool: str = "cls",
-        in_channels: int = 3,
-    ):
-        super().__init__()
-        if pool not in ("cls", "gap"):
-            raise ValueError(f"ViT pool must be 'cls' or 'gap', got {pool!r}.")
-        self.patch_size, self.embed_dim, self.pool = patch_size, embed_dim, pool
-        self.in_channels = in_channels
-        self.feature_dim = embed_dim
-        self.patch_embed = nn.Linear(patch_size * patch_size * in_channels, embed_dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if pool == "cls" else None
-        self.blocks = blocks(embed_dim, depth, num_heads)
-        self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
-        init_xavier(self)
-        if self.cls_token is not None:
-            nn.init.normal_(self.cls_token, std=0.02)
-
-    def grid(self, images: torch.Tensor) -> tuple[int, int]:
-        return images.shape[2] // self.patch_size, images.shape[3] // self.patch_size
-
-    def encode(self, patches: torch.Tensor, keep: torch.Tensor | None, grid) -> torch.Tensor:
-        """Patches [B, n, P] at grid indices `keep` [B, n] (None: all, in
-        order) -> normalised tokens [B, prefix + n, D]."""
-        positions = sincos_2d(self.embed_dim, *grid)
-        positions = positions[None] if keep is None else positions[keep]
-        x = self.patch_embed(patches) + positions
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
-
-    def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens[:, 0] if self.pool == "cls" else tokens.mean(dim=1)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised NCHW images -> pooled features [B, D]."""
-        patches = patchify(images, self.patch_size)
-        return self.pool_tokens(self.encode(patches, None, self.grid(images)))
-
-
-def build_vit(model: str, model_kwargs: dict) -> ViT:
-    if model not in SIZES:
-        raise ValueError(f"The MAE peer implements the ViTs {', '.join(SIZES)}, not {model!r}.")
-    kwargs = {**SIZES[model], **dict(model_kwargs)}
-    unknown = set(kwargs) - {"patch_size", "embed_dim", "depth", "num_heads", "pool"}
-    if unknown:
-        raise ValueError(f"The MAE peer's ViT does not implement model_kwargs {sorted(unknown)}.")
-    return ViT(**kwargs)
 
 
 class Decoder(nn.Module):

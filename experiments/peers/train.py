@@ -35,7 +35,7 @@ from ml_collections import ConfigDict, config_flags
 from experiments.peers import models, views
 from experiments.peers import optim as peer_optim
 from experiments.peers.dino import DINO
-from experiments.peers.mae import MAE, build_vit
+from experiments.peers.mae import MAE
 from experiments.peers.methods import (
     BYOL,
     BarlowTwins,
@@ -84,11 +84,7 @@ def load_config(config: str, arg: str = "", overrides: Sequence[str] = ()) -> Co
 def build_method(config: ConfigDict, *, bn: str = "per_view") -> Method:
     if config.task not in METHODS:
         raise ValueError(f"No peer for task {config.task!r}; peers: {', '.join(METHODS)}.")
-    kwargs = config.model_kwargs.to_dict()
-    if config.task == "mae":
-        encoder = build_vit(config.model, kwargs)
-    else:
-        encoder = models.build_encoder(config.model, kwargs)
+    encoder = models.build_encoder(config.model, config.model_kwargs.to_dict())
     return METHODS[config.task](config, encoder, bn=bn)
 
 

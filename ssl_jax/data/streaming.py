@@ -523,7 +523,6 @@ class StreamSplit:
     def subset(self, indices):
         """The records at `indices`, decoded and centre-cropped into memory
         (with on_bad_record="skip", unreadable ones are left out)."""
-
         source, transform = self.dataset.source, center_transform(self.image_size)
         images, labels = [], []
         for i in indices:

@@ -65,7 +65,6 @@ def chunks(text: str, length: int) -> list[bytes]:
 
 def parse_options(arg: str, defaults: dict[str, int], kind: str) -> dict[str, int]:
     """`key=INT,...` after a dataset's name (unknown keys are an error)."""
-
     options = dict(defaults)
     for item in filter(None, arg.split(",")):
         key, _, value = item.partition("=")
@@ -108,7 +107,6 @@ def pydoc_corpus(length: int, min_chunks: int) -> tuple[dict[str, np.ndarray], t
 
 
 def load_pydoc(arg: str, split: str):
-
     options = parse_options(arg, _PYDOC_DEFAULTS, "pydoc")
     if options["length"] < 2 or options["min_chunks"] < _TEST_EVERY:
         raise DatasetError(f"pydoc needs length >= 2 and min_chunks >= {_TEST_EVERY}.")
@@ -120,7 +118,6 @@ def load_pydoc(arg: str, split: str):
 
 def from_texts(texts, labels, num_classes: int, name: str, length: int, class_names=None):
     """A text split from raw texts (str or UTF-8 bytes), e.g. a TFDS dataset's."""
-
     tokens = np.stack([encode(t, length) for t in texts]) if len(texts) else np.zeros((0, length))
     return ArrayDataset(
         tokens.astype(np.int32),

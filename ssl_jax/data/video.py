@@ -42,7 +42,6 @@ _SEEDS = {"train": 0, "test": 1}
 
 
 def parse(arg: str) -> dict:
-
     options = dict(_DEFAULTS)
     for item in filter(None, arg.split(",")):
         key, _, value = item.partition("=")
@@ -100,7 +99,6 @@ def _resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_moving_digits(arg: str, split: str, image_size: int):
-
     options = parse(arg)
     # The digits split of `digits.load_digits`, at their own 8 px (grey).
     digits = load_digits("", split, DIGIT, None, None)
@@ -119,7 +117,6 @@ def load_moving_digits(arg: str, split: str, image_size: int):
 def from_frames(videos, labels, num_classes: int, name: str, frames: int, image_size: int, names):
     """A video split from decoded videos (each uint8 [T, H, W, C]): `frames`
     evenly spaced frames, centre square, resized to `image_size`, RGB."""
-
     out = np.zeros((len(videos), frames, image_size, image_size, 3), np.uint8)
     for i, video in enumerate(videos):
         video = np.asarray(video)

@@ -86,11 +86,12 @@ def convnet_preset(image_size: int, *, test: bool = False) -> EncoderPreset:
     """The default ConvNet at any size (stride-2 stem; recipes may set
     `stem_stride=1` for 16 px images), He-initialised; tiny for tests.
 
-    PyTorch's conv init (`conv_init="torch"`) is an option, not the default:
-    on the CIFAR-10 photos (1,000 steps) it lifted rotation's probe by 5.6
-    points but cost BYOL 3.9 and SimSiam 1.1 (their PyTorch peers 4.4 and
-    8.4), and was within 1 point for SimCLR and MoCo v3 (docs/results.md,
-    "Every method")."""
+    PyTorch's conv init (`conv_init="torch"`) is not the default but a
+    recipe's choice (rotation's and DINO's photo recipes, through their
+    `family_kwargs`): on the CIFAR-10 photos (1,000 steps) it lifted
+    rotation's probe by 5.6 points and DINO's by 3.0, but cost BYOL 3.9 and
+    SimSiam 1.1 (their PyTorch peers 4.4 and 8.4), and was within 1 point for
+    SimCLR and MoCo v3 (docs/results.md, "Every method")."""
     del image_size
     if test:
         return EncoderPreset("convnet_tiny")
