@@ -46,7 +46,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ssl_jax import prepare  # noqa: E402
-from ssl_jax.data import decode, pipeline, records, streaming  # noqa: E402
+from ssl_jax.data import decode, pipeline, record_transforms, records, streaming  # noqa: E402
 
 CROP = decode.CropSpec(224, scale=(0.08, 1.0))
 
@@ -160,7 +160,7 @@ def ours_loader(spec: str, batch_size: int, workers: int):
     return ds.host_batches(
         batch_size=batch_size,
         seed=0,
-        transform=streaming.crop_transform([CROP]),
+        transform=record_transforms.crop_transform([CROP]),
         num_workers=workers,
     )
 
@@ -299,7 +299,7 @@ def per_example_loader(spec: str, batch_size: int, workers: int):
     load = functools.partial(
         _example,
         source=source,
-        transform=streaming.crop_transform([CROP]),
+        transform=record_transforms.crop_transform([CROP]),
         batch_size=batch_size,
         seed=0,
     )
@@ -449,7 +449,7 @@ def memory_read(directory: str, steps: int, batch_size: int, workers: int) -> No
     batches = ds.host_batches(
         batch_size=batch_size,
         seed=0,
-        transform=streaming.crop_transform([decode.CropSpec(96)]),
+        transform=record_transforms.crop_transform([decode.CropSpec(96)]),
         num_workers=workers,
     )
     start = time.perf_counter()

@@ -26,7 +26,7 @@ from ml_collections import ConfigDict
 
 from ssl_jax import config_lib, evaluators, metrics, train
 from ssl_jax import workdir as workdir_lib
-from ssl_jax.data import pipeline, streaming
+from ssl_jax.data import pipeline, record_transforms, streaming
 from ssl_jax.data.datasets import ImageDataset, load_dataset
 from ssl_jax.evaluate import label_efficiency
 from ssl_jax.evaluators import (
@@ -64,9 +64,10 @@ def training_data(config: ConfigDict, train_split):
             {train_split.input_key: train_split.inputs, "label": train_split.labels}
         )
     crops = nnx.eval_shape(lambda: train.build_task(config)).host_crops(config.image_size)
-    transform = (
-        streaming.view_transform(crops) if crops else streaming.center_transform(config.image_size)
-    )
+    if crops:
+        transform = record_transforms.view_transform(crops)
+    else:
+        transform = record_transforms.center_transform(config.image_size)
     return streaming.StreamingSource(
         train_split.dataset,
         transform,

@@ -6,8 +6,9 @@
 
 An image folder is `root/train/<class>/<image>` plus `root/test/<class>/...`
 (or `root/val/...`), with the classes (and their label order) taken from
-train/, as `ssl_jax.data.datasets` reads it; its test split is written under
-its folder's name ("test" or "val"). A tfds source (prepared in ArrayRecord
+train/, checked by the in-memory loader's own function
+(`ssl_jax.data.image_folder.list_image_folder`); its test split is written
+under its folder's name ("test" or "val"). A tfds source (prepared in ArrayRecord
 format) is copied split by split ("train" and "test", or "validation").
 
 Files are copied byte for byte (fast; memory bounded: examples stream through
@@ -31,8 +32,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from ssl_jax import cli
-from ssl_jax.data import decode, records
-from ssl_jax.data.datasets import IMAGE_EXTENSIONS, DatasetError, _visible_entries
+from ssl_jax.data import decode, image_folder, records
+from ssl_jax.data.base import DatasetError
 
 _SOURCE = flags.DEFINE_string("source", None, "imagefolder:/path/to/root or tfds:NAME.")
 _OUT = flags.DEFINE_string("out", None, "Directory to write the shards and dataset_info.json into.")
@@ -49,55 +50,13 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks.")
 flags.mark_flags_as_required(["source", "out"])
 
 
-# ----------------------------------------------------------------------------- image folders
-
-
-def list_imagefolder(root: str) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
-    """(classes, {split: [(file, label), ...]}) of an image folder, splits "train" and the
-    first of "test", "val" present; the rules and messages of `datasets`' image folder."""
-    layout = f"expected {root}/train/<class>/<image> and {root}/test/<class>/<image> (or val/)"
-    if not os.path.isdir(root):
-        raise DatasetError(f"Image folder {root} does not exist; {layout}.")
-    train_dir = os.path.join(root, "train")
-    if not os.path.isdir(train_dir):
-        raise DatasetError(f"Image folder has no {train_dir}; {layout}.")
-    classes = [c for c in _visible_entries(train_dir) if os.path.isdir(os.path.join(train_dir, c))]
-    test = next((n for n in ("test", "val") if os.path.isdir(os.path.join(root, n))), None)
-    if test is None:
-        raise DatasetError(f"Image folder has no {root}/test or {root}/val; {layout}.")
-
-    splits = {}
-    for split in ("train", test):
-        split_dir, files = os.path.join(root, split), []
-        for c in _visible_entries(split_dir):
-            class_dir = os.path.join(split_dir, c)
-            if not os.path.isdir(class_dir):
-                continue
-            if c not in classes:
-                raise DatasetError(
-                    f"Class directory {class_dir} has no counterpart in {train_dir}; "
-                    "add it to train/ or remove it."
-                )
-            files += [
-                (os.path.join(class_dir, f), classes.index(c))
-                for f in _visible_entries(class_dir)
-                if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
-            ]
-        if not files:
-            extensions = " ".join(sorted(IMAGE_EXTENSIONS))
-            raise DatasetError(f"No images ({extensions}) under {split_dir}/<class>/; {layout}.")
-        splits[split] = files
-    return classes, splits
+# ----------------------------------------------------------------------------- reading
 
 
 def _read_file(root: str, verify: bool, item: tuple[str, int]) -> records.Example:
     path, label = item
     key = os.path.relpath(path, root)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise DatasetError(f"Cannot read {path}: {e.strerror or e}.") from None
+    data = decode.read_image_file(path)  # Raises DatasetError naming the file.
     if verify:
         decode.decode_image(data, path)  # Raises DatasetError naming the file.
     return records.Example(key, data, label)
@@ -125,10 +84,8 @@ def _ordered_map(fn: Callable, items: Iterable, threads: int) -> Iterator:
 
 
 def _imagefolder_splits(path: str, data_dir: str | None, verify: bool, threads: int):
-    root = os.path.abspath(
-        os.path.join(os.path.expanduser(data_dir or ""), os.path.expanduser(path))
-    )
-    classes, splits = list_imagefolder(root)
+    root = image_folder.resolve_root(path, data_dir)
+    classes, splits = image_folder.list_image_folder(root)
     read = lambda item: _read_file(root, verify, item)
     examples = {split: _ordered_map(read, files, threads) for split, files in splits.items()}
     return examples, classes

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from ssl_jax import prepare
-from ssl_jax.data import records
-from ssl_jax.data.datasets import DatasetError
+from ssl_jax.data import image_folder, records
+from ssl_jax.data.datasets import DatasetError, load_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,15 +103,71 @@ def test_verify_stops_at_a_broken_image(folder, tmp_path):
     assert "already holds a dataset" in line and "--overwrite" in line
 
 
-def test_list_imagefolder_rules(folder):
-    classes, splits = prepare.list_imagefolder(str(folder))
+def test_list_image_folder_rules(folder):
+    classes, splits = image_folder.list_image_folder(str(folder))
     assert classes == ["cat", "dog"] and list(splits) == ["train", "val"]
     os.makedirs(folder / "test" / "cat")
     Image.new("RGB", (4, 4)).save(folder / "test" / "cat" / "x.png")
-    assert list(prepare.list_imagefolder(str(folder))[1]) == ["train", "test"]  # test before val
+    _, splits = image_folder.list_image_folder(str(folder))
+    assert list(splits) == ["train", "test"]  # test before val
     os.makedirs(folder / "test" / "bird")
     with pytest.raises(DatasetError, match="no counterpart"):
-        prepare.list_imagefolder(str(folder))
+        image_folder.list_image_folder(str(folder))
+
+
+def _image(path, fmt="PNG"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.new("RGB", (4, 4), (90, 20, 200)).save(path, format=fmt)
+
+
+def _no_train(root):
+    _image(root / "test/cat/a.png")
+
+
+def _no_test(root):
+    _image(root / "train/cat/a.png")
+
+
+def _stray_class(root):
+    _image(root / "train/cat/a.png")
+    _image(root / "val/cow/b.png")
+
+
+def _empty_train(root):
+    os.makedirs(root / "train/cat")
+    (root / "train/cat/readme.txt").write_text("no images here")
+    _image(root / "test/cat/a.png")
+
+
+def _broken_image(root):
+    _image(root / "train/cat/a.png")
+    (root / "train/cat/b.jpg").write_bytes(b"\x00garbage, not a jpeg\x01" * 10)
+    _image(root / "test/cat/c.png")
+
+
+# (how to break a folder, the split whose loading meets it, what the message says)
+BROKEN_FOLDERS = [
+    (lambda root: None, "train", "does not exist"),
+    (_no_train, "test", "has no"),
+    (_no_test, "test", "/test or"),
+    (_stray_class, "test", "no counterpart"),
+    (_empty_train, "train", "No images"),
+    (_broken_image, "train", "Cannot read image"),
+]
+
+
+@pytest.mark.parametrize("build, split, says", BROKEN_FOLDERS)
+def test_prepare_and_the_loader_refuse_a_broken_folder_alike(build, split, says, tmp_path):
+    # One check of the layout (image_folder.list_image_folder) and one error
+    # for unreadable images serve both: the same folder, the same line.
+    root = tmp_path / "root"
+    build(root)
+    with pytest.raises(DatasetError) as loading:
+        load_dataset(f"imagefolder:{root}", split, image_size=4, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(DatasetError) as preparing:
+        prepare.prepare(f"imagefolder:{root}", str(tmp_path / "out"), verify=True)
+    assert says in str(loading.value) and "\n" not in str(loading.value)
+    assert str(preparing.value) == str(loading.value)
 
 
 def test_prepare_converts_a_tfds_dataset(tmp_path):

@@ -1,4 +1,4 @@
-"""The project's augmented views (`ssl_jax/data/augment.py`) with torchvision.
+"""The project's augmented views (`ssl_jax/data/augment/`) with torchvision.
 
 A `ViewRecipe` (crop_scale, crop_ratio, size, flip, jitter amounts and
 probability, grayscale, blur, solarise) becomes one torchvision.transforms.v2

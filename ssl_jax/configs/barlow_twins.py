@@ -15,6 +15,7 @@ Variants, picked by the argument after the colon (comma-separated):
 """
 
 from ssl_jax import config_lib
+from ssl_jax.data.augment import recipes
 
 # Small images: solo-learn's CIFAR recipe (scripts/pretrain/cifar/barlow.yaml):
 # LARS 0.3 x B/256 with trust coefficient 0.02 and LARC clipping, weight decay
@@ -24,7 +25,7 @@ from ssl_jax import config_lib
 _SMALL = {
     "encoder": "resnet18",
     "task_kwargs": {
-        "views": config_lib.cifar_views(),
+        "views": recipes.cifar_views(),
         "projection_dims": (2048, 2048, 2048),
         "loss_scale": 0.1,
     },
@@ -38,7 +39,7 @@ RECIPES = {
         "encoder": "convnet",
         "model_kwargs": {"stem_stride": 1},
         "task_kwargs": {
-            "views": (config_lib.DIGITS_VIEW, config_lib.DIGITS_VIEW),
+            "views": (recipes.DIGITS_VIEW, recipes.DIGITS_VIEW),
             "projection_dims": (512, 512, 512),
         },
         "baselines": {"supervised_task_kwargs": {"flip": False}},
@@ -60,7 +61,7 @@ RECIPES = {
     # epochs, lambda 0.0051.
     "large": {
         "encoder": "resnet50",
-        "task_kwargs": {"views": config_lib.byol_views(), "projection_dims": (8192, 8192, 8192)},
+        "task_kwargs": {"views": recipes.byol_views(), "projection_dims": (8192, 8192, 8192)},
         "batch_size": 2048,
         "train_steps": 625_000,
         "optimizer": {

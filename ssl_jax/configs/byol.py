@@ -15,6 +15,7 @@ Variants, picked by the argument after the colon (comma-separated):
 """
 
 from ssl_jax import config_lib
+from ssl_jax.data.augment import recipes
 
 # Small images: solo-learn's CIFAR recipe (scripts/pretrain/cifar/byol.yaml):
 # LARS 1.0 x B/256 with trust coefficient 0.02 and each step clipped to plain
@@ -24,7 +25,7 @@ from ssl_jax import config_lib
 # Departs: heads initialised as BYOL's reference (Haiku) does, not PyTorch.
 _SMALL = {
     "encoder": "resnet18",
-    "task_kwargs": {"views": config_lib.cifar_views(), "base_momentum": 0.99},
+    "task_kwargs": {"views": recipes.cifar_views(), "base_momentum": 0.99},
     "batch_size": 256,
     "train_steps": 195_300,
     "optimizer": config_lib.solo_learn_lars(1.0, weight_decay=1e-5),
@@ -35,7 +36,7 @@ RECIPES = {
         "encoder": "convnet",
         "model_kwargs": {"stem_stride": 1},
         "task_kwargs": {
-            "views": (config_lib.DIGITS_VIEW, config_lib.DIGITS_VIEW),
+            "views": (recipes.DIGITS_VIEW, recipes.DIGITS_VIEW),
             "projection_hidden_dim": 256,
             "projection_dim": 64,
             "prediction_hidden_dim": 256,
@@ -58,7 +59,7 @@ RECIPES = {
     # 1000 epochs, base momentum 0.996, projector 4096 -> 256, predictor 4096.
     "large": {
         "encoder": "resnet50",
-        "task_kwargs": {"views": config_lib.byol_views(), "base_momentum": 0.996},
+        "task_kwargs": {"views": recipes.byol_views(), "base_momentum": 0.996},
         "batch_size": 4096,
         "train_steps": 312_500,
         "optimizer": {

@@ -17,13 +17,14 @@ Variants, picked by the argument after the colon (comma-separated):
 """
 
 from ssl_jax import config_lib
+from ssl_jax.data.augment import recipes
 
 
 def _views(global_size: int, local_size: int, *, global_scale, local_scale, **overrides):
     """DINO's multi-crop (the paper's appendix, the reference's DataAugmentationDINO):
     BYOL's photometric pair on the two global crops, blur p = 0.5 on the
     local ones."""
-    first, second = config_lib.byol_views(crop_scale=global_scale, size=global_size, **overrides)
+    first, second = recipes.byol_views(crop_scale=global_scale, size=global_size, **overrides)
     local = {**second, "size": local_size, "crop_scale": local_scale}
     local.update(blur_probability=0.5, solarize_probability=0.0)
     return {"global_views": (first, second), "local_view": local}

@@ -15,6 +15,7 @@ Variants, picked by the argument after the colon (comma-separated):
 """
 
 from ssl_jax import config_lib
+from ssl_jax.data.augment import recipes
 
 # Small images: solo-learn's CIFAR recipe (scripts/pretrain/cifar/mocov3.yaml):
 # LARS 0.3 x B/256 with trust coefficient 0.02 and LARC clipping, weight decay
@@ -23,7 +24,7 @@ from ssl_jax import config_lib
 # (config_lib.SMALL_WARMUP; solo-learn: 10 of 1000 epochs), batch 256.
 _SMALL = {
     "encoder": "resnet18",
-    "task_kwargs": {"views": config_lib.cifar_views(), "projection_hidden_dims": (4096,)},
+    "task_kwargs": {"views": recipes.cifar_views(), "projection_hidden_dims": (4096,)},
     "batch_size": 256,
     "train_steps": 195_300,
     "optimizer": config_lib.solo_learn_lars(0.3, weight_decay=1e-6),
@@ -34,7 +35,7 @@ RECIPES = {
         "encoder": "convnet",
         "model_kwargs": {"stem_stride": 1},
         "task_kwargs": {
-            "views": (config_lib.DIGITS_VIEW, config_lib.DIGITS_VIEW),
+            "views": (recipes.DIGITS_VIEW, recipes.DIGITS_VIEW),
             "projection_hidden_dims": (256,),
             "projection_dim": 64,
             "prediction_hidden_dim": 256,
@@ -57,7 +58,7 @@ RECIPES = {
     # projector 3 layers (4096 -> 256), predictor 2 layers.
     "large": {
         "encoder": "vit_small",
-        "task_kwargs": {"views": config_lib.byol_views()},
+        "task_kwargs": {"views": recipes.byol_views()},
         "batch_size": 4096,
         "train_steps": 93_750,
         "optimizer": {

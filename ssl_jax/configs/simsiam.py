@@ -15,6 +15,7 @@ Variants, picked by the argument after the colon (comma-separated):
 """
 
 from ssl_jax import config_lib
+from ssl_jax.data.augment import recipes
 
 # Small images: solo-learn's CIFAR recipe (scripts/pretrain/cifar/simsiam.yaml):
 # SGD at 0.5 x B/256, momentum 0.9, weight decay 1e-5, a warm-up of 10% of the
@@ -28,7 +29,7 @@ from ssl_jax import config_lib
 _SMALL = {
     "encoder": "resnet18",
     "task_kwargs": {
-        "views": config_lib.simsiam_views(crop_scale=(0.08, 1.0)),
+        "views": recipes.simsiam_views(crop_scale=(0.08, 1.0)),
         "projection_dim": 2048,
     },
     "batch_size": 256,
@@ -46,7 +47,7 @@ RECIPES = {
         "encoder": "convnet",
         "model_kwargs": {"stem_stride": 1},
         "task_kwargs": {
-            "views": (config_lib.DIGITS_VIEW, config_lib.DIGITS_VIEW),
+            "views": (recipes.DIGITS_VIEW, recipes.DIGITS_VIEW),
             "projection_dim": 256,
             "prediction_hidden_dim": 64,
         },
@@ -67,7 +68,7 @@ RECIPES = {
     # predictor bottleneck 512.
     "large": {
         "encoder": "resnet50",
-        "task_kwargs": {"views": config_lib.simsiam_views(), "projection_dim": 2048},
+        "task_kwargs": {"views": recipes.simsiam_views(), "projection_dim": 2048},
         "batch_size": 512,
         "train_steps": 250_000,
         "optimizer": {

@@ -15,6 +15,7 @@ Variants, picked by the argument after the colon (comma-separated):
 """
 
 from ssl_jax import config_lib
+from ssl_jax.data.augment import recipes
 
 # Small images: solo-learn's CIFAR recipe (scripts/pretrain/cifar/vicreg.yaml):
 # LARS 0.3 x B/256 with trust coefficient 0.02 and LARC clipping, weight decay
@@ -26,7 +27,7 @@ from ssl_jax import config_lib
 _SMALL = {
     "encoder": "resnet18",
     "task_kwargs": {
-        "views": config_lib.byol_views(
+        "views": recipes.byol_views(
             crop_scale=(0.2, 1.0), blur_probability=0.0, solarize_probability=0.1
         ),
         "expander_dims": (2048, 2048, 2048),
@@ -42,7 +43,7 @@ RECIPES = {
         "encoder": "convnet",
         "model_kwargs": {"stem_stride": 1},
         "task_kwargs": {
-            "views": (config_lib.DIGITS_VIEW, config_lib.DIGITS_VIEW),
+            "views": (recipes.DIGITS_VIEW, recipes.DIGITS_VIEW),
             "expander_dims": (512, 512, 512),
         },
         "baselines": {"supervised_task_kwargs": {"flip": False}},
@@ -62,7 +63,7 @@ RECIPES = {
     # 10 warm-up epochs, 1000 epochs.
     "large": {
         "encoder": "resnet50",
-        "task_kwargs": {"views": config_lib.byol_views(), "expander_dims": (8192, 8192, 8192)},
+        "task_kwargs": {"views": recipes.byol_views(), "expander_dims": (8192, 8192, 8192)},
         "batch_size": 2048,
         "train_steps": 625_000,
         "optimizer": {

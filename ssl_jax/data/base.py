@@ -1,7 +1,8 @@
 """The data types every source produces, with no loader in sight: the
 datasets (`ImageDataset`, `ArrayDataset`), their error (`DatasetError`) and
-the image geometry every decoder shares (`square`, `to_rgb`). Sources
-(`datasets.py`, `digits.py`, `text.py`, `video.py`, `records.py`) import
+the image geometry every decoder shares (`square`, `to_rgb`) and the decode
+cache (`cached_arrays`, `file_stats`). Sources (`digits.py`, `synthetic.py`,
+`text.py`, `video.py`, `tfds_source.py`, `image_folder.py`, `records.py`) import
 this module, never each other's types, so `ssl_jax/data` has no import loop.
 """
 
@@ -135,7 +136,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
         if image.mode != "I" or pixels.max(initial=0) > 255:
             pixels = pixels / 257.0
         image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L")
-    return image.convert("RGB")  # Grey, palette, RGBA, CMYK -> 3 channels.
+    if image.mode == "RGB":
+        return image  # No copy; a lazily opened file stays lazy (JPEG draft mode, decode.py).
+    # Grey, palette, RGBA (alpha dropped, as PIL and torchvision do), CMYK -> 3 channels.
+    return image.convert("RGB")
 
 
 def square(image: Image.Image, size: int) -> np.ndarray:
@@ -167,6 +171,16 @@ def only_feature(features, kind: type, preferred: str, spec: str) -> str:
             f"found {keys or 'none'} among {list(features)}."
         )
     return keys[0]
+
+
+def file_stats(directory: str, files) -> list[tuple[str, int, int]]:
+    """(path relative to `directory`, size, mtime_ns) per file: the part of a
+    cache key that sees the source files change."""
+    stats = []
+    for f in files:
+        s = os.stat(f)
+        stats.append((os.path.relpath(f, directory), s.st_size, s.st_mtime_ns))
+    return stats
 
 
 # Bump when the stored content changes for the same key (e.g. a new resize).

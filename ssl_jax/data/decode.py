@@ -13,6 +13,11 @@ The streaming input path keeps images encoded on disk and turns each one into
 - `center_square(image, size)`: the evaluation transform, the same function
   as the in-memory path's (`base.square`), so both evaluate alike.
 
+The in-memory loaders decode here too, once per image: `decode_all` turns
+many files or encoded images into squares on a thread pool, and an image that
+cannot be read or decoded is one `DatasetError` line naming it
+(`image_error`), whichever path met it.
+
 Every random draw comes from the `numpy.random.Generator` passed in; the
 streaming loader builds it from (seed, step, row), so a crop is a pure function
 of those and exact resume needs no iterator state.
@@ -27,20 +32,22 @@ experiments/data_benchmark.py and bounded in tests/data/test_decode.py).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import io
 import math
+import os
 import re
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 
-from ssl_jax.data.base import DatasetError, square
+from ssl_jax.data.base import DatasetError, square, to_rgb
 
 # What PIL raises for a broken file: unidentified format, truncated data, bad
 # headers, an image too large to be real (decompression bomb).
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 # torchvision's RandomResizedCrop and TF's sample_distorted_bounding_box both
 # give up after 10 rejected draws.
 _ATTEMPTS = 10
@@ -83,31 +90,64 @@ RECIPES: dict[str, tuple[CropSpec, ...]] = {
 # ----------------------------------------------------------------------------- decoding
 
 
-def _decode_error(key: str, error: BaseException) -> DatasetError:
-    reason = " ".join(str(error).split()) or type(error).__name__
+def image_error(key: str, error: BaseException) -> DatasetError:
+    """The one-line error of an image that cannot be read or decoded, naming it by `key`."""
+    reason = " ".join(str(getattr(error, "strerror", None) or error).split())
     reason = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", reason)  # PIL names the BytesIO object.
-    return DatasetError(f"Cannot decode image {key}: {reason}. Remove or replace it.")
+    reason = reason or type(error).__name__
+    return DatasetError(f"Cannot read image {key}: {reason}. Remove or replace it.")
 
 
-def _to_rgb8(image: Image.Image) -> Image.Image:
-    """Decodes `image` to 8-bit RGB, scaling 16-bit values instead of saturating them."""
-    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "I":
-        values = np.asarray(image)
-        # Mode "I" (32-bit ints) also holds 8-bit data; values above 255 say it is 16-bit.
-        if image.mode != "I" or values.max(initial=0) > 255:
-            values = np.rint(np.clip(values, 0, 65535) / 257.0)
-        image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))  # 2-D: mode "L".
-    # Grey, palette, RGBA (alpha dropped, as PIL and torchvision do), CMYK -> RGB.
-    return image if image.mode == "RGB" else image.convert("RGB")
+def read_image_file(path: str) -> bytes:
+    """The encoded bytes of the image file at `path`; DatasetError naming it if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise image_error(path, e) from None
 
 
 def decode_image(encoded: bytes, key: str = "image") -> np.ndarray:
     """Encoded image bytes -> RGB uint8 [H, W, 3]; DatasetError naming `key` if unreadable."""
     try:
         with Image.open(io.BytesIO(encoded)) as image:
-            return np.asarray(_to_rgb8(image), dtype=np.uint8)
+            return np.asarray(to_rgb(image), dtype=np.uint8)
     except _DECODE_ERRORS as e:
-        raise _decode_error(key, e) from None
+        raise image_error(key, e) from None
+
+
+def decode_square(encoded: bytes, size: int) -> np.ndarray:
+    """Encoded image bytes -> its central square at `size` px (`base.square`), RGB uint8."""
+    with Image.open(io.BytesIO(encoded)) as image:
+        return square(image, size)
+
+
+def decode_all(sources: Sequence[str | bytes], size: int, names: Sequence[str]) -> np.ndarray:
+    """Many image files (paths) or encoded images, each as its central square
+    at `size` px: uint8 [N, size, size, 3]. Decoded on a thread pool (PIL
+    releases the GIL while decoding); the first unreadable one stops it with a
+    DatasetError naming it (`names[i]`)."""
+
+    def decode(i: int) -> np.ndarray:
+        source = sources[i]
+        encoded = read_image_file(source) if isinstance(source, str) else source
+        try:
+            return decode_square(encoded, size)
+        except _DECODE_ERRORS as e:
+            raise image_error(names[i], e) from e
+
+    out = np.empty((len(sources), size, size, 3), np.uint8)
+    with concurrent.futures.ThreadPoolExecutor(min(32, (os.cpu_count() or 1) + 4)) as pool:
+        for i, image in enumerate(pool.map(decode, range(len(sources)))):
+            out[i] = image
+    return out
+
+
+def shorter_side(source) -> int:
+    """The shorter side, in pixels, of an image file (path or file object), read
+    from its header only."""
+    with Image.open(source) as image:
+        return min(image.size)
 
 
 # ----------------------------------------------------------------------------- cropping
@@ -161,7 +201,7 @@ def _decode_for_crops(image: Image.Image, scale: int) -> tuple[Image.Image, floa
         drafted = image.draft("RGB", (width // scale, height // scale))
         if drafted is not None:
             actual = width / drafted[1][2]
-    return _to_rgb8(image), actual
+    return to_rgb(image), actual
 
 
 def crops(
@@ -188,7 +228,7 @@ def crops(
         with source:
             return _crops_of(source, specs, rng, flip_probability, draft)
     except _DECODE_ERRORS as e:
-        raise _decode_error(key, e) from None
+        raise image_error(key, e) from None
 
 
 def _crops_of(

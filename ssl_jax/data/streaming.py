@@ -10,7 +10,8 @@ from the original image (`decode.crops`).
     with ds.host_batches(batch_size=1024, seed=0, start_step=step,
                          process_index=jax.process_index(),
                          process_count=jax.process_count(),
-                         transform=crop_transform(decode.RECIPES["simclr"]),
+                         transform=record_transforms.crop_transform(
+                             decode.RECIPES["simclr"]),
                          num_workers=8) as batches:
         for batch in batches: ...   # this process's rows of each global batch
 
@@ -22,7 +23,8 @@ batch is a pure function of (seed, step): resuming at `start_step=k` needs no
 iterator state, and the process count and worker count change nothing.
 
 Each host batch is a dict of numpy arrays with a leading batch axis: the
-transform's outputs, `label` (int32) and `skipped` (int32, see below).
+transform's outputs (`record_transforms`: what a worker makes of one record),
+`label` (int32) and `skipped` (int32, see below).
 
 Bad records (`on_bad_record`): "stop" (default) ends the iteration with one
 `DatasetError` line naming the record (index, shard or key). "skip" replaces a
@@ -56,10 +58,10 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from ssl_jax.data import decode, pipeline, records
+from ssl_jax.data import pipeline, records
 from ssl_jax.data.base import DatasetError, ImageDataset
+from ssl_jax.data.record_transforms import Transform, center_transform
 
-Transform = Callable[[records.Record, np.random.Generator], dict[str, np.ndarray]]
 ON_BAD_RECORD = ("stop", "skip")
 # "skip" gives up after this many unreadable records in a row: a dataset that
 # bad needs fixing, not skipping.
@@ -106,64 +108,6 @@ def num_workers(requested: int) -> int:
     import os
 
     return requested if requested >= 0 else max(1, min(16, (os.cpu_count() or 1) - 2))
-
-
-# ----------------------------------------------------------------------------- transforms
-
-
-def crop_transform(specs, flip_probability: float = 0.5, draft: bool = True) -> Transform:
-    """Decode + random-resized crops (`decode.crops`) per record.
-
-    Spec `i` gives key `image` (i = 0) or `image_<i>`, shaped [size, size, 3]
-    when its count is 1, else [count, size, size, 3].
-    """
-    return functools.partial(_crop_record, tuple(specs), flip_probability, draft)
-
-
-def _crop_record(specs, flip_probability, draft, record, rng) -> dict[str, np.ndarray]:
-    out = decode.crops(
-        record["image"],
-        specs,
-        rng,
-        key=record["key"],
-        flip_probability=flip_probability,
-        draft=draft,
-    )
-    return {
-        "image" if i == 0 else f"image_{i}": crop[0] if spec.count == 1 else crop
-        for i, (spec, crop) in enumerate(zip(specs, out, strict=True))
-    }
-
-
-def center_transform(size: int) -> Transform:
-    """Decode + the evaluation transform (`decode.center_square`): key `image`, [size, size, 3]."""
-    return functools.partial(_center_record, size)
-
-
-def _center_record(size, record, rng) -> dict[str, np.ndarray]:
-    del rng  # Deterministic.
-    return {
-        "image": decode.center_square(decode.decode_image(record["image"], record["key"]), size)
-    }
-
-
-def view_transform(groups, draft: bool = True) -> Transform:
-    """Decode + the crops a task asks for (`Task.host_crops`): `groups` maps a
-    batch key to its crop specs; each key holds all its crops stacked on a view
-    axis, [views, size, size, 3] (so a batch is [B, views, size, size, 3]).
-    No flip here: the task's augmentation on the device flips."""
-    groups = tuple((key, tuple(specs)) for key, specs in dict(groups).items())
-    return functools.partial(_view_record, groups, draft)
-
-
-def _view_record(groups, draft, record, rng) -> dict[str, np.ndarray]:
-    out = {}
-    for key, specs in groups:
-        crops = decode.crops(
-            record["image"], specs, rng, key=record["key"], flip_probability=0.0, draft=draft
-        )
-        out[key] = np.concatenate(crops)
-    return out
 
 
 # ----------------------------------------------------------------------------- loading rows

@@ -20,7 +20,7 @@ name and sizes say what was read.
 
 `tfds:imdb_reviews`, `tfds:ag_news_subset`, ...: a prepared TFDS dataset with
 one Text and one ClassLabel feature goes through the same reader
-(`datasets._load_tfds` hands it here): each example's first `length` bytes.
+(`tfds_source.load` hands it here): each example's first `length` bytes.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ data. Deterministic: a function of the split and the options alone
 (`numpy.random.default_rng` with a fixed seed per split).
 
 `tfds:NAME` with a Video feature and a ClassLabel (e.g. `ucf101`) goes
-through `datasets._load_tfds`, which hands the decoded frames here
+through `tfds_source.load`, which hands the decoded frames here
 (`from_frames`): `frames` evenly spaced frames of each video, centre-cropped
 and resized to the image size.
 """

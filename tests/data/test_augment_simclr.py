@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from ssl_jax.data import augment
+from ssl_jax.data.augment import views as augment_views
 
 LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -383,7 +384,7 @@ def _view_draws(images, recipe, seed=0):
 
 @pytest.mark.parametrize("chunk_bytes", [1, 1 << 30])  # one image at a time / one batch
 def test_view_matches_numpy_reference(monkeypatch, chunk_bytes):
-    monkeypatch.setattr(augment, "_CPU_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(augment_views, "_CPU_CHUNK_BYTES", chunk_bytes)
     images = np.stack([np.asarray(_image(s, size=12)) for s in range(12)])
     recipe = augment.simclr_recipe(
         blur_probability=0.5, solarize_probability=0.3, grayscale_probability=0.3
@@ -437,25 +438,25 @@ def test_cpu_chunks_give_the_whole_batch_result(monkeypatch):
     # On accelerators apply_view runs `_apply_view_whole` on the batch at once;
     # on a CPU, chunks of it (here 2 images) must give the same views.
     image_bytes = 4 * 3 * 24 * 24
-    monkeypatch.setattr(augment, "_CPU_CHUNK_BYTES", 2 * image_bytes)
-    assert augment._images_per_step(6, image_bytes, jax.device_count()) == 2
+    monkeypatch.setattr(augment_views, "_CPU_CHUNK_BYTES", 2 * image_bytes)
+    assert augment_views._images_per_step(6, image_bytes, jax.device_count()) == 2
     images = jnp.stack([_image(s, size=24) for s in range(6)])
     recipe = augment.simclr_recipe(blur_probability=0.5, solarize_probability=0.2)
     params = _view_draws(images, recipe)
-    whole = augment._apply_view_whole(images, params, recipe, (24, 24))
+    whole = augment_views._apply_view_whole(images, params, recipe, (24, 24))
     # (float sums reassociate differently per chunk: ~1e-6.)
     np.testing.assert_allclose(augment.apply_view(images, params, recipe), whole, atol=1e-5)
 
 
 def test_images_per_step_fit_the_budget_and_follow_the_shards():
-    assert augment._images_per_step(256, 12 * 1024, 1) == 16  # 32 px: 21 fit, 16 divides
-    assert augment._images_per_step(32, 4 * 3 * 224 * 224, 1) == 1
-    assert augment._images_per_step(7, 1000, 1) == 7
-    assert augment._images_per_step(7, 50_000, 1) == 1
+    assert augment_views._images_per_step(256, 12 * 1024, 1) == 16  # 32 px: 21 fit, 16 divides
+    assert augment_views._images_per_step(32, 4 * 3 * 224 * 224, 1) == 1
+    assert augment_views._images_per_step(7, 1000, 1) == 7
+    assert augment_views._images_per_step(7, 50_000, 1) == 1
     # Over 8 devices: the per-device count, 8 times (32 images each at 32 px).
-    assert augment._images_per_step(256, 12 * 1024, 8) == 8 * 16
-    assert augment._images_per_step(32, 4 * 3 * 224 * 224, 8) == 8
-    assert augment._images_per_step(12, 1000, 8) == 12  # not shardable by 8: as on 1
+    assert augment_views._images_per_step(256, 12 * 1024, 8) == 8 * 16
+    assert augment_views._images_per_step(32, 4 * 3 * 224 * 224, 8) == 8
+    assert augment_views._images_per_step(12, 1000, 8) == 12  # not shardable by 8: as on 1
 
 
 SHARDED_VIEWS = """
@@ -463,9 +464,11 @@ import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ssl_jax.data import augment
 
-augment._CPU_CHUNK_BYTES = 4 * 3 * 12 * 12  # one 12 px image per device per step
+augment.views._CPU_CHUNK_BYTES = 4 * 3 * 12 * 12  # one 12 px image per device per step
 images = jax.random.uniform(jax.random.key(0), (32, 12, 12, 3))
-views = lambda rng, x: augment.simclr_view_batch(rng, x, blur_probability=0.5)
+recipe = augment.simclr_recipe(blur_probability=0.5)
+# The caller passes the device count its batch is sharded over.
+views = lambda rng, x: augment.view_batch(rng, x, recipe, devices=jax.device_count())
 rng = jax.random.key(1)
 alone = jax.jit(views)(rng, images)
 sharding = NamedSharding(Mesh(np.asarray(jax.devices()), ("data",)), PartitionSpec("data"))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssl_jax.data import datasets
+from ssl_jax.data import datasets, decode
 from ssl_jax.data.datasets import DatasetError, ImageDataset, load_dataset
 
 
@@ -297,7 +297,7 @@ def test_tfds_version_in_name_and_cache_reuse(tfds_dir, tmp_path, monkeypatch):
     def fail(*args):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(datasets, "_decode_image", fail)
+    monkeypatch.setattr(decode, "decode_square", fail)
     second = load_dataset(f"tfds:{_TFDS_NAME}:1.0.0", "train", **kwargs)
     np.testing.assert_array_equal(first.images, second.images)
     np.testing.assert_array_equal(first.labels, second.labels)
@@ -389,13 +389,13 @@ def test_imagefolder_center_crops_non_square(tmp_path):
 def test_imagefolder_cache_created_reused_and_invalidated(folder, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     calls = []
-    decode = datasets._decode_image
+    original = decode.decode_square
 
-    def counting_decode(source, size):
-        calls.append(source)
-        return decode(source, size)
+    def counting_decode(encoded, size):
+        calls.append(encoded)
+        return original(encoded, size)
 
-    monkeypatch.setattr(datasets, "_decode_image", counting_decode)
+    monkeypatch.setattr(decode, "decode_square", counting_decode)
     load = lambda: load_dataset(
         f"imagefolder:{folder}", "train", image_size=8, cache_dir=str(cache)
     )

@@ -208,8 +208,8 @@ def test_crops_are_a_function_of_the_generator_seed():
 
 def test_crops_decode_the_image_once(monkeypatch):
     calls = []
-    original = decode._to_rgb8
-    monkeypatch.setattr(decode, "_to_rgb8", lambda image: calls.append(1) or original(image))
+    original = decode.to_rgb
+    monkeypatch.setattr(decode, "to_rgb", lambda image: calls.append(1) or original(image))
     encoded = _encode(Image.fromarray(_smooth_rgb(np.random.default_rng(0), 64, 48)), "JPEG")
     decode.crops(encoded, decode.RECIPES["dino"], np.random.default_rng(0))
     assert len(calls) == 1

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssl_jax.data import decode, pipeline, records, streaming
+from ssl_jax.data import decode, pipeline, record_transforms, records
 from ssl_jax.data.datasets import DatasetError
 from ssl_jax.data.streaming import StreamingDataset
 
@@ -52,7 +52,7 @@ def spec(tmp_path_factory):
     return _write(tmp_path_factory.mktemp("records"))
 
 
-CROPS = streaming.crop_transform([decode.CropSpec(6, scale=(0.2, 1.0), count=2)])
+CROPS = record_transforms.crop_transform([decode.CropSpec(6, scale=(0.2, 1.0), count=2)])
 
 
 def _indices(batch: dict) -> np.ndarray:
@@ -155,7 +155,7 @@ def test_bad_arguments(spec):
 
 def test_iterate_covers_the_split_in_order_padded(spec):
     ds = StreamingDataset(spec, "test")
-    batches = list(ds.iterate(4, streaming.center_transform(5)))
+    batches = list(ds.iterate(4, record_transforms.center_transform(5)))
     assert len(batches) == 3  # 11 records in batches of 4.
     assert all(b["image"].shape == (4, 5, 5, 3) for b in batches)
     mask = np.concatenate([b["mask"] for b in batches])
@@ -231,13 +231,13 @@ def test_bad_records_are_skipped_deterministically_and_counted(bad_spec):
 
 def test_skip_in_evaluation_masks_the_bad_rows(bad_spec):
     ds = StreamingDataset(bad_spec, "train")
-    batches = list(ds.iterate(8, streaming.center_transform(4), on_bad_record="skip"))
+    batches = list(ds.iterate(8, record_transforms.center_transform(4), on_bad_record="skip"))
     mask = np.concatenate([b["mask"] for b in batches])
     skipped = np.concatenate([b["skipped"] for b in batches])
     np.testing.assert_array_equal(np.flatnonzero(~mask[:N]), [13, 14])
     np.testing.assert_array_equal(np.flatnonzero(skipped), [13, 14])
     with pytest.raises(DatasetError, match="img_013.png"):
-        list(ds.iterate(8, streaming.center_transform(4)))
+        list(ds.iterate(8, record_transforms.center_transform(4)))
 
 
 def test_damaged_shard_stops_naming_it(tmp_path):
@@ -287,7 +287,7 @@ def test_tfds_dataset_streams_through_workers(tmp_path):
     ds = StreamingDataset(f"tfds:{TFDS_NAME}", "test", data_dir=data_dir)
     assert ds.split == "validation" and ds.num_examples == TFDS_SIZES["validation"]
     assert ds.class_names == ("zero", "one", "two")
-    (batch,) = list(ds.iterate(4, streaming.center_transform(3), num_workers=2))
+    (batch,) = list(ds.iterate(4, record_transforms.center_transform(3), num_workers=2))
     # tfds stores examples in its own (hashed) order: compare the pixel -> label maps.
     got = dict(zip(batch["image"][:, 0, 0, 0].tolist(), batch["label"].tolist(), strict=True))
     assert got == {tfds_pixel("validation", i): i % 3 for i in range(4)}
