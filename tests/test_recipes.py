@@ -169,3 +169,22 @@ def test_convnet_init_of_the_photo_recipes(method, dataset, init):
     # CIFAR-10 photos; BYOL lost 3.9 at PyTorch's init (docs/results.md).
     config = config_lib.get_config(method, f"dataset={dataset},encoder=convnet")
     assert config.model_kwargs.conv_init == init
+
+
+@pytest.mark.parametrize(
+    "dataset, strength, blur", [("tfds:cifar10", 0.5, 0.0), ("tfds:imagenet2012", 1.0, 0.5)]
+)
+def test_simclr_views_are_the_papers(dataset, strength, blur):
+    """Chen et al. 2020, appendix A: crop 8-100%, flip, colour jitter of
+    strength s (0.8 s, 0.8 s, 0.8 s, 0.2 s) with p = 0.8, grayscale p = 0.2;
+    ImageNet: s = 1, blur on half the views; CIFAR (appendix B.9): s = 0.5,
+    no blur."""
+    views = config_lib.get_config("simclr", f"dataset={dataset}").task_kwargs.views
+    assert len(views) == 2
+    for view in views:
+        jitter = tuple(view[k] for k in ("brightness", "contrast", "saturation", "hue"))
+        assert jitter == pytest.approx((0.8 * strength,) * 3 + (0.2 * strength,))
+        assert (view["color_probability"], view["grayscale_probability"]) == (0.8, 0.2)
+        assert (tuple(view["crop_scale"]), view["flip"]) == ((0.08, 1.0), True)
+        assert view["blur_probability"] == blur
+        assert view.get("solarize_probability", 0.0) == 0.0

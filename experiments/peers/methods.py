@@ -10,10 +10,10 @@ after the optimizer step with `step` counting from 1 (ssl_jax's hook);
 `before_step(step)` runs between backward and the update.
 
 Batch norm: the two-view methods call the networks once per view (the
-methods' reference code, and ssl_jax's `JointEmbeddingTask.per_view`) with
-`bn="per_view"`, or once on both views concatenated with `bn="joint"`.
-SimCLR always uses one call (its reference); DINO one call per crop size
-(its multi-crop wrapper, and ssl_jax's).
+methods' reference code, and ssl_jax's `JointEmbeddingTask.forward_views`)
+with `bn="per_view"`, or once on both views concatenated with `bn="joint"`.
+SimCLR always uses one call (its reference, and ssl_jax's `joint_views`);
+DINO one call per crop size (its multi-crop wrapper, and ssl_jax's).
 
 Initialisation follows ssl_jax's: the heads' `head_init` ("torch" keeps
 PyTorch's default, "lecun" is Flax's default, see `models.init_linears`);
@@ -46,7 +46,6 @@ from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
 from experiments.peers import models, views
-from ssl_jax.data import augment
 from ssl_jax.tasks.base import Task
 
 
@@ -287,14 +286,12 @@ class MoCoV3(TwoView):
 
 class SimCLR(Method):
     implemented = {"projection_hidden_dims", "projection_dim", "temperature", "num_classes"}
-    implemented |= {"augment_kwargs"}
+    implemented |= {"views"}
 
     def __init__(self, config, encoder, **kw):
         super().__init__("simclr", config, encoder, **kw)
         k, d = self.kw, encoder.feature_dim
-        given = dict(k["augment_kwargs"] or {})
-        given = {n: tuple(v) if isinstance(v, list) else v for n, v in given.items()}
-        self.view = views.View(augment.simclr_recipe(**given), self.image_size)
+        self.views = views.views_of(k["views"], self.image_size)
         self.projection = models.simclr_head(d, k["projection_hidden_dims"], k["projection_dim"])
         models.init_linears(self.projection, "lecun")  # ssl_jax's nnx.Linear default
         self.criterion = NTXentLoss(temperature=k["temperature"])
@@ -303,7 +300,7 @@ class SimCLR(Method):
 
     def loss(self, images, labels, step):
         n = len(images)
-        features = self.encoder(torch.cat([self.view(images), self.view(images)]))
+        features = self.encoder(torch.cat([view(images) for view in self.views]))
         z = self.projection(features)
         loss = self.criterion(z[:n], z[n:])
         metrics = {"contrastive_loss": loss.item()}

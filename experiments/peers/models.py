@@ -247,9 +247,10 @@ def mlp(
 
 
 def simclr_head(in_dim: int, hidden_dims: Sequence[int], out_dim: int) -> nn.Sequential:
-    """ssl_jax's SimCLR `ProjectionHead`: bias-free Linear -> BatchNorm -> ReLU
-    per hidden layer, then a bias-free Linear and a batch norm with a scale and
-    no offset (lightly's SimCLRProjectionHead has an offset there)."""
+    """ssl_jax's SimCLR head (`heads.MLP` with last_norm="scale"): bias-free
+    Linear -> BatchNorm -> ReLU per hidden layer, then a bias-free Linear and a
+    batch norm with a scale and no offset (lightly's SimCLRProjectionHead has
+    an offset there)."""
     dims = [in_dim, *hidden_dims, out_dim]
     layers: list[nn.Module] = []
     for d_in, d_out in zip(dims[:-2], dims[1:-1], strict=True):

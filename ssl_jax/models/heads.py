@@ -87,6 +87,8 @@ def _cut_normal(std: float):
 
 
 LINEAR_INITS = ("torch", "haiku", "lecun", "dino")
+# The batch norms an MLP may end with (see `MLP`); None: none.
+LAST_NORMS = (None, "affine", "scale", "plain")
 
 
 class MLP(nnx.Module):
@@ -94,10 +96,12 @@ class MLP(nnx.Module):
 
     `dims` = [in, hidden..., out]. Each hidden layer is Linear -> (BatchNorm)
     -> activation; the last is Linear, optionally followed by a batch norm
-    (`last_norm="affine"`, or `"plain"` without scale and offset, as SimSiam's
-    projector and MoCo v3's heads end). Linear layers before a batch norm have
-    no bias (the norm's offset replaces it). `init` names the reference's
-    initialisation of the Linear layers (`linear_init`).
+    (`last_norm`, one of `LAST_NORMS`): "affine" (scale and offset), "scale"
+    (a scale, no offset: SimCLR v2's head, whose offset the cosine similarity
+    would mostly ignore) or "plain" (neither, as SimSiam's projector and MoCo
+    v3's heads end). Linear layers before a batch norm have no bias (the
+    norm's offset replaces it). `init` names the reference's initialisation
+    of the Linear layers (`linear_init`).
     """
 
     def __init__(
@@ -113,9 +117,9 @@ class MLP(nnx.Module):
     ):
         if init not in LINEAR_INITS:
             raise ValueError(f"Unknown head init {init!r}; known: {LINEAR_INITS}.")
-        if len(dims) < 2 or last_norm not in (None, "affine", "plain"):
+        if len(dims) < 2 or last_norm not in LAST_NORMS:
             raise ValueError(
-                f"MLP needs [in, ..., out] dims and last_norm None, 'affine' or 'plain', "
+                f"MLP needs [in, ..., out] dims and last_norm one of {LAST_NORMS}, "
                 f"got {dims}, {last_norm!r}."
             )
         pairs = list(zip(dims[:-1], dims[1:], strict=True))
@@ -133,11 +137,20 @@ class MLP(nnx.Module):
             ]
         )
         hidden_norms = (
-            [_batch_norm(d_out, affine=True, rngs=rngs) for _, d_out in pairs[:-1]] if norm else []
+            [_batch_norm(d_out, scale=True, offset=True, rngs=rngs) for _, d_out in pairs[:-1]]
+            if norm
+            else []
         )
         self.norms = nnx.List(hidden_norms)
         self.last_norm = (
-            _batch_norm(dims[-1], affine=last_norm == "affine", rngs=rngs) if last_norm else None
+            _batch_norm(
+                dims[-1],
+                scale=last_norm in ("affine", "scale"),
+                offset=last_norm == "affine",
+                rngs=rngs,
+            )
+            if last_norm
+            else None
         )
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -153,12 +166,12 @@ class MLP(nnx.Module):
         return x
 
 
-def _batch_norm(dim: int, *, affine: bool, rngs: nnx.Rngs) -> nnx.BatchNorm:
+def _batch_norm(dim: int, *, scale: bool, offset: bool, rngs: nnx.Rngs) -> nnx.BatchNorm:
     return nnx.BatchNorm(
         dim,
         momentum=0.9,
         use_running_average=False,
-        use_bias=affine,
-        use_scale=affine,
+        use_bias=offset,
+        use_scale=scale,
         rngs=rngs,
     )

@@ -56,7 +56,7 @@ class BarlowTwinsTask(JointEmbeddingTask):
             features = self.encoder(x, train=train)
             return features, self.projector(features, train=train)
 
-        features, z = self.per_view(network, self.augment(batch, rng, train=train)["image"])
+        features, z = self.forward_views(network, self.augment(batch, rng, train=train)["image"])
         terms = losses.barlow_twins_terms(z[:n], z[n:])
         loss = self.loss_scale * (terms["invariance"] + self.lambd * terms["redundancy"])
         return self.finish(loss, terms, features, batch)

@@ -123,25 +123,31 @@ class Task(nnx.Module):
 
 
 class JointEmbeddingTask(Task):
-    """The shared opening of the two-view (joint-embedding) methods: BYOL,
-    SimSiam, MoCo v3, Barlow Twins and VICReg, as solo-learn's `BaseMethod`
-    gives its methods theirs.
+    """The shared opening of the two-view (joint-embedding) methods: SimCLR,
+    BYOL, SimSiam, MoCo v3, Barlow Twins and VICReg, as solo-learn's
+    `BaseMethod` gives its methods theirs.
 
     It owns the views (`views`: one augmentation recipe per view, cropped on
-    the host when data is streamed), their augmentation, the per-view network
-    call and an optional online linear probe. A method sets them up with
-    `init_views` and writes only its heads and its loss.
+    the host when data is streamed), their augmentation, the network call
+    over the views and an optional online linear probe. A method sets them up
+    with `init_views` and writes only its heads and its loss.
 
-    - Per-view batch norm: `per_view` runs a network on each view's rows
-      separately, so batch-norm statistics are those of one view, as the
-      methods' reference code computes them (each view through the backbone
-      on its own); one call over both views would mix their statistics.
+    - Batch norm over one view or all: `forward_views` runs a network over
+      the views as `joint_views` says. False (the default): on each view's
+      rows separately, so batch-norm statistics are those of one view, as the
+      BYOL, SimSiam, MoCo v3, Barlow Twins and VICReg references compute them
+      (each view through the backbone on its own). True: one call over all
+      views, so the statistics cover every view of the batch, as SimCLR's
+      reference does (google-research/simclr concatenates the views).
     - Online probe (`num_classes > 0`; `None` in a config is filled with the
       dataset's class count): a linear classifier on the stop-gradient
       features of the first view, trained with the method; its loss is added
       to the total but cannot reach the encoder. It tracks the
       representation's quality during pretraining (BYOL's reference does it).
     """
+
+    # Whether `forward_views` makes one network call over all views (see above).
+    joint_views: bool = False
 
     def init_views(self, encoder, views, *, rngs: nnx.Rngs, count: int = 2, num_classes=0):
         if len(views) != count:
@@ -161,9 +167,12 @@ class JointEmbeddingTask(Task):
         del train
         return {"image": augmented_views(rng, batch["image"], self.views)}
 
-    def per_view(self, network, x):
-        """`network(rows)` on each view's rows of `x` ([V * B, ...], view 0
-        first), concatenated; outputs may be a tuple of arrays."""
+    def forward_views(self, network, x):
+        """`network` over the views `x` ([V * B, ...], view 0 first): one call
+        on all rows if `joint_views`, else `network(rows)` on each view's rows,
+        concatenated; outputs may be a tuple of arrays."""
+        if self.joint_views:
+            return network(x)
         outputs = [network(rows) for rows in jnp.split(x, len(self.views))]
         return jax.tree.map(lambda *parts: jnp.concatenate(parts), *outputs)
 
@@ -203,9 +212,13 @@ def classification_loss(
 def view_recipes(views) -> tuple[augment.ViewRecipe, ...]:
     """Config dicts (fields of `augment.ViewRecipe`, one per view) as recipes;
     tuples, so a module can keep them as static attributes."""
+    known = {field.name for field in dataclasses.fields(augment.ViewRecipe)}
     recipes = []
     for view in views:
         fields = view.to_dict() if hasattr(view, "to_dict") else dict(view)
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"Unknown view fields {unknown}; known: {sorted(known)}.")
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
         recipes.append(augment.ViewRecipe(**fields))
     return tuple(recipes)

@@ -15,7 +15,7 @@ Details that matter:
   blurred and never solarised, view 2 blurred with p = 0.1 and solarised with
   p = 0.2 (the CIFAR recipe, solo-learn's, blurs neither).
 - Each view goes through the networks on its own, so batch-norm statistics
-  are per view, as in the reference (`JointEmbeddingTask.per_view`).
+  are per view, as in the reference (`JointEmbeddingTask.forward_views`).
 - The heads' Linear layers start as the reference's (Haiku's default: a
   normal of std 1/sqrt(fan_in) cut at 2 std; `heads.linear_init`).
 - The probe uses the online encoder's features, as the paper does.
@@ -73,8 +73,8 @@ class BYOLTask(JointEmbeddingTask):
         def target(x):
             return self.teacher.projector(self.teacher.encoder(x, train=train), train=train)
 
-        features, prediction = self.per_view(online, views)
-        target = self.per_view(target, views)
+        features, prediction = self.forward_views(online, views)
+        target = self.forward_views(target, views)
         loss = losses.byol_loss(prediction[:n], prediction[n:], target[:n], target[n:])
         return self.finish(loss, {"byol_loss": loss}, features, batch)
 

@@ -81,8 +81,8 @@ class MoCoV3Task(JointEmbeddingTask):
         def key(x):
             return self.teacher.projector(self.teacher.encoder(x, train=train), train=train)
 
-        features, q = self.per_view(query, views)
-        k = self.per_view(key, views)
+        features, q = self.forward_views(query, views)
+        k = self.forward_views(key, views)
         loss = losses.moco_v3_loss(q[:n], q[n:], k[:n], k[n:], self.temperature)
         metrics = {
             "contrastive_loss": loss,

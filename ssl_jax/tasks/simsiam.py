@@ -55,7 +55,7 @@ class SimSiamTask(JointEmbeddingTask):
             z = self.projector(features, train=train)
             return features, z, self.predictor(z, train=train)
 
-        features, z, p = self.per_view(network, self.augment(batch, rng, train=train)["image"])
+        features, z, p = self.forward_views(network, self.augment(batch, rng, train=train)["image"])
         loss = losses.simsiam_loss(p[:n], p[n:], z[:n], z[n:])
         return self.finish(loss, {"simsiam_loss": loss}, features, batch)
 

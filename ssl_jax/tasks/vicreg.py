@@ -57,7 +57,7 @@ class VICRegTask(JointEmbeddingTask):
             features = self.encoder(x, train=train)
             return features, self.expander(features, train=train)
 
-        features, z = self.per_view(network, self.augment(batch, rng, train=train)["image"])
+        features, z = self.forward_views(network, self.augment(batch, rng, train=train)["image"])
         terms = losses.vicreg_terms(z[:n], z[n:])
         loss = sum(
             w * terms[k]

@@ -1,7 +1,8 @@
-"""The joint-embedding base (`tasks/base.JointEmbeddingTask`) that BYOL,
-SimSiam, MoCo v3, Barlow Twins and VICReg share: per-view networks (batch-norm
-statistics of one view, as the references compute them), the online probe,
-and heads initialised as each method's reference initialises them."""
+"""The joint-embedding base (`tasks/base.JointEmbeddingTask`) that SimCLR,
+BYOL, SimSiam, MoCo v3, Barlow Twins and VICReg share: views from host crops,
+networks over one view or all views at once (batch-norm statistics as each
+reference computes them), the online probe, and heads initialised as each
+method's reference initialises them."""
 
 import math
 
@@ -12,15 +13,21 @@ import pytest
 from flax import nnx
 
 from ssl_jax import train
+from ssl_jax.data import augment, decode
 from ssl_jax.models import heads
 from ssl_jax.tasks.base import JointEmbeddingTask
 from tests.tasks.test_methods import METHODS, _batch, _config
 
+# The methods whose reference normalises both views together (one encoder
+# call on the 2B rows): SimCLR's concatenates them.
+JOINT = {"simclr"}
 
-@pytest.mark.parametrize("method", METHODS)
-def test_every_network_sees_one_view_at_a_time(method):
+
+@pytest.mark.parametrize("method", [*METHODS, *sorted(JOINT)])
+def test_every_network_sees_the_views_its_reference_normalises_together(method):
     """Each encoder call (online and teacher) gets one view's B rows, never
-    the 2B rows of both views, whose batch statistics would mix the views."""
+    the 2B rows of both views, whose batch statistics would mix the views;
+    SimCLR's gets all 2B rows at once, so its statistics cover both views."""
     task = train.build_task(_config(method))
     assert isinstance(task, JointEmbeddingTask)
     seen = []
@@ -34,22 +41,48 @@ def test_every_network_sees_one_view_at_a_time(method):
 
         encoder.__class__ = Recording
     task.loss(_batch(n=8), jax.random.key(0), train=True)
-    assert seen and set(seen) == {8}, seen
+    rows = 2 * 8 if method in JOINT else 8
+    assert seen and set(seen) == {rows}, seen
 
 
-def test_per_view_normalises_each_view_on_its_own():
+@pytest.mark.parametrize("method", ["simsiam", "simclr"])
+def test_forward_views_normalises_each_view_or_all_views(method):
     """Two views with different statistics: per view, each half of a batch
-    norm's output has mean 0 and variance 1; over both views at once, not."""
-    task = train.build_task(_config("simsiam"))
+    norm's output has mean 0 and variance 1; over both views at once
+    (`joint_views`, SimCLR), only the whole has, and the halves are apart."""
+    task = train.build_task(_config(method))
+    assert task.joint_views == (method in JOINT)
     norm = nnx.BatchNorm(4, use_running_average=False, rngs=nnx.Rngs(0))
     x = jnp.concatenate([jnp.ones((8, 4)) * 5.0, jnp.zeros((8, 4))])
     x = x + jax.random.normal(jax.random.key(1), x.shape)
-    out = task.per_view(lambda v: norm(v), x)
-    for half in (out[:8], out[8:]):
-        np.testing.assert_allclose(half.mean(0), 0.0, atol=1e-5)
-        np.testing.assert_allclose(half.var(0), 1.0, rtol=1e-3)
-    mixed = norm(x)
-    assert float(jnp.abs(mixed[:8].mean(0)).min()) > 0.5
+    out = task.forward_views(lambda v: norm(v), x)
+    parts = [out] if task.joint_views else [out[:8], out[8:]]
+    for part in parts:
+        np.testing.assert_allclose(part.mean(0), 0.0, atol=1e-5)
+        np.testing.assert_allclose(part.var(0), 1.0, rtol=1e-3)
+    if task.joint_views:
+        assert float(jnp.abs(out[:8].mean(0)).min()) > 0.5
+    else:
+        assert float(jnp.abs(norm(x)[:8].mean(0)).min()) > 0.5
+
+
+# Views that change nothing but the crop: the host's crops must come through.
+_CROP_ONLY = {"crop_scale": (0.3, 0.9), "flip": False, "color_probability": 0.0}
+
+
+@pytest.mark.parametrize("method", [*METHODS, *sorted(JOINT)])
+def test_views_come_from_the_host_crops_when_the_data_has_them(method):
+    """Streamed data delivers each view's crop of the original image
+    ([B, 2, S, S, C], as `host_crops` asks): the views are those crops, not
+    cropped again."""
+    config = _config(method)
+    config.task_kwargs.views = (_CROP_ONLY, _CROP_ONLY)
+    task = train.build_task(config)
+    assert task.host_crops(16) == {"image": (decode.CropSpec(16, (0.3, 0.9)),) * 2}
+    crops = jax.random.randint(jax.random.key(0), (4, 2, 16, 16, 3), 0, 256).astype(jnp.uint8)
+    views = jax.jit(lambda crops: task.augment({"image": crops}, jax.random.key(1))["image"])(crops)
+    expected = augment.normalize(augment.to_float(jnp.concatenate([crops[:, 0], crops[:, 1]])))
+    np.testing.assert_allclose(views, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", METHODS)

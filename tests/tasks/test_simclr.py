@@ -20,7 +20,7 @@ TASK_KWARGS = {
     "projection_dim": 16,
     "temperature": 1.0,
     "num_classes": 3,
-    "augment_kwargs": {"crop_scale": (0.3, 1.0), "blur_probability": 0.5},
+    "views": [{"crop_scale": (0.3, 1.0), "blur_probability": 0.5}] * 2,
 }
 
 
@@ -64,7 +64,7 @@ def _grads(graphdef, params, rest, batch, rng):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _views(graphdef, params, rest, images, rng):
-    return nnx.merge(graphdef, params, rest).views(rng, images)
+    return nnx.merge(graphdef, params, rest).augment({"image": images}, rng)["image"]
 
 
 def test_loss_is_finite_near_chance_and_decreases_on_a_fixed_batch():
@@ -92,9 +92,9 @@ def test_views_differ_and_depend_only_on_the_key():
     assert not np.allclose(views, _views(graphdef, params, rest, images, jax.random.key(1)))
 
 
-def test_unknown_augment_kwargs_and_bad_temperature_are_errors():
+def test_unknown_view_fields_and_bad_temperature_are_errors():
     with pytest.raises(ValueError, match="blur_prob"):
-        _task(augment_kwargs={"blur_prob": 0.5})
+        _task(views=[{"blur_prob": 0.5}] * 2)
     with pytest.raises(ValueError, match="temperature"):
         _task(temperature=0.0)
 

@@ -7,6 +7,29 @@ says where it departs from it.
 from __future__ import annotations
 
 
+def simclr_views(strength: float = 1.0, **overrides) -> tuple[dict, dict]:
+    """SimCLR's symmetric pair (Chen et al. 2020, appendix A, and
+    google-research/simclr's data_util): crop 8-100% (ratio 3/4-4/3), flip,
+    colour jitter of strength s (brightness, contrast and saturation 0.8 s,
+    hue 0.2 s) with p = 0.8, grayscale p = 0.2, Gaussian blur (sigma 0.1-2, a
+    kernel of 10% of the side) with p = 0.5 on each view: the ImageNet
+    recipe, s = 1. The paper's CIFAR recipe (appendix B.9) is s = 0.5 without
+    blur. `overrides` apply to both views."""
+    view = {
+        "crop_scale": (0.08, 1.0),
+        "flip": True,
+        "brightness": 0.8 * strength,
+        "contrast": 0.8 * strength,
+        "saturation": 0.8 * strength,
+        "hue": 0.2 * strength,
+        "color_probability": 0.8,
+        "grayscale_probability": 0.2,
+        "blur_probability": 0.5,
+        **overrides,
+    }
+    return view, dict(view)
+
+
 def byol_views(**overrides) -> tuple[dict, dict]:
     """BYOL's asymmetric pair (Grill et al. 2020, appendix B, table 6), also
     used by MoCo v3, Barlow Twins and VICReg: crop 8-100%, flip, colour jitter
