@@ -142,10 +142,12 @@ def base_config() -> ConfigDict:
     config.probe.label_fractions = ()  # e.g. (0.01, 0.1): 1% and 10% of the labels, balanced
     config.probe.few_label_draws = 3
 
-    # Evaluators of the trained encoder (ssl_jax/evaluators.py), by name: each
+    # Evaluators of the trained encoder (ssl_jax/evaluators/), by name: each
     # a `type` and its arguments; results.json has one entry per name.
     config.evals = ConfigDict({"linear_probe": {"type": "linear_probe", "dataset": ""}})
 
+    # Switches that add the baseline evaluators (ssl_jax/evaluators/baselines.py)
+    # to config.evals' entries, and the settings their supervised runs share.
     config.baselines = ConfigDict()
     config.baselines.random_init = True
     config.baselines.supervised = False
@@ -486,8 +488,3 @@ def validate(config: ConfigDict) -> None:
 
     CollapseWatch(**config.collapse_warning)  # refuses a threshold outside [0, 1)
     optim.warmup_steps(config.optimizer, config.train_steps)  # refuses a warm-up past the run
-    if config.baselines.supervised or config.baselines.supervised_few_labels:
-        # The supervised baselines train with the same optimizer for their own steps.
-        optim.warmup_steps(
-            config.optimizer, config.baselines.supervised_steps or config.train_steps
-        )

@@ -2,15 +2,13 @@
 
 `run(config, workdir)` is what `python -m ssl_jax.main` does:
 1. pretrain `config.task` with the shared loop (resuming if interrupted);
-2. run the evaluators of `config.evals` on the trained encoder
-   (`ssl_jax/evaluators.py`: linear probe with few labels and kNN, transfer
-   probes on other datasets, fine-tuning at label budgets);
-3. probe the same encoder at its random initialisation (`baselines.random_init`)
-   and, if asked, one trained with labels by the same loop
-   (`baselines.supervised`, in `WORKDIR/supervised`), and the same encoder
-   trained from scratch on each label budget of the probe
-   (`baselines.supervised_few_labels`, in `WORKDIR/supervised_<N>_per_class`);
-4. write `results.json` and print a table.
+2. run every evaluator entry on the trained encoder (`ssl_jax/evaluators/`):
+   those of `config.evals` (linear probe with few labels and kNN, transfer
+   probes on other datasets, fine-tuning at label budgets), then the
+   baselines `config.baselines` switches on (the probes at the random
+   initialisation, the encoder trained with labels by the same loop, and
+   trained from scratch on each label budget of the probe);
+3. write `results.json` and print a table.
 """
 
 from __future__ import annotations
@@ -29,14 +27,7 @@ from ssl_jax import workdir as workdir_lib
 from ssl_jax.data import pipeline, record_transforms, streaming
 from ssl_jax.data.datasets import ImageDataset, load_dataset
 from ssl_jax.evaluate import label_efficiency
-from ssl_jax.evaluators import (
-    classifier_top1,
-    knn_evaluator,
-    probe,
-    supervised_config,
-    supervised_from_scratch,
-)
-from ssl_jax.registry import EVALUATORS
+from ssl_jax.evaluators.probes import knn_evaluator
 
 
 def load_splits(name: str, config: ConfigDict):
@@ -120,7 +111,7 @@ def _warn_if_another_profile(config: ConfigDict) -> None:
 def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[str, Any]:
     _warn_if_another_profile(config)
     mesh = pipeline.make_mesh()
-    evaluators.check(config.evals, num_devices=mesh.size)
+    chosen = evaluators.check(config, num_devices=mesh.size)
     pipeline.check_batch_size(config.batch_size, mesh)
     pipeline.check_batch_size(config.probe.batch_size, mesh, field="probe.batch_size")
     started = time.time()
@@ -133,15 +124,19 @@ def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[st
             loaded[name] = load_splits(name, config)
         return loaded[name]
 
-    train_split, test_split = splits(config.dataset)
+    train_split = splits(config.dataset)[0]
     probe_splits = splits(config.probe.dataset or config.dataset)
     config = fill_from_dataset(config, train_split)
     evaluators.check_data(config, splits)
     data = training_data(config, train_split)
 
-    evaluator = knn_evaluator(config, probe_splits, mesh)
     trained, summary = train.train(
-        config, workdir, data, mesh, evaluator, allow_config_change=allow_config_change
+        config,
+        workdir,
+        data,
+        mesh,
+        knn_evaluator(config, probe_splits, mesh),
+        allow_config_change=allow_config_change,
     )
     results: dict[str, Any] = {
         "task": config.task,
@@ -158,61 +153,11 @@ def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[st
         # had finished before: nothing was compiled).
         "step_perf": summary.get("step_perf"),
     }
-    context = evaluators.Context(config, workdir, mesh, trained, splits, allow_config_change)
-    for name, args in config.evals.items():
-        results[name] = EVALUATORS.get(args.type)(context, name, args)
-    if config.baselines.random_init:
-        initial = train.split_task(train.build_task(config))
-        results["random_init"] = {
-            "linear_probe": probe(
-                initial,
-                config,
-                probe_splits,
-                mesh,
-                map_path=os.path.join(workdir, "embedding_pca_random_init.png"),
-                title=f"random init ({config.model})",
-            )
-        }
-        # Every other probe (a transfer, a second label of the same data) gets
-        # its random-init baseline too.
-        for name, args in config.evals.items():
-            if args.type == "linear_probe" and name != "linear_probe":
-                results["random_init"][name] = probe(
-                    initial,
-                    config,
-                    splits(results[name]["dataset"]),
-                    mesh,
-                    map_path=os.path.join(workdir, f"embedding_pca_random_init_{name}.png"),
-                    title=f"random init ({config.model}) on {results[name]['dataset']}",
-                )
-    if config.baselines.supervised:
-        sup_config = supervised_config(config, train_split.num_classes)
-        sup_workdir = os.path.join(workdir, "supervised")
-        supervised, sup_summary = train.train(
-            sup_config,
-            sup_workdir,
-            training_data(sup_config, train_split),
-            mesh,
-            evaluator,
-            allow_config_change=allow_config_change,
-        )
-        results["supervised"] = {
-            "final_loss": sup_summary.get("final_loss", metrics.last_logged(sup_workdir, "loss")),
-            "state_fingerprint": sup_summary["state_fingerprint"],
-            "top1": classifier_top1(supervised, config, test_split, mesh),
-            "linear_probe": probe(
-                supervised,
-                config,
-                probe_splits,
-                mesh,
-                map_path=os.path.join(sup_workdir, "embedding_pca.png"),
-                title=f"supervised ({config.model})",
-            ),
-        }
-    if config.baselines.supervised_few_labels:
-        results["supervised_from_scratch"] = supervised_from_scratch(
-            config, workdir, probe_splits, mesh, allow_config_change=allow_config_change
-        )
+    context = evaluators.Context(
+        config, workdir, mesh, trained, splits, allow_config_change, training_data
+    )
+    for evaluator in chosen:
+        results[evaluator.name] = evaluator.run(context)
     results["wall_seconds"] = round(time.time() - started, 1)
     if jax.process_index() == 0:
         rows = label_efficiency.curve_rows(results)
@@ -227,11 +172,16 @@ def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[st
             name: os.path.join(workdir, f"{name}.png")
             for name in ("embedding_pca", "embedding_pca_random_init", "label_efficiency")
         }
+        # TensorBoard: the pretraining's facts under train/, each evaluator's
+        # under its own prefix (eval/<name>/).
+        names = {evaluator.name for evaluator in chosen}
+        sections = {"train": {k: v for k, v in results.items() if k not in names}}
+        sections.update({evaluator.log_prefix: results[evaluator.name] for evaluator in chosen})
         metrics.record_results(
             workdir,
             step=config.train_steps,
             config=config.to_dict(),
-            results=results,
+            sections=sections,
             pictures=pictures,
         )
         print(format_table(results))

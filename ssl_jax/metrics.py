@@ -6,6 +6,10 @@ is one error in the main thread (not a traceback from a writer thread). The
 TensorBoard events are encoded with tensorboardX's protos, which need no
 TensorFlow. Only process 0 writes, so multi-host runs do not race.
 
+TensorBoard tags say where a figure comes from: `train/<key>` for the
+training loop's rows (metrics.jsonl keeps the bare keys), `eval/<name>/...`
+for an evaluator's results, each under its own prefix.
+
 On resume, the lines after the checkpoint's step are dropped from
 `metrics.jsonl`, and the new events file starts with a TensorBoard "purge"
 (a SessionLog START at that step), so every logged step appears exactly once.
@@ -125,7 +129,8 @@ def _duration(seconds: float) -> str:
 
 
 class MetricWriter:
-    """Writes each log step to `metrics.jsonl` and TensorBoard, and shows the
+    """Writes each log step to `metrics.jsonl` and TensorBoard (under
+    `train/`), and shows the
     progress: a bar on a terminal, else one plain line per log step (step,
     loss, images/s, ETA), as a cluster's log file wants. The ETA counts from
     the end of the first step, so compilation does not inflate it."""
@@ -173,7 +178,7 @@ class MetricWriter:
         except OSError as error:
             raise _write_failed(self.path, error) from None
         try:
-            self._events.scalars(int(step), {k: float(v) for k, v in scalars.items()})
+            self._events.scalars(int(step), {f"train/{k}": float(v) for k, v in scalars.items()})
         except OSError as error:
             raise _write_failed(self._events.path, error) from None
         postfix = {"loss": f"{record.get('loss', float('nan')):.4f}"}
@@ -214,7 +219,7 @@ class MetricWriter:
         """A picture (uint8 [H, W, 3]) in TensorBoard, e.g. MAE's reconstructions."""
         if self._events is not None:
             try:
-                self._events.image(int(step), tag, image)
+                self._events.image(int(step), f"train/{tag}", image)
             except OSError as error:
                 raise _write_failed(self._events.path, error) from None
 
@@ -228,31 +233,77 @@ class MetricWriter:
                 raise _write_failed(self._events.path, error) from None
 
 
-def _flat_numbers(tree, prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a results dict as {"a/b/c": value}; few-label lists
-    are keyed by their budget (`few_labels/10_per_class/top1`)."""
-    out = {}
-    items = tree.items() if isinstance(tree, Mapping) else []
+# Result fields that describe a run's setup rather than measure it (sizes,
+# class counts, label budgets, the compiled step's accounting, the wall
+# time): TensorBoard text, not one-point scalar charts. Strings (dataset
+# names, fingerprints, directories) are text too.
+CONSTANT_FIELDS = frozenset(
+    {
+        "train_steps",
+        "num_classes",
+        "probe_train_size",
+        "per_class",
+        "train_size",
+        "fraction",
+        "steps",
+        "step_perf",
+        "wall_seconds",
+    }
+)
+
+
+def _leaves(tree, path: tuple[str, ...] = ()):
+    """(path, value) of every number and string of a results tree; few-label
+    lists are keyed by their budget (`few_labels/10_per_class/top1`)."""
+    if isinstance(tree, Mapping):
+        items = [(str(key), value) for key, value in tree.items()]
+    elif isinstance(tree, list):
+        items = [
+            (f"{entry['per_class']}_per_class", entry)
+            for entry in tree
+            if isinstance(entry, Mapping) and "per_class" in entry
+        ]
+    else:
+        return
     for key, value in items:
-        name = f"{prefix}/{key}" if prefix else str(key)
         if isinstance(value, bool) or value is None:
             continue
-        if isinstance(value, int | float):
-            out[name] = float(value)
-        elif isinstance(value, Mapping):
-            out.update(_flat_numbers(value, name))
-        elif isinstance(value, list):
-            for entry in value:
-                if isinstance(entry, Mapping) and "per_class" in entry:
-                    out.update(_flat_numbers(entry, f"{name}/{entry['per_class']}_per_class"))
-    return out
+        if isinstance(value, int | float | str):
+            yield (*path, key), value
+        else:
+            yield from _leaves(value, (*path, key))
+
+
+def _flat_numbers(tree) -> dict[str, float]:
+    """Numeric leaves of a results dict as {"a/b/c": value}."""
+    return {"/".join(p): float(v) for p, v in _leaves(tree) if not isinstance(v, str)}
+
+
+def _section(prefix: str, tree) -> tuple[dict[str, float], str]:
+    """A results section as (scalars tagged `prefix/...`, a markdown table of
+    its constants)."""
+    scalars, constants = {}, []
+    for path, value in _leaves(tree):
+        if isinstance(value, str) or CONSTANT_FIELDS.intersection(path):
+            constants.append(f"| `{'/'.join(path)}` | {value} |")
+        else:
+            scalars["/".join((prefix, *path))] = float(value)
+    table = "\n".join(["| field | value |", "| --- | --- |", *constants]) if constants else ""
+    return scalars, table
 
 
 def record_results(
-    workdir: str, *, step: int, config: Mapping, results: Mapping, pictures: Mapping[str, str]
+    workdir: str,
+    *,
+    step: int,
+    config: Mapping,
+    sections: Mapping[str, object],
+    pictures: Mapping[str, str],
 ) -> None:
-    """The run's config (as text), its evaluators' figures (scalars under
-    `results/`) and its pictures (PNG files by tag) in TensorBoard, at `step`."""
+    """The run's config (as text), its results by section (`train` for the
+    pretraining's, `eval/<name>` for each evaluator's: figures as scalars
+    under the section's prefix, constants as the text `<prefix>/constants`)
+    and its pictures (PNG files by tag) in TensorBoard, at `step`."""
     if not _is_writer():
         return
     import numpy as np
@@ -263,8 +314,12 @@ def record_results(
         events = _EventFile(directory, purge_from_step=None)
         config_text = json.dumps(config, indent=2, sort_keys=True)
         events.text(step, "config", f"```\n{config_text}\n```")
-        figures = {f"results/{k}": v for k, v in _flat_numbers(results).items()}
-        events.scalars(step, figures)
+        for prefix, tree in sections.items():
+            scalars, constants = _section(prefix, tree)
+            if scalars:
+                events.scalars(step, scalars)
+            if constants:
+                events.text(step, f"{prefix}/constants", constants)
         for tag, path in pictures.items():
             if os.path.exists(path):
                 with Image.open(path) as picture:

@@ -5,9 +5,9 @@ Configs name their parts with strings (`config.task = "rotation"`,
 `config.evals.x.type = "linear_probe"`, `config.dataset = "digits"`); the
 registries turn those names into constructors. A module registers itself with a
 decorator, and each registry imports its home on first use: every submodule
-of a package (`ssl_jax.tasks`, `ssl_jax.models`), so adding a file is enough,
-or the one module that defines the entries (`ssl_jax.evaluators`,
-`ssl_jax.data.datasets`). There is no import table to maintain.
+of a package (`ssl_jax.tasks`, `ssl_jax.models`, `ssl_jax.evaluators`), so
+adding a file is enough, or the one module that defines the entries
+(`ssl_jax.data.datasets`). There is no import table to maintain.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ MODELS = Registry("model", "ssl_jax.models")
 # the family's variant for it (`ssl_jax.models.presets.EncoderPreset`), so the
 # configs' `encoder=` option and recipes name a family, never a size.
 ENCODERS = Registry("encoder family", "ssl_jax.models")
-# Evaluators of a trained encoder (`config.evals.<name>.type`).
+# Evaluator types of a trained encoder (`config.evals.<name>.type`): dataclasses
+# on the contract of `ssl_jax.evaluators.base`.
 EVALUATORS = Registry("evaluator", "ssl_jax.evaluators")
 # Dataset sources, by the part of `config.dataset` before the first colon
 # (`digits`, `tfds`, `imagefolder`, ...): loader(arg, split, image_size,

@@ -12,7 +12,8 @@ import pytest
 from flax import nnx
 
 from ssl_jax import config_lib, evaluators, experiment, optim, train
-from ssl_jax.registry import EVALUATORS
+from ssl_jax.evaluators import fine_tune, probes
+from ssl_jax.evaluators.supervised import supervised_config
 from tests.test_main import run_main
 
 
@@ -30,6 +31,13 @@ def _supervised_config(**overrides):
     config.task_kwargs = config_lib.ConfigDict({"num_classes": 3})
     config.optimizer.update(name="sgd", learning_rate=1e-9, warmup_steps=0, weight_decay=0.0)
     config.update(overrides)
+    return config
+
+
+def _with_evals(evals):
+    """The base config with these `config.evals` entries."""
+    config = config_lib.base_config()
+    config.evals = evals
     return config
 
 
@@ -80,7 +88,7 @@ def test_fine_tune_and_transfer_from_the_config_end_to_end(tmp_path):
 def test_fine_tuning_takes_nothing_from_the_pretraining_optimizer():
     pretraining = config_lib.get_config("barlow_twins", "dataset=tfds:imagenet2012,finetune")
     assert pretraining.optimizer.bias_lr_scale != 1.0  # what must not leak
-    tuned = evaluators.fine_tune_config(pretraining, pretraining.evals.fine_tune, 1000)
+    tuned = fine_tune.fine_tune_config(pretraining, pretraining.evals.fine_tune, 1000)
     defaults = optim.default_config(**config_lib.FINE_TUNE["optimizer"])
     assert tuned.optimizer.to_dict() == defaults.to_dict()
 
@@ -89,32 +97,32 @@ def test_fine_tune_runs_are_keyed_by_their_weights_and_data():
     config = _supervised_config()
     weights = nnx.state(train.build_task(config).encoder)
     other_weights = nnx.state(train.build_task(_supervised_config(seed=7)).encoder)
-    tuned, scratch = evaluators.fine_tune_dirs("w", "ft", config, weights)
+    tuned, scratch = fine_tune.fine_tune_dirs("w", "ft", config, weights)
     assert os.path.dirname(tuned) == os.path.join("w", "ft")
     assert os.path.dirname(scratch) == os.path.join("w", "ft_from_scratch")
-    assert evaluators.fine_tune_dirs("w", "ft", config, weights) == (tuned, scratch)
+    assert fine_tune.fine_tune_dirs("w", "ft", config, weights) == (tuned, scratch)
     # Other pretrained weights: another fine-tune run, the same from-scratch one.
-    assert evaluators.fine_tune_dirs("w", "ft", config, other_weights) != (tuned, scratch)
-    assert evaluators.fine_tune_dirs("w", "ft", config, other_weights)[1] == scratch
+    assert fine_tune.fine_tune_dirs("w", "ft", config, other_weights) != (tuned, scratch)
+    assert fine_tune.fine_tune_dirs("w", "ft", config, other_weights)[1] == scratch
     # Other data: both change.
     other_data = _supervised_config(dataset="synthetic")
-    changed = evaluators.fine_tune_dirs("w", "ft", other_data, weights)
+    changed = fine_tune.fine_tune_dirs("w", "ft", other_data, weights)
     assert changed[0] != tuned and changed[1] != scratch
 
 
 def test_fine_tune_entries_are_checked_before_pretraining():
     good = config_lib.ConfigDict({"ft": dict(config_lib.FINE_TUNE)})
-    evaluators.check(good, num_devices=8)
+    evaluators.check(_with_evals(good), num_devices=8)
     partial = config_lib.ConfigDict({"ft": {"type": "fine_tune", "steps": 10}})
     with pytest.raises(ValueError, match="config.evals.ft lacks .*batch_size"):
-        evaluators.check(partial)
+        evaluators.check(_with_evals(partial))
     bad_batch = config_lib.ConfigDict({"ft": {**config_lib.FINE_TUNE, "batch_size": 12}})
     with pytest.raises(ValueError, match="multiple of the 8 devices"):
-        evaluators.check(bad_batch, num_devices=8)
+        evaluators.check(_with_evals(bad_batch), num_devices=8)
     bad_optimizer = config_lib.ConfigDict({"ft": dict(config_lib.FINE_TUNE)})
     bad_optimizer.ft.optimizer.name = "adamx"
     with pytest.raises(ValueError, match="config.evals.ft.optimizer"):
-        evaluators.check(bad_optimizer)
+        evaluators.check(_with_evals(bad_optimizer))
 
 
 def test_the_table_needs_no_linear_probe_entry():
@@ -133,17 +141,17 @@ def test_a_fine_tune_budget_beyond_the_memory_limit_is_refused_before_pretrainin
     config = config_lib.get_config("simclr", "dataset=tfds:imagenet2012,finetune")
     assert config.image_size == 224
     with pytest.raises(ValueError, match=r"fine_tune: its largest label budget \(1281000 images"):
-        evaluators.check_memory(config, lambda name: (Split(), None))
+        evaluators.check_data(config, lambda name: (Split(), None))
     with config.unlocked():
         config.evals.fine_tune.label_fractions = (0.01, 0.1)  # 128,000 images: 18 GB
         config.input.memory_limit_gb = 20.0
-    evaluators.check_memory(config, lambda name: (Split(), None))
+    evaluators.check_data(config, lambda name: (Split(), None))
 
 
 def test_fine_tuning_trains_the_patch_projection_moco_v3_froze():
     pretraining = config_lib.get_config("moco_v3", "dataset=tfds:imagenet2012,finetune")
     assert pretraining.model_kwargs.frozen_patch_embed
-    tuned = evaluators.fine_tune_config(pretraining, pretraining.evals.fine_tune, 1000)
+    tuned = fine_tune.fine_tune_config(pretraining, pretraining.evals.fine_tune, 1000)
     assert not tuned.model_kwargs.frozen_patch_embed
     assert pretraining.model_kwargs.frozen_patch_embed  # the pretraining config is unchanged
 
@@ -153,11 +161,11 @@ def test_encoder_lr_scale_slows_the_pretrained_encoder_only():
     are scaled (its own key), the run from scratch keeps the full rate."""
     config = _supervised_config()
     weights = nnx.state(train.build_task(config).encoder)
-    slow = evaluators.pretrained_config(config, 0.1)
+    slow = fine_tune.pretrained_config(config, 0.1)
     assert slow.optimizer.module_lr_scales == (("encoder", 0.1),)
-    assert evaluators.pretrained_config(config, 1.0) is config
-    plain = evaluators.fine_tune_dirs("w", "ft", config, weights)
-    scaled = evaluators.fine_tune_dirs("w", "ft", config, weights, pretrained=slow)
+    assert fine_tune.pretrained_config(config, 1.0) is config
+    plain = fine_tune.fine_tune_dirs("w", "ft", config, weights)
+    scaled = fine_tune.fine_tune_dirs("w", "ft", config, weights, pretrained=slow)
     assert scaled[0] != plain[0] and scaled[1] == plain[1]
     trained = train.split_task(train.build_task(slow))
     tx, _ = optim.make_optimizer(slow.optimizer, batch_size=16, total_steps=10)
@@ -186,7 +194,7 @@ def test_simsiam_supervised_baseline_drops_the_predictors_fixed_rate():
     crashed after pretraining)."""
     config = config_lib.get_config("simsiam", "runlocal,supervised")
     assert config.optimizer.fixed_lr_modules == ("predictor",)
-    supervised = evaluators.supervised_config(config, 4)
+    supervised = supervised_config(config, 4)
     assert supervised.optimizer.fixed_lr_modules == ()
     trained = train.split_task(train.build_task(supervised))
     tx, _ = optim.make_optimizer(supervised.optimizer, batch_size=16, total_steps=6)
@@ -197,12 +205,12 @@ def test_a_fine_tune_warmup_longer_than_its_steps_is_refused_before_pretraining(
     config = config_lib.get_config("rotation", "runlocal,finetune")
     config.evals.fine_tune.optimizer.update(warmup_fraction=0.0, warmup_steps=50)
     with pytest.raises(ValueError, match="longer than the run"):
-        evaluators.check(config.evals)
+        evaluators.check(config)
 
 
 def test_token_frequencies_count_each_sequences_real_tokens():
     tokens = np.array([[3, 3, 5, 9, 9], [5, 9, 9, 9, 9]], np.int32)  # 9 is padding here
-    freq = evaluators.token_frequencies(tokens, vocab_size=10, pad_id=9)
+    freq = probes.token_frequencies(tokens, vocab_size=10, pad_id=9)
     expected = np.zeros((2, 10), np.float32)
     expected[0, [3, 5]] = [2 / 3, 1 / 3]
     expected[1, 5] = 1.0
@@ -233,7 +241,7 @@ def test_bag_of_tokens_sees_which_bytes_not_their_order(same_bytes, tmp_path):
     config = config_lib.get_config("mlm", "runlocal")
     splits = _token_splits(same_bytes=same_bytes)
     context = evaluators.Context(config, str(tmp_path), None, None, lambda name: splits)
-    result = EVALUATORS.get("bag_of_tokens")(context, "bag_of_bytes", config.evals.bag_of_bytes)
+    result = evaluators.build("bag_of_bytes", config.evals.bag_of_bytes).run(context)
     assert result["baseline"] == "bag_of_tokens" and result["few_labels"]
     if same_bytes:  # identical histograms: chance (1/3) at best
         assert result["top1"] < 0.5 and result["knn_top1"] < 0.5

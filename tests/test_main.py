@@ -97,8 +97,8 @@ def test_main_trains_probes_and_writes_results(tmp_path):
 
     shown, images, texts = read_events(workdir)
     assert {"config/text_summary"} <= texts and {"embedding_pca", "label_efficiency"} <= images
-    figures = {tag: value for tag, _, value in shown if tag.startswith("results/")}
-    assert figures["results/linear_probe/top1"] == pytest.approx(
+    figures = {tag: value for tag, _, value in shown if tag.startswith("eval/")}
+    assert figures["eval/linear_probe/top1"] == pytest.approx(
         json.loads((workdir / "results.json").read_text())["linear_probe"]["top1"]
     )
     for record in records:

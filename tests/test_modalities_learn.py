@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from ssl_jax import config_lib, evaluators, experiment, train
+from ssl_jax import config_lib, experiment, train
 from ssl_jax.data import pipeline
 from ssl_jax.data.datasets import ArrayDataset
 from ssl_jax.evaluate.linear_probe import fit_linear_probe
+from ssl_jax.evaluators import probes
 
 LR = 2e-3
 
@@ -45,9 +46,7 @@ def _learn(tmp_path, name, arg, steps, data=None, **overrides):
     losses = [m["loss"] for m in logged if "loss" in m]
 
     def top1(model, probe_splits):
-        (train_x, train_y), (test_x, test_y) = evaluators._features(
-            model, config, probe_splits, mesh
-        )
+        (train_x, train_y), (test_x, test_y) = probes.features(model, config, probe_splits, mesh)
         fit = fit_linear_probe(
             train_x, train_y, test_x, test_y, num_classes=probe_splits[0].num_classes, steps=200
         )

@@ -72,7 +72,7 @@ def test_sigkill_at_any_moment_then_rerun_ends_bit_identical(tmp_path, config):
     assert resumed["linear_probe"]["top1"] == reference["linear_probe"]["top1"]
     # TensorBoard shows every logged step once, with the value metrics.jsonl has.
     shown, _, _ = read_events(killed)
-    logged = sorted((step, value) for tag, step, value in shown if tag == "loss")
+    logged = sorted((step, value) for tag, step, value in shown if tag == "train/loss")
     assert [step for step, _ in logged] == sorted(losses(killed))
     assert [v for _, v in logged] == pytest.approx([losses(killed)[s] for s, _ in logged])
 

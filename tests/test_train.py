@@ -154,9 +154,9 @@ def test_tasks_without_visualize_get_no_pictures(tmp_path):
 
 
 def test_classifier_top1_is_the_supervised_heads_own_accuracy():
-    from ssl_jax import experiment
     from ssl_jax.data import pipeline
     from ssl_jax.data.datasets import load_dataset
+    from ssl_jax.evaluators.probes import classifier_top1
 
     config = config_lib.base_config()
     config.update(task="supervised", model="convnet_tiny", image_size=16)
@@ -165,7 +165,7 @@ def test_classifier_top1_is_the_supervised_heads_own_accuracy():
     split = load_dataset("digits", "test", image_size=16)
     task = train.build_task(config)
     expected = np.mean(np.argmax(np.asarray(task.logits(split.images)), axis=1) == split.labels)
-    got = experiment.classifier_top1(train.split_task(task), config, split, pipeline.make_mesh())
+    got = classifier_top1(train.split_task(task), config, split, pipeline.make_mesh())
     assert got == pytest.approx(expected, abs=1e-6)
 
 

@@ -11,7 +11,7 @@ optimizer and learning-rate schedule (ssl_jax's schedule function, called
 each step), batch size, steps, data order (`pipeline.batch_indices`), splits
 (`experiment.load_splits`) and seed. After training, the features of the
 un-augmented train and test images (encoder in eval mode, inputs normalised
-as `Task.features`) go through ssl_jax's `evaluators.probe`: the same
+as `Task.features`) go through ssl_jax's `evaluators.probes.probe`: the same
 all-label probe, few-label probes and kNN as results.json's `linear_probe`;
 the same for the encoder at its random initialisation. WORKDIR/results.json
 has the project's keys, plus the loss curve and images/s.
@@ -46,10 +46,11 @@ from experiments.peers.methods import (
     SimSiam,
     VICReg,
 )
-from ssl_jax import config_lib, evaluators, experiment
+from ssl_jax import config_lib, experiment
 from ssl_jax import workdir as workdir_lib
 from ssl_jax.data import pipeline
 from ssl_jax.data.datasets import ImageDataset
+from ssl_jax.evaluators import probes
 
 # In the brief's order of priority.
 METHODS: dict[str, type[Method]] = {
@@ -105,14 +106,14 @@ def features(encoder: torch.nn.Module, images: np.ndarray, batch_size: int) -> n
 
 
 def probe(config, splits, encoder, *, map_path: str, title: str) -> dict:
-    """ssl_jax's `evaluators.probe` on this encoder's features: the same
+    """ssl_jax's `evaluators.probes.probe` on this encoder's features: the same
     probes, kNN and PCA map as the project's results.json['linear_probe']."""
     train_split, test_split = splits
     xy = tuple(
         (features(encoder, s.images, config.probe.batch_size), s.labels.astype(np.int32))
         for s in (train_split, test_split)
     )
-    return evaluators.probe_features(xy, config, splits, map_path=map_path, title=title)
+    return probes.probe_features(xy, config, splits, map_path=map_path, title=title)
 
 
 def train_peer(config: ConfigDict, workdir: str, *, bn: str = "per_view") -> dict:
