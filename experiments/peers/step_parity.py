@@ -60,16 +60,6 @@ IMAGE_METHODS = (
     "mae",
 )
 
-_CONFIGS = flags.DEFINE_list("configs", list(IMAGE_METHODS), "Configs (packaged names).")
-_ARG = flags.DEFINE_string("arg", "", "Their get_config argument, e.g. encoder=convnet.")
-_SET = flags.DEFINE_multi_string(
-    "set", ["compute_dtype=float32"], "field=value, as --config.field=value of ssl_jax."
-)
-_STEPS = flags.DEFINE_integer("steps", 5, "Steps per side per round.")
-_ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating rounds.")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per side before the rounds.")
-_OUT = flags.DEFINE_string("out", None, "Append one JSON line per config to this file.")
-
 
 def ssl_jax_step(config, images: np.ndarray, labels: np.ndarray) -> tuple[Callable, float]:
     """A function running step i of ssl_jax's compiled train step (device
@@ -174,15 +164,27 @@ def compare(config, *, steps: int, rounds: int, warmup: int) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
-    for name in _CONFIGS.value:
-        config = peer_train.load_config(name, _ARG.value, _SET.value)
-        row = compare(config, steps=_STEPS.value, rounds=_ROUNDS.value, warmup=_WARMUP.value)
+    values = flags.FLAGS
+    for name in values.configs:
+        config = peer_train.load_config(name, values.arg, values.set)
+        row = compare(config, steps=values.steps, rounds=values.rounds, warmup=values.warmup)
         line = json.dumps(row)
         print(line, flush=True)
-        if _OUT.value:
-            with open(_OUT.value, "a") as f:
+        if values.out:
+            with open(values.out, "a") as f:
                 f.write(line + "\n")
 
 
 if __name__ == "__main__":
+    # Defined here, not at import: tests import this module beside others
+    # that define flags of the same names.
+    flags.DEFINE_list("configs", list(IMAGE_METHODS), "Configs (packaged names).")
+    flags.DEFINE_string("arg", "", "Their get_config argument, e.g. encoder=convnet.")
+    flags.DEFINE_multi_string(
+        "set", ["compute_dtype=float32"], "field=value, as --config.field=value of ssl_jax."
+    )
+    flags.DEFINE_integer("steps", 5, "Steps per side per round.")
+    flags.DEFINE_integer("rounds", 5, "Alternating rounds.")
+    flags.DEFINE_integer("warmup", 2, "Untimed steps per side before the rounds.")
+    flags.DEFINE_string("out", None, "Append one JSON line per config to this file.")
     app.run(main)
