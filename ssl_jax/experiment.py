@@ -24,7 +24,7 @@ import jax
 from flax import nnx
 from ml_collections import ConfigDict
 
-from ssl_jax import config_lib, evaluators, metrics, train
+from ssl_jax import config_lib, evaluators, inference, metrics, train
 from ssl_jax import workdir as workdir_lib
 from ssl_jax.data import pipeline, streaming
 from ssl_jax.data.datasets import ImageDataset, load_dataset
@@ -63,7 +63,7 @@ def training_data(config: ConfigDict, train_split):
         return pipeline.InMemory(
             {train_split.input_key: train_split.inputs, "label": train_split.labels}
         )
-    crops = nnx.eval_shape(lambda: train.build_task(config)).host_crops(config.image_size)
+    crops = nnx.eval_shape(lambda: inference.build_task(config)).host_crops(config.image_size)
     transform = (
         streaming.view_transform(crops) if crops else streaming.center_transform(config.image_size)
     )
@@ -161,7 +161,7 @@ def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[st
     for name, args in config.evals.items():
         results[name] = EVALUATORS.get(args.type)(context, name, args)
     if config.baselines.random_init:
-        initial = train.split_task(train.build_task(config))
+        initial = inference.split_task(inference.build_task(config))
         results["random_init"] = {
             "linear_probe": probe(
                 initial,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ssl_jax import train
+from ssl_jax import inference
 from ssl_jax.models import heads
 from ssl_jax.tasks.base import JointEmbeddingTask
 from tests.tasks.test_methods import METHODS, _batch, _config
@@ -21,7 +21,7 @@ from tests.tasks.test_methods import METHODS, _batch, _config
 def test_every_network_sees_one_view_at_a_time(method):
     """Each encoder call (online and teacher) gets one view's B rows, never
     the 2B rows of both views, whose batch statistics would mix the views."""
-    task = train.build_task(_config(method))
+    task = inference.build_task(_config(method))
     assert isinstance(task, JointEmbeddingTask)
     seen = []
     encoders = [task.encoder] + ([task.teacher.encoder] if hasattr(task, "teacher") else [])
@@ -40,7 +40,7 @@ def test_every_network_sees_one_view_at_a_time(method):
 def test_per_view_normalises_each_view_on_its_own():
     """Two views with different statistics: per view, each half of a batch
     norm's output has mean 0 and variance 1; over both views at once, not."""
-    task = train.build_task(_config("simsiam"))
+    task = inference.build_task(_config("simsiam"))
     norm = nnx.BatchNorm(4, use_running_average=False, rngs=nnx.Rngs(0))
     x = jnp.concatenate([jnp.ones((8, 4)) * 5.0, jnp.zeros((8, 4))])
     x = x + jax.random.normal(jax.random.key(1), x.shape)
@@ -56,12 +56,12 @@ def test_per_view_normalises_each_view_on_its_own():
 def test_the_online_probe_trains_on_frozen_features(method):
     config = _config(method)
     config.task_kwargs.num_classes = 4
-    task = train.build_task(config)
+    task = inference.build_task(config)
     loss, metrics = task.loss(_batch(n=8), jax.random.key(0), train=True)
     assert {"online_probe_loss", "online_probe_accuracy"} <= set(metrics)
     assert np.isfinite(float(loss))
 
-    trained = train.split_task(task)
+    trained = inference.split_task(task)
 
     def probe_loss(params):
         module = nnx.merge(trained.graphdef, params, trained.model_state)
@@ -96,7 +96,7 @@ def test_heads_start_as_their_reference_initialises_them(method, attribute, init
     dims = {"vicreg": "expander_dims", "barlow_twins": "projection_dims"}
     if method in dims:
         config.task_kwargs[dims[method]] = (256, 256, 256)
-    task = train.build_task(config)
+    task = inference.build_task(config)
     for layer in _linear_layers(getattr(task, attribute)):
         w = np.asarray(layer.kernel[...])
         fan_in = w.shape[0]
