@@ -25,7 +25,7 @@ from ssl_jax.data import pipeline
 from ssl_jax.metrics import MetricWriter
 from ssl_jax.models import precision
 from ssl_jax.registry import MODELS, TASKS
-from ssl_jax.tasks.base import FeatureInput, implements
+from ssl_jax.tasks.base import implements
 
 # The random stream of parameter init; the training step draws from stream 1
 # (train.py), so init and training never share a key.
@@ -64,11 +64,6 @@ def split_task(task: nnx.Module) -> TrainedModel:
     """Trained parameters (the task's `trainable` filter) apart from the rest."""
     graphdef, params, model_state = nnx.split(task, task.trainable, ...)
     return TrainedModel(graphdef, nnx.as_pure(params), nnx.as_pure(model_state))
-
-
-def feature_input(trained: TrainedModel) -> FeatureInput:
-    """What the task's `features` takes (`Task.feature_input`)."""
-    return type(trained.module()).feature_input
 
 
 @functools.lru_cache(maxsize=32)
