@@ -49,7 +49,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from ssl_jax import config_lib, experiment, optim, perf, train
+from ssl_jax import config_lib, experiment, inference, optim, perf, train
 from ssl_jax.data import pipeline
 from ssl_jax.evaluate.linear_probe import extract_features, fit_linear_probe
 from ssl_jax.models.precision import COMPUTE_DTYPES
@@ -93,7 +93,7 @@ def peak_flops(compute_dtype: str, device: jax.Device) -> tuple[float, str]:
 def measure(config, arrays, mesh, peak: tuple[float, str]) -> dict[str, Any]:
     """One point: every figure of the module docstring except the probe's."""
     steps, batch_size = _STEPS.value, config.batch_size
-    trained = train.split_task(train.build_task(config))
+    trained = inference.split_task(inference.build_task(config))
     task = trained.module()  # before the state is donated: its buffers may alias these
     tx, schedule = optim.make_optimizer(
         config.optimizer, batch_size=batch_size, total_steps=config.train_steps
@@ -108,7 +108,7 @@ def measure(config, arrays, mesh, peak: tuple[float, str]) -> dict[str, Any]:
 
     host_seconds = _timed(device_batch, steps)
     batches = [device_batch(i) for i in range(min(steps, 4))]
-    compiled, step_perf = train.compile_step(step_fn, state, batches[0], config, mesh)
+    compiled, step_perf = perf.compile_step(step_fn, state, batches[0], config, mesh)
 
     def run_step(i: int):
         nonlocal state
@@ -186,8 +186,8 @@ def measure(config, arrays, mesh, peak: tuple[float, str]) -> dict[str, Any]:
 def measure_probe(config, splits, mesh) -> dict[str, Any]:
     """Feature extraction and linear-probe speed of the config's encoder."""
     train_split, test_split = splits
-    trained = train.split_task(train.build_task(config))
-    features_fn = train.make_features_fn(trained, mesh)
+    trained = inference.split_task(inference.build_task(config))
+    features_fn = inference.make_features_fn(trained, mesh)
     batch = config.probe.batch_size
     extract_features(features_fn, train_split.images[:batch], batch_size=batch)  # compile
     start = time.perf_counter()

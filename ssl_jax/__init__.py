@@ -7,7 +7,7 @@ cheap):
     config = ssl_jax.get_config("simclr", "runlocal")    # a packaged config, or a file path
     results = ssl_jax.run(config, "runs/simclr")         # pretrain + evaluate, as the CLI does
     encoder = ssl_jax.load_encoder("runs/simclr")        # or an exported .safetensors file
-    train_x, test_x = encoder(train_images), encoder(test_images)   # uint8 [N, H, W, 3]
+    train_x, test_x = encoder(train_images), encoder(test_images)   # what encoder.input says
     probe = ssl_jax.linear_probe(train_x, train_y, test_x, test_y, num_classes=10)
     print(probe.top1, ssl_jax.knn_top1(train_x, train_y, test_x, test_y, num_classes=10))
 
@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 # Public name -> (module, attribute).
 _API = {
     "get_config": ("ssl_jax.config_lib", "get_config"),
-    "build_task": ("ssl_jax.train", "build_task"),
+    "build_task": ("ssl_jax.inference", "build_task"),
     # Not "train": that name is the module ssl_jax.train.
     "pretrain": ("ssl_jax.train", "train"),
     "run": ("ssl_jax.experiment", "run"),

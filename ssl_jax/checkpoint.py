@@ -69,6 +69,14 @@ def fingerprint(leaves: list[tuple[str, np.ndarray]]) -> str:
     return digest.hexdigest()
 
 
+def state_fingerprint(state: Any) -> str:
+    """A hex digest of every array of the state (parameters, batch-norm
+    statistics, optimizer state, step), in tree order: two runs that end in
+    the same state, bit for bit, have the same fingerprint. Checkpoints carry
+    it, so a restore can tell a corrupt one."""
+    return fingerprint(host_leaves(state))
+
+
 def nonfinite_paths(leaves: list[tuple[str, np.ndarray]]) -> list[str]:
     return [
         path

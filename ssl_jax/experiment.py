@@ -22,7 +22,7 @@ import jax
 from flax import nnx
 from ml_collections import ConfigDict
 
-from ssl_jax import config_lib, evaluators, metrics, train
+from ssl_jax import config_lib, evaluators, inference, metrics, train
 from ssl_jax import workdir as workdir_lib
 from ssl_jax.data import pipeline, record_transforms, streaming
 from ssl_jax.data.datasets import ImageDataset, load_dataset
@@ -54,7 +54,7 @@ def training_data(config: ConfigDict, train_split):
         return pipeline.InMemory(
             {train_split.input_key: train_split.inputs, "label": train_split.labels}
         )
-    crops = nnx.eval_shape(lambda: train.build_task(config)).host_crops(config.image_size)
+    crops = nnx.eval_shape(lambda: inference.build_task(config)).host_crops(config.image_size)
     if crops:
         transform = record_transforms.view_transform(crops)
     else:

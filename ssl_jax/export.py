@@ -6,13 +6,22 @@
     ssl_jax.export_encoder("runs/simclr", "simclr.safetensors")
     encoder = ssl_jax.load_encoder("simclr.safetensors")  # the same features, bit for bit
 
+An encoder takes what its task's `features` takes (`Task.feature_input`):
+uint8 images, int token ids (masked words) or uint8 clips (missing frames),
+and computes its features through `inference.make_features_fn`, as the run's
+evaluators did; other input is refused with a one-line error naming the
+expected one (`encoder.input`).
+
 The exported file is safetensors: one tensor per variable of the encoder the
 task's features come from (`Task.feature_encoder`: the encoder, or DINO's
 teacher), named by its path in the module (`layers.0.conv.kernel`), and in
 the header's metadata under "ssl_jax" a JSON object with what rebuilds it:
-the registered model name and its keyword arguments, the compute dtype, the
-image size it was trained at, the feature dimension, the task, the step, and
-the input convention (uint8 RGB, scaled to [0, 1], then (x - 0.5) / 0.5).
+the task and its keyword arguments (loading rebuilds the task around the
+encoder, so `features` is the task's own), the registered model name and its
+keyword arguments, the compute dtype, the feature dimension, the dataset, the
+step, the image size (inputs with image axes), and `input`: the batch key
+(image / tokens / video), dtype, axes and value convention (for images and
+clips: RGB 0-255, scaled to x / 255, then (x - 0.5) / 0.5).
 """
 
 from __future__ import annotations
@@ -29,9 +38,14 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
-from ssl_jax.data import augment
+from ssl_jax import inference
+from ssl_jax.data import pipeline
+from ssl_jax.tasks.base import FeatureInput
 
-_FORMAT = "ssl_jax.encoder/1"
+_FORMAT = "ssl_jax.encoder/2"
+# What rebuilds the task around the exported encoder (with seed 0: the
+# variables `features` reads come from the file, the rest is never read).
+_TASK_FIELDS = ("task", "task_kwargs", "model", "model_kwargs", "compute_dtype")
 
 
 class _ReadOnlyNotice(logging.Filter):
@@ -45,38 +59,43 @@ class _ReadOnlyNotice(logging.Filter):
 
 @dataclasses.dataclass
 class Encoder:
-    """A frozen encoder: `encoder(images)` gives float32 features of uint8
-    RGB images [N, H, W, 3], computed in batches of `batch_size`."""
+    """A frozen encoder: `encoder(inputs)` gives float32 features [N, D] of
+    what `encoder.input` describes, computed in batches of `batch_size` by the
+    task's own `features`, as the evaluators compute them."""
 
-    module: nnx.Module
-    info: dict[str, Any]  # model, model_kwargs, compute_dtype, image_size, feature_dim, ...
+    trained: inference.TrainedModel  # the whole task: `features` may need its code, not its heads
+    info: dict[str, Any]  # task, model, model_kwargs, compute_dtype, feature_dim, input, ...
 
     def __post_init__(self):
-        graphdef, state = nnx.split(self.module)
+        fields = self.info["input"]
+        self.input = FeatureInput(**{**fields, "axes": tuple(fields["axes"])})
+        self._mesh = pipeline.make_mesh()
+        self._features = inference.make_features_fn(self.trained, self._mesh)
 
-        @jax.jit
-        def apply(state, images):
-            module = nnx.merge(graphdef, state)
-            out = module(augment.normalize(augment.to_float(images)), train=False)
-            return out.astype(jnp.float32)
-
-        self._state, self._apply = state, apply
+    @property
+    def module(self) -> nnx.Module:
+        """The encoder the features come from (`Task.feature_encoder`)."""
+        return self.trained.module().feature_encoder()
 
     @property
     def feature_dim(self) -> int:
-        return self.module.feature_dim
+        return self.info["feature_dim"]
 
-    def __call__(self, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-        images = np.asarray(images)
-        if images.dtype != np.uint8 or images.ndim != 4:
-            raise ValueError(
-                f"Encoder takes uint8 images [N, H, W, C], got {images.dtype} {images.shape}."
-            )
+    def __call__(self, inputs: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+        inputs = self.input.check(inputs)
         parts = [
-            np.asarray(self._apply(self._state, images[i : i + batch_size]))
-            for i in range(0, len(images), batch_size)
+            self._padded_features(inputs[i : i + batch_size])
+            for i in range(0, len(inputs), batch_size)
         ]
         return np.concatenate(parts) if parts else np.zeros((0, self.feature_dim), np.float32)
+
+    def _padded_features(self, batch: np.ndarray) -> np.ndarray:
+        """Features of `batch`, padded with zero rows to a multiple of the
+        device count (features are per example: the padding changes no row)."""
+        pad = -len(batch) % self._mesh.devices.size
+        if pad:
+            batch = np.concatenate([batch, np.zeros((pad, *batch.shape[1:]), batch.dtype)])
+        return self._features(batch)[: len(batch) - pad]
 
 
 def _flat(state: nnx.State) -> dict[str, np.ndarray]:
@@ -87,7 +106,28 @@ def _flat(state: nnx.State) -> dict[str, np.ndarray]:
     return flat
 
 
+def _info(config: ConfigDict, task: nnx.Module, step: int) -> dict[str, Any]:
+    """The header of an export of `task`, trained by `config` for `step` steps."""
+    spec = task.feature_input
+    info = {
+        "format": _FORMAT,
+        "task": config.task,
+        "task_kwargs": config.task_kwargs.to_dict(),
+        "model": config.model,
+        "model_kwargs": config.model_kwargs.to_dict(),
+        "compute_dtype": config.compute_dtype,
+        "dataset": config.dataset,
+        "step": step,
+        "feature_dim": task.feature_encoder().feature_dim,
+        "input": dataclasses.asdict(spec),
+    }
+    if "H" in spec.axes:  # the size it was trained at; other sizes may work, or may not
+        info["image_size"] = config.image_size
+    return info
+
+
 def _load_workdir(workdir: str) -> Encoder:
+    # The checkpoint holds the training state: restoring it needs its layout.
     from ssl_jax import optim, train
     from ssl_jax.checkpoint import Checkpointer, CheckpointError
 
@@ -96,7 +136,7 @@ def _load_workdir(workdir: str) -> Encoder:
         raise FileNotFoundError(f"{workdir} holds no config.json: not an ssl_jax workdir.")
     with open(path) as f:
         config = ConfigDict(json.load(f))
-    trained = train.split_task(train.build_task(config))
+    trained = inference.split_task(inference.build_task(config))
     tx, _ = optim.make_optimizer(
         config.optimizer, batch_size=config.batch_size, total_steps=config.train_steps
     )
@@ -115,37 +155,26 @@ def _load_workdir(workdir: str) -> Encoder:
     if restored is None:
         raise CheckpointError(f"{workdir} holds no checkpoint yet: train first.")
     step, state, _ = restored
-    task = nnx.merge(trained.graphdef, state["params"], state["model_state"])
-    info = {
-        "format": _FORMAT,
-        "model": config.model,
-        "model_kwargs": config.model_kwargs.to_dict(),
-        "compute_dtype": config.compute_dtype,
-        "image_size": config.image_size,
-        "task": config.task,
-        "dataset": config.dataset,
-        "step": step,
-        "input": "uint8 RGB [N, H, W, 3] -> x / 255 -> (x - 0.5) / 0.5",
-    }
-    module = task.feature_encoder()
-    info["feature_dim"] = module.feature_dim
-    return Encoder(module, info)
+    trained = dataclasses.replace(trained, params=state["params"], model_state=state["model_state"])
+    return Encoder(trained, _info(config, trained.module(), step))
 
 
 def _load_file(path: str) -> Encoder:
     from safetensors import safe_open
 
-    from ssl_jax.models import precision
-    from ssl_jax.registry import MODELS
-
     with safe_open(path, framework="numpy") as f:
         metadata = f.metadata() or {}
         tensors = {name: f.get_tensor(name) for name in f.keys()}
     info = json.loads(metadata.get("ssl_jax", "{}"))
+    if info.get("format") == "ssl_jax.encoder/1":  # its header said only "images", whatever it took
+        raise ValueError(
+            f"{path} was exported by an older ssl_jax: export it again from its workdir."
+        )
     if info.get("format") != _FORMAT:
         raise ValueError(f"{path} is not an encoder exported by ssl_jax (no '{_FORMAT}' header).")
-    module = MODELS.get(info["model"])(rngs=nnx.Rngs(0), **info["model_kwargs"])
-    precision.set_compute_dtype(module, info["compute_dtype"])
+    config = ConfigDict({"seed": 0, **{field: info[field] for field in _TASK_FIELDS}})
+    task = inference.build_task(config)
+    module = task.feature_encoder()
     state = nnx.state(module)
     expected = _flat(state)
     if expected.keys() != tensors.keys() or any(
@@ -157,7 +186,7 @@ def _load_file(path: str) -> Encoder:
     pure = jax.tree.unflatten(treedef, [jnp.asarray(tensors[n]) for n in names])
     nnx.replace_by_pure_dict(state, pure)
     nnx.update(module, state)
-    return Encoder(module, info)
+    return Encoder(inference.split_task(task), info)
 
 
 def load_encoder(path: str) -> Encoder:

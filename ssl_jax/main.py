@@ -57,8 +57,8 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input, not a bug: reported as one line."""
     from ssl_jax.checkpoint import CheckpointError
     from ssl_jax.data.datasets import DatasetError
+    from ssl_jax.nonfinite import NonFiniteLossError
     from ssl_jax.registry import UnknownNameError
-    from ssl_jax.train import NonFiniteLossError
     from ssl_jax.workdir import WorkdirError
 
     # OSError: an unreadable config file or workdir, a full disk: the message says which.

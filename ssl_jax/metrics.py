@@ -233,6 +233,22 @@ class MetricWriter:
                 raise _write_failed(self._events.path, error) from None
 
 
+def interval_means(totals: Mapping, count: int) -> tuple[dict[str, float], int]:
+    """A log line's figures from the step metrics summed on the device over
+    `count` steps, and how many of those steps were skipped as non-finite:
+    means over the good steps (a skipped step's metrics are zeros), the
+    skipped steps, and the unreadable examples replaced (a count, not a mean)."""
+    sums = {k: float(v) for k, v in jax.device_get(totals).items()}
+    skipped = sums.pop("nonfinite")
+    skipped_examples = sums.pop("skipped_examples", None)
+    good = count - skipped
+    means = {k: v / good for k, v in sums.items()} if good else {}
+    means["skipped_steps"] = skipped
+    if skipped_examples is not None:
+        means["skipped_examples"] = skipped_examples
+    return means, int(skipped)
+
+
 # Result fields that describe a run's setup rather than measure it (sizes,
 # class counts, label budgets, the compiled step's accounting, the wall
 # time): TensorBoard text, not one-point scalar charts. Strings (dataset

@@ -1,20 +1,24 @@
 """Figures about the compiled step: FLOPs, memory, compilations, the chip's peak.
 
-Used by the training loop (`images_per_sec`, `mfu` in metrics.jsonl) and by
-`experiments/benchmark.py`. FLOPs come from XLA's cost analysis of the
-compiled program, which counts what the chip actually executes (forward,
-backward, augmentation and optimizer, per device under SPMD), not a formula.
+Used by the training loop (`compile_step`; `Throughput`: `images_per_sec`,
+`mfu` in metrics.jsonl) and by `experiments/benchmark.py`. FLOPs come from
+XLA's cost analysis of the compiled program, which counts what the chip
+actually executes (forward, backward, augmentation and optimizer, per device
+under SPMD), not a formula.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import monitoring
+
+log = logging.getLogger(__name__)
 
 # Dense bfloat16 peak TFLOP/s per chip, from the vendors' data sheets (no
 # sparsity). Matched against `device.device_kind` by the longest prefix, so
@@ -128,3 +132,81 @@ class CompileCounter:
     def count(cls, name: str) -> int:
         """Compilations so far of functions whose name contains `name`."""
         return sum(n for fun, n in cls._counts.items() if name in fun)
+
+
+def compile_step(train_step, state: dict, batch: dict, config, mesh):
+    """Compiles the step ahead of time for these exact shapes and shardings and
+    reports what XLA says about it. An AOT-compiled step cannot silently
+    recompile: a batch of another shape would be an error, not a slow step.
+
+    FLOPs per image are XLA's per-device count times the devices of the mesh,
+    over the global batch; the optimizer update, which every device repeats
+    in full, is thereby counted once per device (negligible at real batch
+    sizes: +0.2% for the rotation digits run, +19% for MAE at batch 16)."""
+    started = time.perf_counter()
+    compiled = train_step.lower(state, batch).compile()
+    flops = compiled_flops(compiled)
+    devices = mesh.devices.size
+    peak = config.peak_tflops * 1e12 or known_peak_flops(jax.devices()[0], config.compute_dtype)
+    step_perf = {
+        "compile_seconds": round(time.perf_counter() - started, 3),
+        # Per source image of the global batch (SPMD analysis is per device).
+        "flops_per_image": flops * devices / config.batch_size if flops else None,
+        "step_memory_mb": _megabytes(compiled_memory_bytes(compiled)),
+        "peak_flops_per_device": peak,
+    }
+    log.info(
+        "Train step compiled in %.1f s; %s GFLOP per image; %s MB per device.",
+        step_perf["compile_seconds"],
+        f"{flops * devices / config.batch_size / 1e9:.3f}" if flops else "?",
+        step_perf["step_memory_mb"],
+    )
+    return compiled, step_perf
+
+
+def _megabytes(size: int | None) -> float | None:
+    return None if size is None else round(size / 2**20, 1)
+
+
+def mfu_scale(step_perf: dict, devices: int) -> float | None:
+    """images/s -> model FLOPs utilisation, when both FLOPs and the peak are known."""
+    flops, peak = step_perf["flops_per_image"], step_perf["peak_flops_per_device"]
+    if not flops or not peak:
+        return None
+    return flops / (peak * devices)
+
+
+class Throughput:
+    """Images per second over a log interval (and MFU, given `mfu_scale`).
+
+    The first step pays one-off costs even though the step is compiled (first
+    dispatch, the eager ops around it): the clock starts after it, and it is
+    reported alone only if a log line comes before any other step.
+    """
+
+    def __init__(self, batch_size: int, mfu_scale: float | None = None):
+        self._batch_size, self._mfu_scale = batch_size, mfu_scale
+        self._first_step_started = time.perf_counter()
+        self._start: float | None = None
+        self._steps = 0
+
+    def stepped(self, metrics) -> None:
+        """After each step's dispatch; waits for the device after the first only."""
+        self._steps += 1
+        if self._start is None:
+            jax.block_until_ready(metrics)
+            self._start, self._steps = time.perf_counter(), 0
+
+    def report(self) -> dict[str, float]:
+        if self._steps:
+            steps, elapsed = self._steps, time.perf_counter() - self._start
+        else:  # only the first step so far: report it, one-off costs included
+            steps, elapsed = 1, self._start - self._first_step_started
+        figures = {"images_per_sec": steps * self._batch_size / max(elapsed, 1e-9)}
+        if self._mfu_scale:
+            figures["mfu"] = figures["images_per_sec"] * self._mfu_scale
+        return figures
+
+    def restart(self) -> None:
+        """After a log line (and its evaluation): the next interval starts now."""
+        self._start, self._steps = time.perf_counter(), 0

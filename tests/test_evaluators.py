@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ssl_jax import config_lib, evaluators, experiment, optim, train
+from ssl_jax import config_lib, evaluators, experiment, inference, optim, train
 from ssl_jax.evaluators import fine_tune, probes
 from ssl_jax.evaluators.supervised import supervised_config
 from tests.test_main import run_main
@@ -42,7 +42,7 @@ def _with_evals(evals):
 
 
 def test_training_starts_from_the_given_encoder_and_keeps_the_callers_arrays(tmp_path):
-    donor = train.build_task(_supervised_config(seed=7))  # another init: other weights
+    donor = inference.build_task(_supervised_config(seed=7))  # another init: other weights
     weights = nnx.state(donor.encoder)
     arrays = {
         "image": np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8),
@@ -51,7 +51,7 @@ def test_training_starts_from_the_given_encoder_and_keeps_the_callers_arrays(tmp
     trained, _ = train.train(_supervised_config(), str(tmp_path), arrays, init_encoder=weights)
     # One step at lr 1e-9: the encoder is the donor's, not seed 0's init.
     after = nnx.state(trained.module().encoder, nnx.Param)
-    fresh = nnx.state(train.build_task(_supervised_config()).encoder, nnx.Param)
+    fresh = nnx.state(inference.build_task(_supervised_config()).encoder, nnx.Param)
     donor_params = nnx.state(donor.encoder, nnx.Param)
     for a, d, f in zip(*(jax.tree.leaves(t) for t in (after, donor_params, fresh)), strict=True):
         np.testing.assert_allclose(a, d, atol=1e-6)
@@ -95,8 +95,8 @@ def test_fine_tuning_takes_nothing_from_the_pretraining_optimizer():
 
 def test_fine_tune_runs_are_keyed_by_their_weights_and_data():
     config = _supervised_config()
-    weights = nnx.state(train.build_task(config).encoder)
-    other_weights = nnx.state(train.build_task(_supervised_config(seed=7)).encoder)
+    weights = nnx.state(inference.build_task(config).encoder)
+    other_weights = nnx.state(inference.build_task(_supervised_config(seed=7)).encoder)
     tuned, scratch = fine_tune.fine_tune_dirs("w", "ft", config, weights)
     assert os.path.dirname(tuned) == os.path.join("w", "ft")
     assert os.path.dirname(scratch) == os.path.join("w", "ft_from_scratch")
@@ -160,14 +160,14 @@ def test_encoder_lr_scale_slows_the_pretrained_encoder_only():
     """Fine-tuning at `encoder_lr_scale`: the pretrained run's encoder steps
     are scaled (its own key), the run from scratch keeps the full rate."""
     config = _supervised_config()
-    weights = nnx.state(train.build_task(config).encoder)
+    weights = nnx.state(inference.build_task(config).encoder)
     slow = fine_tune.pretrained_config(config, 0.1)
     assert slow.optimizer.module_lr_scales == (("encoder", 0.1),)
     assert fine_tune.pretrained_config(config, 1.0) is config
     plain = fine_tune.fine_tune_dirs("w", "ft", config, weights)
     scaled = fine_tune.fine_tune_dirs("w", "ft", config, weights, pretrained=slow)
     assert scaled[0] != plain[0] and scaled[1] == plain[1]
-    trained = train.split_task(train.build_task(slow))
+    trained = inference.split_task(inference.build_task(slow))
     tx, _ = optim.make_optimizer(slow.optimizer, batch_size=16, total_steps=10)
     grads = jax.tree.map(jnp.ones_like, trained.params)
     state = tx.init(trained.params)
@@ -196,7 +196,7 @@ def test_simsiam_supervised_baseline_drops_the_predictors_fixed_rate():
     assert config.optimizer.fixed_lr_modules == ("predictor",)
     supervised = supervised_config(config, 4)
     assert supervised.optimizer.fixed_lr_modules == ()
-    trained = train.split_task(train.build_task(supervised))
+    trained = inference.split_task(inference.build_task(supervised))
     tx, _ = optim.make_optimizer(supervised.optimizer, batch_size=16, total_steps=6)
     tx.init(trained.params)
 

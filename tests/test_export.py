@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 import ssl_jax
-from ssl_jax import train
+from ssl_jax import inference
 from ssl_jax.data.datasets import load_dataset
 from tests.test_main import ROOT, run_main
 
@@ -37,11 +37,11 @@ def _evaluator_features(workdir, images):
 
     config = ConfigDict(json.loads((workdir / "config.json").read_text()))
     encoder = _load_workdir(str(workdir))
-    task = train.build_task(config)
+    task = inference.build_task(config)
     # Put the restored encoder's variables in place of the fresh ones.
     nnx.update(task.feature_encoder(), nnx.state(encoder.module))
-    trained = train.split_task(task)
-    return train.make_features_fn(trained, pipeline.make_mesh())(images)
+    trained = inference.split_task(task)
+    return inference.make_features_fn(trained, pipeline.make_mesh())(images)
 
 
 @pytest.mark.parametrize("run", ["simclr", "dino"])
@@ -81,7 +81,7 @@ def test_dino_exports_its_teacher(workdirs):
 
     encoder = _load_workdir(str(workdirs / "dino"))
     config = ConfigDict(json.loads((workdirs / "dino" / "config.json").read_text()))
-    task = train.build_task(config)
+    task = inference.build_task(config)
     student = nnx.state(task.encoder, nnx.Param)
     exported = nnx.state(encoder.module, nnx.Param)
     # After training, the teacher (exported) is not the student.

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from ssl_jax import config_lib, experiment, train
+from ssl_jax import config_lib, experiment, inference, train
 from ssl_jax.data import pipeline
 from ssl_jax.data.datasets import ArrayDataset
 from ssl_jax.evaluate.linear_probe import fit_linear_probe
@@ -52,7 +52,7 @@ def _learn(tmp_path, name, arg, steps, data=None, **overrides):
         )
         return fit.top1
 
-    initial = train.split_task(train.build_task(config))
+    initial = inference.split_task(inference.build_task(config))
     return config, losses, lambda splits_: (top1(trained, splits_), top1(initial, splits_))
 
 

@@ -238,11 +238,11 @@ def test_per_tensor_clipping_clips_each_gradient_on_its_own():
 def test_fixed_lr_modules_on_a_real_task_state():
     """The task's parameters are an nnx.State, not a dict: SimSiam's config
     builds and steps (this crashed with a pytree-structure error)."""
-    from ssl_jax import config_lib, train
+    from ssl_jax import config_lib, inference
 
     config = config_lib.get_config("simsiam", "runlocal")
     config.optimizer.update(weight_decay=0.0, momentum=0.0)
-    trained = train.split_task(train.build_task(config))
+    trained = inference.split_task(inference.build_task(config))
     tx, _ = optim.make_optimizer(config.optimizer, batch_size=16, total_steps=6)
     grads = jax.tree.map(jnp.ones_like, trained.params)
     updates, _ = tx.update(grads, tx.init(trained.params), trained.params)

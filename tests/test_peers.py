@@ -17,9 +17,8 @@ import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from experiments.peers import compare, methods, models, optim, train  # noqa: E402
-from ssl_jax import experiment  # noqa: E402
+from ssl_jax import experiment, inference  # noqa: E402
 from ssl_jax import optim as jax_optim  # noqa: E402
-from ssl_jax import train as jax_train  # noqa: E402
 from ssl_jax.data.datasets import load_dataset  # noqa: E402
 from ssl_jax.registry import MODELS  # noqa: E402
 from ssl_jax.tasks import teacher  # noqa: E402
@@ -77,7 +76,7 @@ def test_trainable_parameters_have_the_projects_shapes(method, folder):
     config = experiment.fill_from_dataset(
         config, load_dataset(config.dataset, "train", image_size=config.image_size)
     )
-    task = nnx.eval_shape(lambda: jax_train.build_task(config))
+    task = nnx.eval_shape(lambda: inference.build_task(config))
     params = nnx.as_pure(nnx.split(task, task.trainable, ...)[1])
     peer = train.build_method(config)
     trainable = [p.shape for p in peer.parameters() if p.requires_grad]
@@ -244,7 +243,7 @@ def test_dino_schedules_inside_the_loss_are_the_projects(folder):
         "task_kwargs.freeze_prototypes=0.3",
     )
     config = _config("dino", folder, *overrides)
-    task = jax_train.build_task(config)
+    task = inference.build_task(config)
     peer = train.build_method(config)
     for step in range(11):
         task.after_update(step, config.train_steps)  # the progress after `step` steps

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax import config_lib, optim, train
+from ssl_jax import config_lib, inference, optim, train
 from ssl_jax.data.datasets import load_dataset
 
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
@@ -40,7 +40,7 @@ def test_bfloat16_compute_keeps_float32_state_and_a_close_float32_loss(name):
     first_losses = {}
     for dtype in ("float32", "bfloat16"):
         config = _config(name, dtype)
-        trained = train.split_task(train.build_task(config))
+        trained = inference.split_task(inference.build_task(config))
         tx, schedule = optim.make_optimizer(config.optimizer, batch_size=16, total_steps=4)
         state = train.init_state(trained, tx)
         step = train.make_train_step(trained.graphdef, tx, schedule, seed=0, total_steps=4)
@@ -59,7 +59,7 @@ def test_bfloat16_compute_keeps_float32_state_and_a_close_float32_loss(name):
 
 def test_bfloat16_really_computes_in_bfloat16():
     config = _config("rotation", "bfloat16")
-    task = train.build_task(config)
+    task = inference.build_task(config)
     jaxpr = str(
         jax.make_jaxpr(lambda images: task.encoder(images, train=False))(jnp.zeros((2, 16, 16, 3)))
     )

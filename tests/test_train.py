@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax import config_lib, optim, train
+from ssl_jax import checkpoint, config_lib, inference, nonfinite, optim, train
 from ssl_jax.registry import TASKS
 from ssl_jax.tasks.rotation import RotationTask
 
@@ -60,7 +60,7 @@ def _metrics(workdir):
 
 def test_nonfinite_loss_stops_the_run_naming_the_step_and_keeps_the_checkpoint(tmp_path):
     with pytest.raises(
-        train.NonFiniteLossError, match="NaN/Inf at step 6; the last good checkpoint is step 4"
+        nonfinite.NonFiniteLossError, match="NaN/Inf at step 6; the last good checkpoint is step 4"
     ):
         train.train(_config(), str(tmp_path), _arrays(poisoned_steps=(6,)))
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4"]
@@ -99,18 +99,18 @@ def test_skip_mode_leaves_the_state_unchanged_on_a_poisoned_step(tmp_path):
 
 def test_fingerprint_is_deterministic_and_sensitive():
     config = _config(task="rotation")
-    trained = train.split_task(train.build_task(config))
+    trained = inference.split_task(inference.build_task(config))
     tx, _ = optim.make_optimizer(config.optimizer, batch_size=4, total_steps=8)
     state = train.init_state(trained, tx)
-    again = train.init_state(train.split_task(train.build_task(config)), tx)
-    assert train.state_fingerprint(state) == train.state_fingerprint(again)
+    again = train.init_state(inference.split_task(inference.build_task(config)), tx)
+    assert checkpoint.state_fingerprint(state) == checkpoint.state_fingerprint(again)
     nudged = jax.tree.map(lambda x: x, state)
     leaf = jax.tree.leaves(nudged["params"])[0]
     nudged["params"] = jax.tree.map(
         lambda x: x.at[(0,) * x.ndim].add(1e-7) if x is leaf else x, nudged["params"]
     )
-    assert train.state_fingerprint(nudged) != train.state_fingerprint(state)
-    assert len(train.state_fingerprint(state)) == 64
+    assert checkpoint.state_fingerprint(nudged) != checkpoint.state_fingerprint(state)
+    assert len(checkpoint.state_fingerprint(state)) == 64
 
 
 class PicturedRotation(RotationTask):
@@ -163,9 +163,9 @@ def test_classifier_top1_is_the_supervised_heads_own_accuracy():
     config.task_kwargs = {"num_classes": 10}
     config.probe.batch_size = 64  # the 359 test images need a padded last batch
     split = load_dataset("digits", "test", image_size=16)
-    task = train.build_task(config)
+    task = inference.build_task(config)
     expected = np.mean(np.argmax(np.asarray(task.logits(split.images)), axis=1) == split.labels)
-    got = classifier_top1(train.split_task(task), config, split, pipeline.make_mesh())
+    got = classifier_top1(inference.split_task(task), config, split, pipeline.make_mesh())
     assert got == pytest.approx(expected, abs=1e-6)
 
 
@@ -178,7 +178,7 @@ def test_the_step_and_the_evaluators_features_compile_once_even_across_a_resume(
     evaluations = []
 
     def evaluator(trained):
-        features = train.make_features_fn(trained, jax.sharding.Mesh(jax.devices(), ("data",)))
+        features = inference.make_features_fn(trained, jax.sharding.Mesh(jax.devices(), ("data",)))
         evaluations.append(features(np.zeros((4, 8, 8, 3), np.uint8)))
         return {}
 

@@ -45,7 +45,7 @@ from absl import app, flags
 from experiments.peers import optim as peer_optim
 from experiments.peers import train as peer_train
 from experiments.peers import views
-from ssl_jax import experiment, optim, train
+from ssl_jax import experiment, inference, optim, perf, train
 from ssl_jax.data import pipeline
 
 IMAGE_METHODS = (
@@ -65,7 +65,7 @@ def ssl_jax_step(config, images: np.ndarray, labels: np.ndarray) -> tuple[Callab
     """A function running step i of ssl_jax's compiled train step (device
     batches prepared beforehand), and the step's compile seconds."""
     mesh = pipeline.make_mesh()
-    trained = train.split_task(train.build_task(config))
+    trained = inference.split_task(inference.build_task(config))
     tx, schedule = optim.make_optimizer(
         config.optimizer, batch_size=config.batch_size, total_steps=config.train_steps
     )
@@ -78,7 +78,7 @@ def ssl_jax_step(config, images: np.ndarray, labels: np.ndarray) -> tuple[Callab
         pipeline.to_global(pipeline.host_batch(arrays, config.batch_size, config.seed, i), mesh)
         for i in range(4)
     ]
-    compiled, step_perf = train.compile_step(step_fn, state, batches[0], config, mesh)
+    compiled, step_perf = perf.compile_step(step_fn, state, batches[0], config, mesh)
 
     def run(i: int):
         nonlocal state

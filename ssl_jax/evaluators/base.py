@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import jax
 from ml_collections import ConfigDict
 
-from ssl_jax import train
+from ssl_jax import inference
 from ssl_jax.registry import EVALUATORS
 
 
@@ -37,7 +37,7 @@ class Context:
     config: ConfigDict
     workdir: str
     mesh: jax.sharding.Mesh
-    trained: train.TrainedModel  # the pretrained task
+    trained: inference.TrainedModel  # the pretrained task
     splits: Callable[[str], tuple]  # dataset name -> (train, test) splits, loaded once
     allow_config_change: bool = False
     # (config, train split) -> what the training loop reads for that config

@@ -23,7 +23,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from ssl_jax import metrics, optim, train
+from ssl_jax import inference, metrics, optim, train
 from ssl_jax.evaluators.base import Context, Evaluator, evaluated_dataset, register
 from ssl_jax.evaluators.probes import classifier_top1, knn_evaluator, label_budgets, probe
 from ssl_jax.evaluators.supervised import supervised_config, train_on_labels
@@ -77,7 +77,7 @@ class RandomInit(Evaluator):
 
     def run(self, context: Context) -> dict[str, Any]:
         config, workdir = context.config, context.workdir
-        initial = train.split_task(train.build_task(config))
+        initial = inference.split_task(inference.build_task(config))
         results = {
             "linear_probe": probe(
                 initial,

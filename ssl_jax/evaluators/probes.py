@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from ssl_jax import train
+from ssl_jax import inference, nonfinite
 from ssl_jax.data import text
 from ssl_jax.evaluate.embedding_map import save_map
 from ssl_jax.evaluate.knn import knn_top1
@@ -25,9 +25,9 @@ from ssl_jax.evaluate.linear_probe import few_label_probe, fit_linear_probe
 from ssl_jax.evaluators.base import Context, Evaluator, budgets, evaluated_dataset, register
 
 
-def features(trained: train.TrainedModel, config: ConfigDict, splits, mesh):
+def features(trained: inference.TrainedModel, config: ConfigDict, splits, mesh):
     """((train features, labels), (test features, labels)) of the frozen encoder."""
-    features_fn = train.make_features_fn(trained, mesh)
+    features_fn = inference.make_features_fn(trained, mesh)
     out = []
     for split in splits:
         parts = [(features_fn(x), m, y) for x, m, y in split.batches(config.probe.batch_size)]
@@ -36,7 +36,7 @@ def features(trained: train.TrainedModel, config: ConfigDict, splits, mesh):
         if not np.isfinite(x).all():
             # Finite weights can still be huge enough to overflow (a learning
             # rate far too high, with nonfinite=skip): no evaluator can use that.
-            raise train.NonFiniteLossError(
+            raise nonfinite.NonFiniteLossError(
                 f"The encoder's features of {split.name} hold NaN/Inf: its weights have "
                 "diverged. Lower the learning rate and train again in a new --workdir."
             )
@@ -57,7 +57,7 @@ def _knn(config: ConfigDict, num_classes: int, train_xy, test_xy) -> float:
     )
 
 
-def knn_evaluator(config: ConfigDict, splits, mesh) -> train.Evaluator:
+def knn_evaluator(config: ConfigDict, splits, mesh) -> inference.Evaluator:
     """kNN top-1 of the current encoder, for `train`'s periodic evaluation."""
     num_classes = splits[0].num_classes
     return lambda trained: {
@@ -71,7 +71,7 @@ def label_budgets(config: ConfigDict, train_split) -> list[tuple[int, dict]]:
 
 
 def probe(
-    trained: train.TrainedModel, config: ConfigDict, splits, mesh, *, map_path: str, title: str
+    trained: inference.TrainedModel, config: ConfigDict, splits, mesh, *, map_path: str, title: str
 ) -> dict[str, Any]:
     """Linear probe on all labels and on `config.probe.labels_per_class` per
     class, and the kNN classifier, all on the same frozen features; and the
@@ -108,9 +108,9 @@ def probe_features(xy, config: ConfigDict, splits, *, map_path: str, title: str)
     return result
 
 
-def classifier_top1(trained: train.TrainedModel, config: ConfigDict, split, mesh) -> float:
+def classifier_top1(trained: inference.TrainedModel, config: ConfigDict, split, mesh) -> float:
     """Test top-1 of a supervised task's own classifier (no probe on top)."""
-    logits_fn = train.make_features_fn(trained, mesh, method="logits")
+    logits_fn = inference.make_features_fn(trained, mesh, method="logits")
     correct = [
         (np.argmax(np.asarray(logits_fn(x)), axis=1) == y)[m]
         for x, m, y in split.batches(config.probe.batch_size)

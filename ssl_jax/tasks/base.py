@@ -25,9 +25,16 @@ Required
 
 Provided (override when the default is wrong for the task)
 - `features(inputs) -> [B, D] float32`: frozen, deterministic features of a
-  batch of the dataset's inputs for every evaluator (linear probe, kNN, ...);
-  the default reads uint8 images: the `feature_encoder()` on the normalised
-  image, batch norm in inference mode. Tasks of other modalities override it.
+  batch of the dataset's inputs for every evaluator (linear probe, kNN, ...),
+  for `ssl_jax.load_encoder` and for exports (`ssl_jax/inference.py` is the
+  one caller); the default reads uint8 images: the `feature_encoder()` on the
+  normalised image, batch norm in inference mode. Tasks of other modalities
+  override it. It reads no variable outside `feature_encoder()`: an export
+  holds only that encoder.
+- `feature_input`: a `FeatureInput`, what `features` takes (its batch key,
+  dtype, axes and value convention); exports write it into their header and a
+  loaded encoder refuses other input. Default `IMAGES`; a task of another
+  modality sets its own beside its `features`.
 - `feature_encoder() -> nnx.Module`: the encoder the features come from (and
   that `ssl_jax.export_encoder` exports): `self.encoder`, or DINO's teacher.
 - `host_crops(image_size) -> {batch key: crop specs} | None`: what streamed
@@ -67,9 +74,11 @@ task relies on:
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -79,11 +88,50 @@ from ssl_jax.evaluate import collapse
 HOOKS = ("after_update", "visualize", "logits")
 
 
+@dataclasses.dataclass(frozen=True)
+class FeatureInput:
+    """What a task's `features` takes, said once for the evaluators, exports
+    and loaded encoders alike."""
+
+    key: str  # the batch key the dataset delivers it under (`input_key`)
+    dtype: str  # numpy's name; an integer dtype accepts any integer input
+    axes: tuple[str | int, ...]  # "N" first; a number is a size the input must have
+    values: str  # what the values are and what `features` does to them first
+
+    def describe(self) -> str:
+        return f"{self.key}: {self.dtype} [{', '.join(map(str, self.axes))}], {self.values}"
+
+    def check(self, inputs) -> np.ndarray:
+        """`inputs` as this dtype; a one-line ValueError naming the expected
+        input if they are something else (images given to a text encoder)."""
+        inputs = np.asarray(inputs)
+        expected = np.dtype(self.dtype)
+        same_kind = inputs.dtype == expected or (
+            np.issubdtype(expected, np.integer) and np.issubdtype(inputs.dtype, np.integer)
+        )
+        sizes = zip(self.axes, inputs.shape, strict=False)
+        if (
+            not same_kind
+            or inputs.ndim != len(self.axes)
+            or any(isinstance(axis, int) and axis != size for axis, size in sizes)
+        ):
+            raise ValueError(
+                f"This encoder takes {self.describe()}; got {inputs.dtype} {list(inputs.shape)}."
+            )
+        return inputs.astype(expected, copy=False)
+
+
+IMAGES = FeatureInput(
+    "image", "uint8", ("N", "H", "W", 3), "RGB 0-255, scaled to x / 255, then (x - 0.5) / 0.5"
+)
+
+
 class Task(nnx.Module):
     """Base class of every task; see the module docstring for the contract."""
 
     encoder: nnx.Module
     trainable = nnx.Param
+    feature_input: ClassVar[FeatureInput] = IMAGES
 
     def augment(self, batch: dict, rng: jax.Array, *, train: bool = True) -> dict:
         raise TypeError(f"{type(self).__name__} must define augment(batch, rng, *, train).")

@@ -31,7 +31,7 @@ from ssl_jax.data import augment
 from ssl_jax.losses import mae_loss
 from ssl_jax.models.vit import layer_norm, linear
 from ssl_jax.registry import TASKS
-from ssl_jax.tasks.base import Task, collapse_metrics
+from ssl_jax.tasks.base import FeatureInput, Task, collapse_metrics
 
 
 def hidden_frames(rng: jax.Array, batch_size: int, num_frames: int) -> jax.Array:
@@ -41,7 +41,17 @@ def hidden_frames(rng: jax.Array, batch_size: int, num_frames: int) -> jax.Array
     return jax.nn.one_hot(index, num_frames, dtype=jnp.float32)
 
 
+CLIPS = FeatureInput(
+    "video",
+    "uint8",
+    ("N", "T", "H", "W", 3),
+    "T RGB frames 0-255, scaled to x / 255, then (x - 0.5) / 0.5",
+)
+
+
 class FramesTask(Task):
+    feature_input = CLIPS
+
     def __init__(self, encoder: nnx.Module, *, rngs: nnx.Rngs, head_dim: int = 256):
         if not hasattr(encoder, "embed_frames"):
             raise ValueError(

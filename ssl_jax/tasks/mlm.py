@@ -33,7 +33,7 @@ from ssl_jax.data import augment, text
 from ssl_jax.losses import masked_token_loss
 from ssl_jax.models.vit import layer_norm, linear
 from ssl_jax.registry import TASKS
-from ssl_jax.tasks.base import Task, collapse_metrics
+from ssl_jax.tasks.base import FeatureInput, Task, collapse_metrics
 
 
 def masking_draws(rng: jax.Array, shape: tuple[int, int], num_random: int) -> dict:
@@ -87,7 +87,18 @@ def bert_masking(rng: jax.Array, tokens: jax.Array, **rule) -> tuple[jax.Array, 
     return bert_masking_from_draws(tokens, masking_draws(rng, tokens.shape, text.NUM_BYTES), **rule)
 
 
+TOKENS = FeatureInput(
+    "tokens",
+    "int32",
+    ("N", "T"),
+    f"UTF-8 byte ids 0-255 (data/text.py), [PAD]={text.PAD_ID} after the text, "
+    "T at most the encoder's max_length",
+)
+
+
 class MLMTask(Task):
+    feature_input = TOKENS
+
     def __init__(
         self,
         encoder: nnx.Module,

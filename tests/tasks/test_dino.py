@@ -10,7 +10,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ssl_jax import losses, train
+from ssl_jax import inference, losses, train
 from ssl_jax.data import decode
 
 ROOT = pathlib.Path(__file__).parents[2]
@@ -31,7 +31,7 @@ def _batch(n=8, size=16):
 
 
 def test_multi_crop_views_and_their_host_crops():
-    task = train.build_task(_config())
+    task = inference.build_task(_config())
     views = task.augment(_batch(), jax.random.key(1))
     assert views["image"].shape == (2 * 8, 16, 16, 3)  # 2 global views of 16 px
     assert views["local"].shape == (2 * 8, 8, 8, 3)  # runlocal: 2 local views of 8 px
@@ -49,7 +49,7 @@ def test_multi_crop_views_and_their_host_crops():
 
 
 def test_the_head_outputs_cosines_to_unit_norm_prototypes():
-    task = train.build_task(_config())
+    task = inference.build_task(_config())
     x = jax.random.normal(jax.random.key(2), (5, task.encoder.feature_dim))
     out = np.asarray(task.head(x, train=True))
     kernel = np.asarray(task.head.prototypes.kernel[...])
@@ -65,7 +65,7 @@ def test_the_head_outputs_cosines_to_unit_norm_prototypes():
 
 
 def test_teacher_temperature_warms_up_linearly_then_stays():
-    task = train.build_task(
+    task = inference.build_task(
         _config(
             warmup_teacher_temperature=0.04,
             teacher_temperature=0.07,
@@ -81,7 +81,7 @@ def test_teacher_temperature_warms_up_linearly_then_stays():
 
 def test_the_centre_is_model_state_updated_from_the_teacher_outputs():
     config = _config()
-    trained = train.split_task(train.build_task(config))
+    trained = inference.split_task(inference.build_task(config))
     assert "center" in trained.model_state and "center" not in trained.params
     rng = jax.random.key(3)
     task = trained.module()
@@ -101,7 +101,7 @@ def test_the_centre_is_model_state_updated_from_the_teacher_outputs():
 
 def test_a_step_counts_itself_and_the_probe_reads_the_teacher():
     config = _config()
-    trained = train.split_task(train.build_task(config))
+    trained = inference.split_task(inference.build_task(config))
     tx = optax.adamw(1e-2)
     step = train.make_train_step(
         trained.graphdef, tx, optax.constant_schedule(1e-2), seed=0, total_steps=100
@@ -132,7 +132,7 @@ def test_head_batch_norm_separates_images_that_share_a_large_common_part():
     features = 5.0 + 0.05 * rng.normal(size=(64, 32)).astype(np.float32)
     cosines = {}
     for batch_norm in (False, True):
-        task = train.build_task(_config(head_batch_norm=batch_norm, head_init="torch"))
+        task = inference.build_task(_config(head_batch_norm=batch_norm, head_init="torch"))
         assert len(task.head.mlp.norms) == (2 if batch_norm else 0)
         head = task.head.mlp
         head_in = jnp.asarray(features[:, : head.linears[0].in_features])

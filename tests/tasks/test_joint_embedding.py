@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ssl_jax import train
+from ssl_jax import inference
 from ssl_jax.data import augment, decode
 from ssl_jax.models import heads
 from ssl_jax.tasks.base import JointEmbeddingTask
@@ -28,7 +28,7 @@ def test_every_network_sees_the_views_its_reference_normalises_together(method):
     """Each encoder call (online and teacher) gets one view's B rows, never
     the 2B rows of both views, whose batch statistics would mix the views;
     SimCLR's gets all 2B rows at once, so its statistics cover both views."""
-    task = train.build_task(_config(method))
+    task = inference.build_task(_config(method))
     assert isinstance(task, JointEmbeddingTask)
     seen = []
     encoders = [task.encoder] + ([task.teacher.encoder] if hasattr(task, "teacher") else [])
@@ -50,7 +50,7 @@ def test_forward_views_normalises_each_view_or_all_views(method):
     """Two views with different statistics: per view, each half of a batch
     norm's output has mean 0 and variance 1; over both views at once
     (`joint_views`, SimCLR), only the whole has, and the halves are apart."""
-    task = train.build_task(_config(method))
+    task = inference.build_task(_config(method))
     assert task.joint_views == (method in JOINT)
     norm = nnx.BatchNorm(4, use_running_average=False, rngs=nnx.Rngs(0))
     x = jnp.concatenate([jnp.ones((8, 4)) * 5.0, jnp.zeros((8, 4))])
@@ -77,7 +77,7 @@ def test_views_come_from_the_host_crops_when_the_data_has_them(method):
     cropped again."""
     config = _config(method)
     config.task_kwargs.views = (_CROP_ONLY, _CROP_ONLY)
-    task = train.build_task(config)
+    task = inference.build_task(config)
     assert task.host_crops(16) == {"image": (decode.CropSpec(16, (0.3, 0.9)),) * 2}
     crops = jax.random.randint(jax.random.key(0), (4, 2, 16, 16, 3), 0, 256).astype(jnp.uint8)
     views = jax.jit(lambda crops: task.augment({"image": crops}, jax.random.key(1))["image"])(crops)
@@ -89,12 +89,12 @@ def test_views_come_from_the_host_crops_when_the_data_has_them(method):
 def test_the_online_probe_trains_on_frozen_features(method):
     config = _config(method)
     config.task_kwargs.num_classes = 4
-    task = train.build_task(config)
+    task = inference.build_task(config)
     loss, metrics = task.loss(_batch(n=8), jax.random.key(0), train=True)
     assert {"online_probe_loss", "online_probe_accuracy"} <= set(metrics)
     assert np.isfinite(float(loss))
 
-    trained = train.split_task(task)
+    trained = inference.split_task(task)
 
     def probe_loss(params):
         module = nnx.merge(trained.graphdef, params, trained.model_state)
@@ -129,7 +129,7 @@ def test_heads_start_as_their_reference_initialises_them(method, attribute, init
     dims = {"vicreg": "expander_dims", "barlow_twins": "projection_dims"}
     if method in dims:
         config.task_kwargs[dims[method]] = (256, 256, 256)
-    task = train.build_task(config)
+    task = inference.build_task(config)
     for layer in _linear_layers(getattr(task, attribute)):
         w = np.asarray(layer.kernel[...])
         fan_in = w.shape[0]

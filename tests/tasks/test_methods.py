@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from ssl_jax import train
+from ssl_jax import inference, train
 from ssl_jax.evaluate import collapse
 from ssl_jax.tasks import teacher
 from ssl_jax.tasks.base import implements
@@ -42,7 +42,7 @@ def _batch(n=16, size=16):
 
 def _steps(method, steps=2, **overrides):
     config = _config(method, **overrides)
-    trained = train.split_task(train.build_task(config))
+    trained = inference.split_task(inference.build_task(config))
     tx, schedule = optax.sgd(0.05), optax.constant_schedule(0.05)
     step = train.make_train_step(trained.graphdef, tx, schedule, seed=0, total_steps=steps)
     state = train.init_state(trained, tx)
@@ -82,7 +82,7 @@ def test_the_teacher_is_model_state_moved_by_the_ema(method):
     total = 100
     config = _config(method)
     base = config.task_kwargs.base_momentum
-    trained = train.split_task(train.build_task(config))
+    trained = inference.split_task(inference.build_task(config))
     assert implements(trained.module(), "after_update")
     tx = optax.sgd(0.05)
     step = train.make_train_step(
@@ -121,7 +121,7 @@ def test_the_collapse_monitor_flags_a_collapsed_encoder():
     """A SimSiam whose encoder outputs one constant vector: std 0, rank 1;
     the same task at its random init: spread-out features."""
     config = _config("simsiam")
-    task = train.build_task(config)
+    task = inference.build_task(config)
     images = _batch(64)["image"]
     healthy = task.encoder(task.augment({"image": images}, jax.random.key(0))["image"], train=True)
     # Collapse: the last convolution outputs 0 and its batch norm only its offset.

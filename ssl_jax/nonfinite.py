@@ -1,0 +1,94 @@
+"""What the loop does about NaN/Inf: stop (`nonfinite=stop`), or skip the bad
+steps up to a limit (`nonfinite=skip`), and never save a state one has
+touched, with messages that name the step and the last good checkpoint.
+
+The step reports `nonfinite` per step (`all_finite` over its loss, gradients
+and new state); `Guard` watches those flags on the device and looks at them
+only at log lines and checkpoints, so the host never waits for the device
+at each step.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssl_jax.checkpoint import Checkpointer, NonFiniteStateError
+
+_NO_STEP = np.iinfo(np.int32).max
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the steps."""
+
+
+def all_finite(tree) -> jax.Array:
+    """Whether every float leaf of `tree` is free of NaN/Inf (inside a jitted step)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+class Guard:
+    """The run's non-finite bookkeeping: the first bad step since the last
+    checkpoint (on the device), the skipped steps of the whole run (resumed
+    runs included), and the last checkpoint saved."""
+
+    def __init__(self, config, checkpointer: Checkpointer, *, start_step: int, skipped_steps: int):
+        self._stop = config.nonfinite == "stop"
+        self._max_fraction = config.max_skipped_fraction
+        self._train_steps = config.train_steps
+        self._checkpointer = checkpointer
+        self.skipped_steps = skipped_steps
+        self._last_checkpoint = start_step
+        self._first_bad_step = _NO_STEP  # a device scalar once a step is observed
+
+    def observe(self, step: int, metrics: dict) -> None:
+        """After each step; no host-device sync."""
+        if self._stop:
+            self._first_bad_step = jnp.minimum(
+                self._first_bad_step, jnp.where(metrics["nonfinite"] > 0, step, _NO_STEP)
+            )
+
+    def check(self) -> None:
+        """Before a log line or a checkpoint: with `nonfinite=stop`, raises if a
+        step since the last checkpoint was bad."""
+        if self._stop and int(self._first_bad_step) != _NO_STEP:
+            raise NonFiniteLossError(
+                f"The loss, a gradient or the state became NaN/Inf at step "
+                f"{int(self._first_bad_step)}; {self._last_good()}. Lower the learning rate "
+                "or check the data, then rerun to resume from it (or set "
+                "--config.nonfinite=skip to skip such steps)."
+            )
+
+    def count_skipped(self, skipped: int, step: int) -> None:
+        """Adds a log interval's skipped steps. A run that skips more than
+        `max_skipped_fraction` of its steps (or every step) has failed."""
+        self.skipped_steps += skipped
+        limit = self._max_fraction * self._train_steps
+        if self.skipped_steps > limit or (self.skipped_steps and self.skipped_steps == step):
+            raise NonFiniteLossError(
+                f"{self.skipped_steps} of the first {step} steps were skipped as NaN/Inf (the "
+                f"limit is config.max_skipped_fraction={self._max_fraction} of "
+                f"{self._train_steps} steps): the run failed; {self._last_good()}. Lower the "
+                "learning rate or check the data."
+            )
+
+    def save(self, step: int, state) -> None:
+        """Checkpoints `state` with the skipped-step count, unless a leaf is NaN/Inf."""
+        try:
+            self._checkpointer.save(step, state, counters={"skipped_steps": self.skipped_steps})
+        except NonFiniteStateError as error:
+            raise NonFiniteLossError(
+                f"Not saving a checkpoint: {error}; {self._last_good()}. Lower the learning "
+                "rate or check the data, then rerun to resume from it."
+            ) from None
+        self._last_checkpoint, self._first_bad_step = step, _NO_STEP
+
+    def _last_good(self) -> str:
+        if self._last_checkpoint == 0:
+            return "no checkpoint was saved yet"
+        return (
+            f"the last good checkpoint is step {self._last_checkpoint} in "
+            f"{self._checkpointer.directory}"
+        )
