@@ -1,6 +1,10 @@
-"""SimCLR's augmentations against independent plain-numpy (and `colorsys`)
-implementations of their published formulas, the random draws' ranges and
-frequencies, and the batched view pipeline against the same references."""
+"""The ops of an augmented view (resized crop, flip, colour jitter,
+grayscale, blur, solarisation) against independent plain-numpy (and
+`colorsys`) implementations of their published formulas (tf.image's, as
+SimCLR uses them), the random draws' ranges and frequencies, and the batched
+view pipeline (`ViewRecipe`, `view_params`, `apply_view`, `view_batch`)
+against the same references, SimCLR's recipe (`recipes.simclr_views`) among
+them."""
 
 import colorsys
 import os
@@ -14,6 +18,7 @@ import numpy as np
 import pytest
 
 from ssl_jax.data import augment
+from ssl_jax.data.augment import recipes
 from ssl_jax.data.augment import views as augment_views
 
 LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601
@@ -22,6 +27,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _image(seed=0, size=16):
     return jax.random.uniform(jax.random.key(seed), (size, size, 3))
+
+
+def _simclr_recipe(strength=1.0, **overrides):
+    """One view of SimCLR's pair (both are the same) as a `ViewRecipe`."""
+    return augment.ViewRecipe(**recipes.simclr_views(strength, **overrides)[0])
+
+
+def _one_view(recipe):
+    """The view of one image `[H, W, C]` from its own key, through the batch
+    path (a batch of one)."""
+    return lambda key, x: augment.view_batch(key, x[None], recipe)[0]
 
 
 # ----------------------------------------------------------------------------- numpy references
@@ -231,11 +247,11 @@ def _assert_uniform_range(values, low, high):
 
 
 @pytest.mark.parametrize("strength", [0.5, 1.0])
-def test_simclr_view_draws_the_papers_jitter_strengths(strength):
+def test_simclr_views_draw_the_papers_jitter_strengths(strength):
     # SimCLR, appendix A: brightness, contrast, saturation 0.8 s; hue 0.2 s.
-    # Drawn through simclr_recipe + view_params, the path simclr_view takes
+    # Drawn through simclr_views + view_params, the path view_batch takes
     # (test_view_matches_numpy_reference ties the draws to the output).
-    recipe = augment.simclr_recipe(color_strength=strength)
+    recipe = _simclr_recipe(strength)
     keys = augment.example_keys(jax.random.key(1), 3000)
     params = jax.vmap(lambda k: augment.view_params(k, 8, 8, recipe))(keys)["jitter"]
     for name in ("brightness", "contrast", "saturation"):
@@ -243,19 +259,26 @@ def test_simclr_view_draws_the_papers_jitter_strengths(strength):
     _assert_uniform_range(np.asarray(params["hue"]), -0.2 * strength, 0.2 * strength)
 
 
-def test_random_color_jitter_uses_the_papers_strengths():
-    # Output-level: random_color_jitter(strength=s) equals the numpy jitter of
-    # the amounts drawn with the paper's constants, written out here.
-    x = np.asarray(_image(size=8))
+def test_simclr_views_jitter_with_the_papers_strengths():
+    # Output-level: the views of simclr_views(s), jitter alone, equal the
+    # numpy jitter of the amounts drawn with the paper's constants, written
+    # out here (same keys: view_batch gives row i example i's key).
     s = 0.7
-    for seed in range(6):
-        key = jax.random.key(seed)
-        params = augment.jitter_params(
-            key, brightness=0.8 * s, contrast=0.8 * s, saturation=0.8 * s, hue=0.2 * s,
-            probability=1.0,
-        )  # fmt: skip
-        out = augment.random_color_jitter(key, jnp.asarray(x), strength=s, probability=1.0)
-        np.testing.assert_allclose(out, np_jitter(x, row(params, ())), atol=2e-5)
+    jitter_only = {"crop_scale": (1.0, 1.0), "crop_ratio": (1.0, 1.0), "flip": False,
+                   "color_probability": 1.0, "grayscale_probability": 0.0,
+                   "blur_probability": 0.0}  # fmt: skip
+    written_out = augment.ViewRecipe(
+        brightness=0.8 * s, contrast=0.8 * s, saturation=0.8 * s, hue=0.2 * s, **jitter_only
+    )
+    images = np.stack([np.asarray(_image(i, size=8)) for i in range(6)])
+    out = augment.view_batch(
+        jax.random.key(4), jnp.asarray(images), _simclr_recipe(s, **jitter_only)
+    )
+    params = _view_draws(images, written_out, seed=4)
+    for i in range(len(images)):
+        np.testing.assert_allclose(
+            out[i], np_jitter(images[i], row(params["jitter"], i)), atol=2e-5
+        )
 
 
 def test_jitter_draw_ranges_and_zero_amounts():
@@ -386,7 +409,7 @@ def _view_draws(images, recipe, seed=0):
 def test_view_matches_numpy_reference(monkeypatch, chunk_bytes):
     monkeypatch.setattr(augment_views, "_CPU_CHUNK_BYTES", chunk_bytes)
     images = np.stack([np.asarray(_image(s, size=12)) for s in range(12)])
-    recipe = augment.simclr_recipe(
+    recipe = _simclr_recipe(
         blur_probability=0.5, solarize_probability=0.3, grayscale_probability=0.3
     )
     params = _view_draws(images, recipe, seed=2)
@@ -398,36 +421,42 @@ def test_view_matches_numpy_reference(monkeypatch, chunk_bytes):
     for i in range(len(images)):
         expected = np_view(images[i], row(params, i), (12, 12), augment.blur_kernel_size(12))
         np.testing.assert_allclose(out[i], expected, atol=3e-5)
-    # simclr_view_batch row i is simclr_view with example i's key.
+    # view_batch draws row i from example i's key; and one image alone (its
+    # draws in a batch of one) gets the view of its row.
     rng = jax.random.key(2)
-    kwargs = {"blur_probability": 0.5, "solarize_probability": 0.3, "grayscale_probability": 0.3}
-    batch = augment.simclr_view_batch(rng, jnp.asarray(images), **kwargs)
+    batch = augment.view_batch(rng, jnp.asarray(images), recipe)
     np.testing.assert_allclose(batch, out, atol=1e-6)
-    one = augment.simclr_view(augment.example_keys(rng, 12)[3], jnp.asarray(images[3]), **kwargs)
-    np.testing.assert_allclose(one, out[3], atol=1e-6)
+    alone = augment.view_params(augment.example_keys(rng, 12)[3], 12, 12, recipe)
+    one = augment.apply_view(
+        jnp.asarray(images[3:4]), jax.tree.map(lambda p: p[None], alone), recipe
+    )
+    np.testing.assert_allclose(one[0], out[3], atol=1e-6)
 
 
 def test_view_draw_frequencies():
-    recipe = augment.simclr_recipe(
+    recipe = augment.ViewRecipe(
         grayscale_probability=0.2, blur_probability=0.5, solarize_probability=0.1
     )
     p = jax.tree.map(np.asarray, _view_draws(np.zeros((4000, 8, 8, 3)), recipe))
     for name, expected in [("flip", 0.5), ("grayscale", 0.2), ("blur", 0.5), ("solarize", 0.1)]:
         assert abs(p[name].mean() - expected) < 0.03, name
     _assert_uniform_range(p["blur_sigma"], 0.1, 2.0)
-    no_flip = augment.simclr_recipe(flip=False)
+    no_flip = augment.ViewRecipe(flip=False)
     assert not np.asarray(_view_draws(np.zeros((200, 8, 8, 3)), no_flip)["flip"]).any()
 
 
 def test_integer_probabilities_from_a_config_work():
     x = _image()
-    out = augment.simclr_view(jax.random.key(0), x, grayscale_probability=0, solarize_probability=1)
+    recipe = _simclr_recipe(
+        color_probability=1, grayscale_probability=0, blur_probability=0, solarize_probability=1
+    )
+    out = _one_view(recipe)(jax.random.key(0), x)
     assert out.shape == x.shape
 
 
 def test_view_of_uint8_equals_view_of_floats():
     images = np.random.default_rng(0).integers(0, 256, (4, 12, 12, 3), dtype=np.uint8)
-    recipe = augment.simclr_recipe(blur_probability=0.5)
+    recipe = _simclr_recipe(blur_probability=0.5)
     params = _view_draws(images, recipe)
     a = augment.apply_view(jnp.asarray(images), params, recipe)
     b = augment.apply_view(augment.to_float(jnp.asarray(images)), params, recipe)
@@ -441,7 +470,7 @@ def test_cpu_chunks_give_the_whole_batch_result(monkeypatch):
     monkeypatch.setattr(augment_views, "_CPU_CHUNK_BYTES", 2 * image_bytes)
     assert augment_views._images_per_step(6, image_bytes, jax.device_count()) == 2
     images = jnp.stack([_image(s, size=24) for s in range(6)])
-    recipe = augment.simclr_recipe(blur_probability=0.5, solarize_probability=0.2)
+    recipe = _simclr_recipe(blur_probability=0.5, solarize_probability=0.2)
     params = _view_draws(images, recipe)
     whole = augment_views._apply_view_whole(images, params, recipe, (24, 24))
     # (float sums reassociate differently per chunk: ~1e-6.)
@@ -466,7 +495,7 @@ from ssl_jax.data import augment
 
 augment.views._CPU_CHUNK_BYTES = 4 * 3 * 12 * 12  # one 12 px image per device per step
 images = jax.random.uniform(jax.random.key(0), (32, 12, 12, 3))
-recipe = augment.simclr_recipe(blur_probability=0.5)
+recipe = augment.ViewRecipe(**augment.recipes.simclr_views(blur_probability=0.5)[0])
 # The caller passes the device count its batch is sharded over.
 views = lambda rng, x: augment.view_batch(rng, x, recipe, devices=jax.device_count())
 rng = jax.random.key(1)
@@ -492,8 +521,10 @@ def test_views_of_a_batch_sharded_over_8_devices(tmp_path):
 
 
 def test_view_lowers_for_gpu_and_tpu_without_callbacks_or_loops():
+    recipe = _simclr_recipe(blur_probability=0.5, solarize_probability=0.2)
+
     def views(rng, x):
-        return augment.simclr_view_batch(rng, x, blur_probability=0.5, solarize_probability=0.2)
+        return augment.view_batch(rng, x, recipe)
 
     args = (jax.random.key(0), jnp.zeros((4, 16, 16, 3)))
     for platform in ("cuda", "tpu"):
@@ -508,11 +539,13 @@ def test_view_lowers_for_gpu_and_tpu_without_callbacks_or_loops():
 
 RANDOM_OPS = {
     "resized_crop": lambda k, x: augment.random_resized_crop(k, x),
-    "color_jitter": lambda k, x: augment.random_color_jitter(k, x, strength=1.0, probability=1.0),
+    "color_jitter": lambda k, x: augment.color_jitter(
+        k, x, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2
+    ),
     "grayscale": lambda k, x: augment.random_grayscale(k, x, 0.5),
     "blur": lambda k, x: augment.random_blur(k, x, probability=1.0),
     "solarize": lambda k, x: augment.random_solarize(k, x, probability=0.5),
-    "view": lambda k, x: augment.simclr_view(k, x, blur_probability=0.5, solarize_probability=0.2),
+    "view": _one_view(_simclr_recipe(blur_probability=0.5, solarize_probability=0.2)),
 }
 
 
@@ -535,8 +568,12 @@ def test_op_shape_dtype_range_and_determinism(name):
 @pytest.mark.parametrize(
     "op",
     [
-        lambda k, x: augment.random_color_jitter(k, x, strength=0.0),
-        lambda k, x: augment.random_color_jitter(k, x, strength=1.0, probability=0.0),
+        lambda k, x: augment.apply_color_jitter(
+            x,
+            augment.jitter_params(
+                k, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, probability=0.0
+            ),
+        ),
         lambda k, x: augment.random_grayscale(k, x, 0.0),
         lambda k, x: augment.random_blur(k, x, probability=0.0),
         lambda k, x: augment.random_solarize(k, x, probability=0.0),
@@ -544,14 +581,15 @@ def test_op_shape_dtype_range_and_determinism(name):
         lambda k, x: augment.color_jitter(
             k, x, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0
         ),
-        lambda k, x: augment.simclr_view(
-            k,
-            x,
-            crop_scale=(1.0, 1.0),
-            crop_ratio=(1.0, 1.0),
-            flip=False,
-            color_strength=0.0,
-            grayscale_probability=0.0,
+        _one_view(
+            _simclr_recipe(
+                0.0,
+                crop_scale=(1.0, 1.0),
+                crop_ratio=(1.0, 1.0),
+                flip=False,
+                grayscale_probability=0.0,
+                blur_probability=0.0,
+            )
         ),
     ],
 )
@@ -564,10 +602,9 @@ def test_identity_at_zero_strength(op):
 def test_view_batch_is_per_example_and_independent_of_batch_size():
     images = jnp.stack([_image(s) for s in range(4)])
     rng = jax.random.key(0)
-    batch = augment.simclr_view_batch(rng, images, blur_probability=0.5)
+    recipe = _simclr_recipe(blur_probability=0.5)
+    batch = augment.view_batch(rng, images, recipe)
     assert batch.shape == images.shape and batch.dtype == jnp.float32
-    np.testing.assert_allclose(
-        augment.simclr_view_batch(rng, images[:2], blur_probability=0.5), batch[:2], atol=1e-6
-    )
-    same = augment.simclr_view_batch(rng, jnp.stack([images[0]] * 2), blur_probability=0.5)
+    np.testing.assert_allclose(augment.view_batch(rng, images[:2], recipe), batch[:2], atol=1e-6)
+    same = augment.view_batch(rng, jnp.stack([images[0]] * 2), recipe)
     assert not np.allclose(same[0], same[1])  # each example has its own key
