@@ -67,12 +67,12 @@ from ssl_jax.data import augment  # noqa: E402
 SETTINGS = ((32, 256, 0.0), (224, 32, 0.5))
 
 
-def simclr_recipe(blur_probability: float) -> augment.ViewRecipe:
+def simclr_view_recipe(blur_probability: float) -> augment.ViewRecipe:
     """One view of SimCLR's pair at strength 1, as torchvision's pipeline below."""
     return augment.ViewRecipe(**augment.recipes.simclr_views(blur_probability=blur_probability)[0])
 
 
-def simclr_jitter(module):
+def simclr_jitter_op(module):
     """SimCLR's colour jitter (strength 1, p = 0.8) of one image: the package
     draws it with `jitter_params`; an old one-file module had it as one op."""
     if module is not augment:
@@ -92,7 +92,7 @@ def op_table(module) -> dict:
     return {
         "resized crop": lambda k, x: module.random_resized_crop(k, x),
         "flip": lambda k, x: module.random_flip(k, x),
-        "color jitter (p=0.8)": simclr_jitter(module),
+        "color jitter (p=0.8)": simclr_jitter_op(module),
         "grayscale (p=0.2)": lambda k, x: module.random_grayscale(k, x, 0.2),
         "blur (p=1)": lambda k, x: module.random_blur(k, x, probability=1.0),
         "solarize (p=0.2)": lambda k, x: module.random_solarize(k, x, probability=0.2),
@@ -109,7 +109,7 @@ def jax_op(op):
 
 def stage_recipes(blur_probability: float) -> dict:
     """The SimCLR recipe built up one stage at a time."""
-    full = simclr_recipe(blur_probability)
+    full = simclr_view_recipe(blur_probability)
     no_colour = {"brightness": 0, "contrast": 0, "saturation": 0, "hue": 0}
     replace = dataclasses.replace
     return {
@@ -148,7 +148,7 @@ def jax_stage(recipe):
 
 
 def jax_view(module, blur_probability: float):
-    recipe = simclr_recipe(blur_probability)
+    recipe = simclr_view_recipe(blur_probability)
 
     @jax.jit
     def run(rng, images):

@@ -23,7 +23,7 @@ from tests.data.augment_references import assert_uniform_range, image, np_jitter
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _simclr_recipe(strength=1.0, **overrides):
+def _simclr_view_recipe(strength=1.0, **overrides):
     """One view of SimCLR's pair (both are the same) as a `ViewRecipe`."""
     return augment.ViewRecipe(**recipes.simclr_views(strength, **overrides)[0])
 
@@ -48,7 +48,7 @@ def test_simclr_views_draw_the_papers_jitter_strengths(strength):
     # SimCLR, appendix A: brightness, contrast, saturation 0.8 s; hue 0.2 s.
     # Drawn through simclr_views + view_params, the path view_batch takes
     # (test_view_matches_numpy_reference ties the draws to the output).
-    recipe = _simclr_recipe(strength)
+    recipe = _simclr_view_recipe(strength)
     keys = augment.example_keys(jax.random.key(1), 3000)
     params = jax.vmap(lambda k: augment.view_params(k, 8, 8, recipe))(keys)["jitter"]
     for name in ("brightness", "contrast", "saturation"):
@@ -69,7 +69,7 @@ def test_simclr_views_jitter_with_the_papers_strengths():
     )
     images = np.stack([np.asarray(image(i, size=8)) for i in range(6)])
     out = augment.view_batch(
-        jax.random.key(4), jnp.asarray(images), _simclr_recipe(s, **jitter_only)
+        jax.random.key(4), jnp.asarray(images), _simclr_view_recipe(s, **jitter_only)
     )
     params = _view_draws(images, written_out, seed=4)
     for i in range(len(images)):
@@ -85,7 +85,7 @@ def test_simclr_views_jitter_with_the_papers_strengths():
 def test_view_matches_numpy_reference(monkeypatch, chunk_bytes):
     monkeypatch.setattr(augment_views, "_CPU_CHUNK_BYTES", chunk_bytes)
     images = np.stack([np.asarray(image(s, size=12)) for s in range(12)])
-    recipe = _simclr_recipe(
+    recipe = _simclr_view_recipe(
         blur_probability=0.5, solarize_probability=0.3, grayscale_probability=0.3
     )
     params = _view_draws(images, recipe, seed=2)
@@ -123,7 +123,7 @@ def test_view_draw_frequencies():
 
 def test_integer_probabilities_from_a_config_work():
     x = image()
-    recipe = _simclr_recipe(
+    recipe = _simclr_view_recipe(
         color_probability=1, grayscale_probability=0, blur_probability=0, solarize_probability=1
     )
     out = _one_view(recipe)(jax.random.key(0), x)
@@ -132,7 +132,7 @@ def test_integer_probabilities_from_a_config_work():
 
 def test_view_of_uint8_equals_view_of_floats():
     images = np.random.default_rng(0).integers(0, 256, (4, 12, 12, 3), dtype=np.uint8)
-    recipe = _simclr_recipe(blur_probability=0.5)
+    recipe = _simclr_view_recipe(blur_probability=0.5)
     params = _view_draws(images, recipe)
     a = augment.apply_view(jnp.asarray(images), params, recipe)
     b = augment.apply_view(augment.to_float(jnp.asarray(images)), params, recipe)
@@ -146,7 +146,7 @@ def test_cpu_chunks_give_the_whole_batch_result(monkeypatch):
     monkeypatch.setattr(augment_views, "_CPU_CHUNK_BYTES", 2 * image_bytes)
     assert augment_views._images_per_step(6, image_bytes, jax.device_count()) == 2
     images = jnp.stack([image(s, size=24) for s in range(6)])
-    recipe = _simclr_recipe(blur_probability=0.5, solarize_probability=0.2)
+    recipe = _simclr_view_recipe(blur_probability=0.5, solarize_probability=0.2)
     params = _view_draws(images, recipe)
     whole = augment_views._apply_view_whole(images, params, recipe, (24, 24))
     # (float sums reassociate differently per chunk: ~1e-6.)
@@ -197,7 +197,7 @@ def test_views_of_a_batch_sharded_over_8_devices(tmp_path):
 
 
 def test_view_lowers_for_gpu_and_tpu_without_callbacks_or_loops():
-    recipe = _simclr_recipe(blur_probability=0.5, solarize_probability=0.2)
+    recipe = _simclr_view_recipe(blur_probability=0.5, solarize_probability=0.2)
 
     def views(rng, x):
         return augment.view_batch(rng, x, recipe)
@@ -221,7 +221,7 @@ RANDOM_OPS = {
     "grayscale": lambda k, x: augment.random_grayscale(k, x, 0.5),
     "blur": lambda k, x: augment.random_blur(k, x, probability=1.0),
     "solarize": lambda k, x: augment.random_solarize(k, x, probability=0.5),
-    "view": _one_view(_simclr_recipe(blur_probability=0.5, solarize_probability=0.2)),
+    "view": _one_view(_simclr_view_recipe(blur_probability=0.5, solarize_probability=0.2)),
 }
 
 
@@ -258,7 +258,7 @@ def test_op_shape_dtype_range_and_determinism(name):
             k, x, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0
         ),
         _one_view(
-            _simclr_recipe(
+            _simclr_view_recipe(
                 0.0,
                 crop_scale=(1.0, 1.0),
                 crop_ratio=(1.0, 1.0),
@@ -278,7 +278,7 @@ def test_identity_at_zero_strength(op):
 def test_view_batch_is_per_example_and_independent_of_batch_size():
     images = jnp.stack([image(s) for s in range(4)])
     rng = jax.random.key(0)
-    recipe = _simclr_recipe(blur_probability=0.5)
+    recipe = _simclr_view_recipe(blur_probability=0.5)
     batch = augment.view_batch(rng, images, recipe)
     assert batch.shape == images.shape and batch.dtype == jnp.float32
     np.testing.assert_allclose(augment.view_batch(rng, images[:2], recipe), batch[:2], atol=1e-6)
