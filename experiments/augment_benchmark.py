@@ -1,7 +1,7 @@
 """Throughput of SimCLR's on-device augmentations, per CPU core, next to torchvision.
 
   python experiments/augment_benchmark.py
-  git show HEAD~3:ssl_jax/data/augment.py > /tmp/old_augment.py   # any older version
+  git show cc70177~:ssl_jax/data/augment.py > /tmp/old_augment.py   # the last one-file module
   python experiments/augment_benchmark.py --old=/tmp/old_augment.py --rounds=15
 
 "Per core" means the whole process is pinned to ONE core
@@ -17,14 +17,17 @@ Measured, each at 32 px (batch 256, the CIFAR recipe: no blur) and 224 px
   public one-image op, vmapped, as the old module was used), in ms per batch;
 * the new pipeline by stages (`apply_view` on uint8 images with the draws
   made beforehand, adding one stage at a time), in ms per batch;
-* the SimCLR view (`simclr_view_batch` on uint8 images, as the training step
-  calls it), in views/s;
+* the SimCLR view (`view_batch` with `recipes.simclr_views()`'s recipe, at
+  strength 1, on uint8 images, as the training step calls it), in views/s;
 * torchvision.transforms.v2 doing the same transforms per image on uint8
   `[C, H, W]` tensors (RandomResizedCrop, RandomHorizontalFlip,
   RandomApply([ColorJitter(0.8s, 0.8s, 0.8s, 0.2s)], p=0.8),
   RandomGrayscale(0.2), RandomApply([GaussianBlur], p)), the way a data-loader
   worker runs them; skipped with a note if torch is not importable. Its crop
   uses torchvision's default antialiasing or none, whichever is faster here.
+
+`--old` times an older one-file augment.py through the public names it had
+then (`random_color_jitter`, `simclr_view_batch`) next to the package.
 
 Other processes on the machine share its cores, so every pipeline is timed in
 rounds, interleaved (JAX, old JAX, torch, JAX, ...), and the median round is
@@ -64,12 +67,32 @@ from ssl_jax.data import augment  # noqa: E402
 SETTINGS = ((32, 256, 0.0), (224, 32, 0.5))
 
 
+def simclr_view_recipe(blur_probability: float) -> augment.ViewRecipe:
+    """One view of SimCLR's pair at strength 1, as torchvision's pipeline below."""
+    return augment.ViewRecipe(**augment.recipes.simclr_views(blur_probability=blur_probability)[0])
+
+
+def simclr_jitter_op(module):
+    """SimCLR's colour jitter (strength 1, p = 0.8) of one image: the package
+    draws it with `jitter_params`; an old one-file module had it as one op."""
+    if module is not augment:
+        return lambda k, x: module.random_color_jitter(k, x, strength=1.0)
+    view = augment.recipes.simclr_views()[0]
+    amounts = {name: view[name] for name in ("brightness", "contrast", "saturation", "hue")}
+
+    def jitter(k, x):
+        params = augment.jitter_params(k, **amounts, probability=view["color_probability"])
+        return augment.apply_color_jitter(x, params)
+
+    return jitter
+
+
 def op_table(module) -> dict:
     """Each op alone, on one float image with its key (vmapped over the batch)."""
     return {
         "resized crop": lambda k, x: module.random_resized_crop(k, x),
         "flip": lambda k, x: module.random_flip(k, x),
-        "color jitter (p=0.8)": lambda k, x: module.random_color_jitter(k, x, strength=1.0),
+        "color jitter (p=0.8)": simclr_jitter_op(module),
         "grayscale (p=0.2)": lambda k, x: module.random_grayscale(k, x, 0.2),
         "blur (p=1)": lambda k, x: module.random_blur(k, x, probability=1.0),
         "solarize (p=0.2)": lambda k, x: module.random_solarize(k, x, probability=0.2),
@@ -86,7 +109,7 @@ def jax_op(op):
 
 def stage_recipes(blur_probability: float) -> dict:
     """The SimCLR recipe built up one stage at a time."""
-    full = augment.simclr_recipe(blur_probability=blur_probability)
+    full = simclr_view_recipe(blur_probability)
     no_colour = {"brightness": 0, "contrast": 0, "saturation": 0, "hue": 0}
     replace = dataclasses.replace
     return {
@@ -125,10 +148,14 @@ def jax_stage(recipe):
 
 
 def jax_view(module, blur_probability: float):
+    recipe = simclr_view_recipe(blur_probability)
+
     @jax.jit
     def run(rng, images):
         images = module.to_float(images)
-        return module.simclr_view_batch(rng, images, blur_probability=blur_probability)
+        if module is not augment:  # an old one-file module's SimCLR view
+            return module.simclr_view_batch(rng, images, blur_probability=blur_probability)
+        return augment.view_batch(rng, images, recipe)
 
     return run
 
@@ -194,6 +221,8 @@ def timed_rounds(fns: dict, inputs: dict, rounds: int, calls: int) -> dict:
 def load_module(path: str):
     spec = importlib.util.spec_from_file_location("old_augment", path)
     module = importlib.util.module_from_spec(spec)
+    # Registered first: dataclasses look their module up while it executes.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 

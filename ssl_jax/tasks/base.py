@@ -288,8 +288,10 @@ def augmented_views(rng: jax.Array, images: jax.Array, recipes) -> jax.Array:
         recipes = [dataclasses.replace(recipe, **whole) for recipe in recipes]
     else:
         inputs = [images] * len(recipes)
+    # The loop shards the batch over every device; saying so lets a CPU cut
+    # it into steps along the shards, so no device gathers another's images.
     views = [
-        augment.view_batch(jax.random.fold_in(rng, v), x, recipe)
+        augment.view_batch(jax.random.fold_in(rng, v), x, recipe, devices=jax.device_count())
         for v, (x, recipe) in enumerate(zip(inputs, recipes, strict=True))
     ]
     return augment.normalize(jnp.concatenate(views))

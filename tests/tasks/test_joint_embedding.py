@@ -5,6 +5,10 @@ reference computes them), the online probe, and heads initialised as each
 method's reference initialises them."""
 
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -83,6 +87,43 @@ def test_views_come_from_the_host_crops_when_the_data_has_them(method):
     views = jax.jit(lambda crops: task.augment({"image": crops}, jax.random.key(1))["image"])(crops)
     expected = augment.normalize(augment.to_float(jnp.concatenate([crops[:, 0], crops[:, 1]])))
     np.testing.assert_allclose(views, expected, atol=1e-6)
+
+
+_SHARDED_VIEWS = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from ssl_jax.data import augment
+from ssl_jax.tasks.base import augmented_views, view_recipes
+
+augment.views._CPU_CHUNK_BYTES = 4 * 3 * 12 * 12  # one 12 px image per device per step
+# One view: joining several views view-major moves rows between devices
+# whatever the chunks; one view shows the chunks alone.
+recipes = view_recipes(augment.recipes.simclr_views()[:1])
+sharding = NamedSharding(Mesh(np.asarray(jax.devices()), ("data",)), PartitionSpec("data"))
+views = jax.jit(lambda rng, x: augmented_views(rng, x, recipes), out_shardings=sharding)
+rng = jax.random.key(1)
+for shape in [(32, 12, 12, 3), (32, 1, 12, 12, 3)]:  # images, or the host's crops
+    images = jax.random.randint(jax.random.key(0), shape, 0, 256).astype(jnp.uint8)
+    compiled = views.lower(rng, jax.device_put(images, sharding)).compile()
+    assert "all-gather" not in compiled.as_text(), shape  # each device makes its own views
+    alone = jax.jit(lambda rng, x: augmented_views(rng, x, recipes))(rng, images)
+    np.testing.assert_allclose(compiled(rng, jax.device_put(images, sharding)), alone, atol=1e-5)
+print("ok")
+"""
+
+
+def test_views_of_a_batch_sharded_over_8_devices_are_made_where_they_lie():
+    """The loop shards the batch over every device; `augmented_views` says
+    so to the augmentation, whose CPU loop then cuts the batch along the
+    shards: no device gathers the others' images, and the views are those
+    of the unsharded batch."""
+    root = pathlib.Path(__file__).parents[2]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-c", _SHARDED_VIEWS], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -23,8 +23,8 @@ One module per concern, every public name importable from here
   channels (max, min, luma, hue) and per-channel means vectorise over
   contiguous planes but not over interleaved RGB triples (4-10x per op,
   measured);
-* `recipes.py`: the published view recipes of the two-view methods (BYOL's,
-  solo-learn's CIFAR pair, SimSiam's, the digits'), as config dicts.
+* `recipes.py`: the published view recipes of the two-view methods (SimCLR's,
+  BYOL's, solo-learn's CIFAR pair, SimSiam's, the digits'), as config dicts.
 
 Speed on one CPU core: docs/benchmarks/augment_cpu_2026-11-29.txt
 (`experiments/augment_benchmark.py`).
@@ -41,9 +41,7 @@ from ssl_jax.data.augment.colour import (
     color_jitter,
     grayscale,
     jitter_params,
-    random_color_jitter,
     random_grayscale,
-    simclr_jitter,
 )
 from ssl_jax.data.augment.crops import crop_box, random_resized_crop, resized_crop
 from ssl_jax.data.augment.ops import (
@@ -65,9 +63,6 @@ from ssl_jax.data.augment.views import (
     ViewRecipe,
     apply_view,
     multi_crop_views,
-    simclr_recipe,
-    simclr_view,
-    simclr_view_batch,
     view_batch,
     view_params,
 )
@@ -93,7 +88,6 @@ __all__ = [
     "multi_crop_views",
     "normalize",
     "random_blur",
-    "random_color_jitter",
     "random_crop",
     "random_flip",
     "random_grayscale",
@@ -102,10 +96,6 @@ __all__ = [
     "recipes",
     "resized_crop",
     "rotate90",
-    "simclr_jitter",
-    "simclr_recipe",
-    "simclr_view",
-    "simclr_view_batch",
     "solarize",
     "to_float",
     "view_batch",

@@ -218,24 +218,3 @@ def color_jitter(
         rng, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue
     )
     return apply_color_jitter(image, params)
-
-
-def simclr_jitter(strength: float) -> dict[str, float]:
-    """SimCLR's jitter amounts for strength s: brightness, contrast and
-    saturation 0.8 s, hue 0.2 s (Chen et al. 2020, appendix A)."""
-    return {
-        "brightness": 0.8 * strength,
-        "contrast": 0.8 * strength,
-        "saturation": 0.8 * strength,
-        "hue": 0.2 * strength,
-    }
-
-
-def random_color_jitter(
-    rng: jax.Array, image: jax.Array, *, strength: float, probability: float = 0.8
-) -> jax.Array:
-    """SimCLR's colour jitter of strength s, applied with `probability`."""
-    if strength == 0 or probability == 0:
-        return image
-    params = jitter_params(rng, **simclr_jitter(strength), probability=probability)
-    return apply_color_jitter(image, params)

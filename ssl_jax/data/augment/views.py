@@ -1,7 +1,8 @@
 """Augmented views on the device: a `ViewRecipe` (the settings of one kind
-of view), its random draws per example (`view_params`), and applying them to
-a batch (`apply_view`, `view_batch`); SimCLR's recipe and DINO's multi-crop
-are built from them.
+of view), its random draws per example (`view_params`), applying them to a
+batch (`apply_view`, `view_batch`), and DINO's multi-crop built from them.
+The two-view methods' recipes, SimCLR's among them, are config dicts in
+`recipes.py`.
 
 A view is crop and flip, colour jitter, grayscale, blur and solarisation, in
 SimCLR's order (Chen et al. 2020, appendix A). The whole batch is made at once
@@ -15,7 +16,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ssl_jax.data.augment.colour import jitter_params, jitter_planes, luma, simclr_jitter
+from ssl_jax.data.augment.colour import jitter_params, jitter_planes, luma
 from ssl_jax.data.augment.crops import crop_box, resized_crop
 from ssl_jax.data.augment.ops import (
     blur_draw,
@@ -36,7 +37,8 @@ from ssl_jax.data.augment.ops import (
 class ViewRecipe:
     """The settings of one kind of augmented view (SimCLR, BYOL, DINO).
     `size`: output side or (h, w), None = the input size. The four jitter
-    amounts are as in `jitter_params` (SimCLR: `simclr_jitter(s)`)."""
+    amounts are as in `jitter_params` (SimCLR's of strength s:
+    `recipes.simclr_views(s)`)."""
 
     size: int | tuple[int, int] | None = None
     crop_scale: tuple[float, float] = (0.08, 1.0)
@@ -199,74 +201,6 @@ def view_batch(
     keys = example_keys(rng, images.shape[0])
     params = jax.vmap(lambda key: view_params(key, height, width, recipe))(keys)
     return apply_view(images, params, recipe, devices=devices)
-
-
-def simclr_recipe(
-    *,
-    crop_scale: tuple[float, float] = (0.08, 1.0),
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    flip: bool = True,
-    color_strength: float = 1.0,
-    color_probability: float = 0.8,
-    grayscale_probability: float = 0.2,
-    blur_probability: float = 0.0,
-    blur_sigma: tuple[float, float] = (0.1, 2.0),
-    solarize_probability: float = 0.0,
-) -> ViewRecipe:
-    """`simclr_view`'s keyword arguments (set from configs/simclr.py) as a
-    `ViewRecipe`: the jitter amounts follow from `color_strength`."""
-    return ViewRecipe(
-        crop_scale=tuple(crop_scale),
-        crop_ratio=tuple(crop_ratio),
-        flip=flip,
-        **simclr_jitter(color_strength),
-        color_probability=color_probability,
-        grayscale_probability=grayscale_probability,
-        blur_probability=blur_probability,
-        blur_sigma=tuple(blur_sigma),
-        solarize_probability=solarize_probability,
-    )
-
-
-def simclr_view(
-    rng: jax.Array,
-    image: jax.Array,
-    *,
-    crop_scale: tuple[float, float] = (0.08, 1.0),
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    flip: bool = True,
-    color_strength: float = 1.0,
-    color_probability: float = 0.8,
-    grayscale_probability: float = 0.2,
-    blur_probability: float = 0.0,
-    blur_sigma: tuple[float, float] = (0.1, 2.0),
-    solarize_probability: float = 0.0,
-) -> jax.Array:
-    """One SimCLR view of one image `[H, W, C]`: crop, flip, colour jitter of
-    strength `color_strength`, grayscale, blur, solarisation, in the paper's
-    order. Output in [0, 1]."""
-    recipe = simclr_recipe(
-        crop_scale=crop_scale,
-        crop_ratio=crop_ratio,
-        flip=flip,
-        color_strength=color_strength,
-        color_probability=color_probability,
-        grayscale_probability=grayscale_probability,
-        blur_probability=blur_probability,
-        blur_sigma=blur_sigma,
-        solarize_probability=solarize_probability,
-    )
-    params = view_params(rng, image.shape[0], image.shape[1], recipe)
-    return apply_view(image[None], jax.tree.map(lambda p: p[None], params), recipe)[0]
-
-
-def simclr_view_batch(
-    rng: jax.Array, images: jax.Array, *, devices: int = 1, **params
-) -> jax.Array:
-    """`simclr_view` on every image of `[B, H, W, C]`: row i equals
-    `simclr_view(example_keys(rng, B)[i], images[i], **params)`, computed for
-    the whole batch at once (`devices` as in `apply_view`)."""
-    return view_batch(rng, images, simclr_recipe(**params), devices=devices)
 
 
 def _per_view(value, count: int, name: str) -> tuple:
