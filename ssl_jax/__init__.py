@@ -21,7 +21,12 @@ from __future__ import annotations
 
 import importlib
 
+from ssl_jax import cpu_flags
+
 __version__ = "0.1.0"
+
+# Before anything starts JAX's CPU backend: see cpu_flags for why and when.
+cpu_flags.apply()
 
 # Public name -> (module, attribute).
 _API = {
