@@ -16,7 +16,11 @@ CIFAR size: stages of [conv3x3 - batch norm - ReLU] x `--depth` with
 stage, global average pooling, then a linear classifier and cross-entropy on
 synthetic images and labels (the encoder of every method's `encoder=convnet`
 recipe at 32 px: `convnet_preset`). The copy is tested against the model
-itself (tests/test_conv_cpu.py). Variants, each one JSON line per dtype:
+itself (tests/test_conv_cpu.py). The script does not import ssl_jax, whose
+import turns on `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`
+(ssl_jax/cpu_flags.py, chosen from this script's figures): `default` here is
+jaxlib's own default, and that flag's effect is its `xla_flags` row.
+Variants, each one JSON line per dtype:
 
   default         `lax.conv_general_dilated` NHWC/HWIO, as `nnx.Conv` does.
   nchw            the same maths in NCHW/OIHW (the input transposed once,
@@ -362,6 +366,8 @@ def library_calls(hlo_text: str) -> dict[str, int]:
 
 
 def _flops(compiled) -> float | None:
+    # perf.compiled_flops's twin: importing ssl_jax would set its default XLA
+    # CPU flag (ssl_jax/cpu_flags.py) and change what `default` measures.
     try:
         cost = compiled.cost_analysis()
     except Exception:  # Not every backend/version offers it.

@@ -172,10 +172,11 @@ def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[st
             name: os.path.join(workdir, f"{name}.png")
             for name in ("embedding_pca", "embedding_pca_random_init", "label_efficiency")
         }
-        # TensorBoard: the pretraining's facts under train/, each evaluator's
-        # under its own prefix (eval/<name>/).
+        # TensorBoard: the run's facts under run/ (not train/: the loop's
+        # per-interval rows are there, and skipped_steps would mean two
+        # things), each evaluator's under its own prefix (eval/<name>/).
         names = {evaluator.name for evaluator in chosen}
-        sections = {"train": {k: v for k, v in results.items() if k not in names}}
+        sections = {"run": {k: v for k, v in results.items() if k not in names}}
         sections.update({evaluator.log_prefix: results[evaluator.name] for evaluator in chosen})
         metrics.record_results(
             workdir,

@@ -46,7 +46,7 @@ class TrainedModel:
 
 
 # What the loop's online evaluation (and every baseline) is: a trained model in, figures out.
-Evaluator = Callable[[TrainedModel], Mapping[str, float]]
+PeriodicEval = Callable[[TrainedModel], Mapping[str, float]]
 
 
 def build_task(config: ConfigDict) -> nnx.Module:

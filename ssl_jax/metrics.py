@@ -7,8 +7,9 @@ TensorBoard events are encoded with tensorboardX's protos, which need no
 TensorFlow. Only process 0 writes, so multi-host runs do not race.
 
 TensorBoard tags say where a figure comes from: `train/<key>` for the
-training loop's rows (metrics.jsonl keeps the bare keys), `eval/<name>/...`
-for an evaluator's results, each under its own prefix.
+training loop's rows (metrics.jsonl keeps the bare keys), `run/...` for the
+run's facts in results.json (final loss, fingerprint, skipped steps in all),
+`eval/<name>/...` for an evaluator's results, each under its own prefix.
 
 On resume, the lines after the checkpoint's step are dropped from
 `metrics.jsonl`, and the new events file starts with a TensorBoard "purge"
@@ -290,11 +291,6 @@ def _leaves(tree, path: tuple[str, ...] = ()):
             yield from _leaves(value, (*path, key))
 
 
-def _flat_numbers(tree) -> dict[str, float]:
-    """Numeric leaves of a results dict as {"a/b/c": value}."""
-    return {"/".join(p): float(v) for p, v in _leaves(tree) if not isinstance(v, str)}
-
-
 def _section(prefix: str, tree) -> tuple[dict[str, float], str]:
     """A results section as (scalars tagged `prefix/...`, a markdown table of
     its constants)."""
@@ -316,7 +312,7 @@ def record_results(
     sections: Mapping[str, object],
     pictures: Mapping[str, str],
 ) -> None:
-    """The run's config (as text), its results by section (`train` for the
+    """The run's config (as text), its results by section (`run` for the
     pretraining's, `eval/<name>` for each evaluator's: figures as scalars
     under the section's prefix, constants as the text `<prefix>/constants`)
     and its pictures (PNG files by tag) in TensorBoard, at `step`."""

@@ -39,7 +39,7 @@ from ssl_jax import workdir as workdir_lib
 from ssl_jax.checkpoint import Checkpointer, state_fingerprint
 from ssl_jax.data import pipeline
 from ssl_jax.evaluate import collapse
-from ssl_jax.inference import Evaluator, TrainedModel, build_task, make_visualizer, split_task
+from ssl_jax.inference import PeriodicEval, TrainedModel, build_task, make_visualizer, split_task
 from ssl_jax.metrics import MetricWriter, interval_means
 from ssl_jax.tasks.base import implements
 
@@ -153,7 +153,7 @@ def train(
     workdir: str,
     data,
     mesh: jax.sharding.Mesh | None = None,
-    evaluator: Evaluator | None = None,
+    evaluator: PeriodicEval | None = None,
     *,
     allow_config_change: bool = False,
     init_encoder: nnx.State | None = None,

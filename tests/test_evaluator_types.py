@@ -107,11 +107,11 @@ def test_a_type_registered_elsewhere_runs_through_the_experiment(images_seen, tm
 
     shown, images, texts = read_events(workdir)
     tags = {tag for tag, _, _ in shown}
-    assert {"train/loss", "train/final_loss", "eval/seen/test_images"} <= tags
+    assert {"train/loss", "run/final_loss", "eval/seen/test_images"} <= tags
     assert {"eval/linear_probe/top1", "eval/linear_probe/few_labels/10_per_class/top1"} <= tags
-    assert all(tag.startswith(("train/", "eval/")) for tag in tags), tags
+    assert all(tag.startswith(("train/", "run/", "eval/")) for tag in tags), tags
     # Constants are text: sizes, class counts, budgets, names, fingerprints.
     for constant in ("num_classes", "train_steps", "per_class", "state_fingerprint"):
         assert not any(tag.endswith(f"/{constant}") for tag in tags), constant
-    assert {"train/constants/text_summary", "eval/seen/constants/text_summary"} <= texts
+    assert {"run/constants/text_summary", "eval/seen/constants/text_summary"} <= texts
     assert "eval/linear_probe/constants/text_summary" in texts  # its dataset

@@ -93,3 +93,12 @@ def test_another_kind_of_input_is_refused_in_one_line(runs, tmp_path, name):
         assert "\n" not in str(refused.value)
     with pytest.raises(ValueError, match=f"takes {key}: .*; got float32"):
         encoder(runs[name][1][:8].astype(np.float32))  # right shape, wrong dtype
+
+
+def test_integer_images_are_taken_only_if_they_fit_uint8(runs):
+    """A cast must never wrap: 16-bit pixels are refused, not folded into 0-255."""
+    workdir, images, expected = runs["rotation"]
+    encoder = ssl_jax.load_encoder(str(workdir))
+    np.testing.assert_array_equal(encoder(images.astype(np.int64)), expected)
+    with pytest.raises(ValueError, match="takes image: uint8 .*; got uint16"):
+        encoder(images.astype(np.uint16) * 257)

@@ -49,17 +49,22 @@ def test_eta_counts_from_the_end_of_the_first_step(tmp_path, monkeypatch):
     writer.close()
 
 
-def test_flat_results_for_tensorboard():
+def test_results_sections_are_scalars_under_their_prefix_and_constants_as_text():
     results = {
         "linear_probe": {"top1": 0.9, "few_labels": [{"per_class": 10, "top1": 0.8}]},
         "task": "simclr",
+        "num_classes": 10,
         "skipped": None,
     }
-    assert metrics._flat_numbers(results) == {
-        "linear_probe/top1": 0.9,
-        "linear_probe/few_labels/10_per_class/per_class": 10.0,
-        "linear_probe/few_labels/10_per_class/top1": 0.8,
+    scalars, table = metrics._section("eval/x", results)
+    assert scalars == {
+        "eval/x/linear_probe/top1": 0.9,
+        "eval/x/linear_probe/few_labels/10_per_class/top1": 0.8,
     }
+    # Budgets, class counts and strings are constants: one text table.
+    for row in ("linear_probe/few_labels/10_per_class/per_class` | 10", "task` | simclr"):
+        assert row in table
+    assert "num_classes` | 10" in table and "skipped" not in table
 
 
 def test_truncated_lines_are_skipped_with_a_warning(tmp_path, caplog):

@@ -57,7 +57,7 @@ def _knn(config: ConfigDict, num_classes: int, train_xy, test_xy) -> float:
     )
 
 
-def knn_evaluator(config: ConfigDict, splits, mesh) -> inference.Evaluator:
+def knn_evaluator(config: ConfigDict, splits, mesh) -> inference.PeriodicEval:
     """kNN top-1 of the current encoder, for `train`'s periodic evaluation."""
     num_classes = splits[0].num_classes
     return lambda trained: {

@@ -94,7 +94,7 @@ class FeatureInput:
     and loaded encoders alike."""
 
     key: str  # the batch key the dataset delivers it under (`input_key`)
-    dtype: str  # numpy's name; an integer dtype accepts any integer input
+    dtype: str  # numpy's name; an integer dtype accepts integers within its range
     axes: tuple[str | int, ...]  # "N" first; a number is a size the input must have
     values: str  # what the values are and what `features` does to them first
 
@@ -106,8 +106,15 @@ class FeatureInput:
         input if they are something else (images given to a text encoder)."""
         inputs = np.asarray(inputs)
         expected = np.dtype(self.dtype)
+        # Token ids arrive as int64 as often as int32: any integers are taken
+        # if they fit, but a cast must never wrap (16-bit pixels into uint8).
         same_kind = inputs.dtype == expected or (
-            np.issubdtype(expected, np.integer) and np.issubdtype(inputs.dtype, np.integer)
+            np.issubdtype(expected, np.integer)
+            and np.issubdtype(inputs.dtype, np.integer)
+            and (
+                inputs.size == 0
+                or np.iinfo(expected).min <= inputs.min() <= inputs.max() <= np.iinfo(expected).max
+            )
         )
         sizes = zip(self.axes, inputs.shape, strict=False)
         if (

@@ -81,4 +81,10 @@ class SimCLRTask(JointEmbeddingTask):
 
 @TASKS.register("simclr")
 def simclr(encoder: nnx.Module, *, rngs: nnx.Rngs, **kwargs) -> SimCLRTask:
+    if "augment_kwargs" in kwargs:  # a config or workdir from before SimCLR had views
+        raise ValueError(
+            "task_kwargs.augment_kwargs was replaced by task_kwargs.views (two view dicts, e.g. "
+            "ssl_jax.data.augment.recipes.simclr_views(strength=0.5)); a SimCLR workdir or "
+            "export made before that change cannot be resumed or loaded: train it again."
+        )
     return SimCLRTask(encoder, rngs=rngs, **kwargs)

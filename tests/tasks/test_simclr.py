@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from ssl_jax import config_lib, inference
+from ssl_jax.data.augment import recipes
 from ssl_jax.registry import MODELS, TASKS
 
 ROOT = pathlib.Path(__file__).parents[2]
@@ -20,7 +22,8 @@ TASK_KWARGS = {
     "projection_dim": 16,
     "temperature": 1.0,
     "num_classes": 3,
-    "views": [{"crop_scale": (0.3, 1.0), "blur_probability": 0.5}] * 2,
+    # SimCLR's own recipe (jitter, grayscale), with blur on half the views.
+    "views": recipes.simclr_views(crop_scale=(0.3, 1.0)),
 }
 
 
@@ -97,6 +100,9 @@ def test_unknown_view_fields_and_bad_temperature_are_errors():
         _task(views=[{"blur_prob": 0.5}] * 2)
     with pytest.raises(ValueError, match="temperature"):
         _task(temperature=0.0)
+    # A config or workdir from before the views: one line saying what replaced it.
+    with pytest.raises(ValueError, match="replaced by task_kwargs.views"):
+        _task(augment_kwargs={"strength": 0.5})
 
 
 def test_features_are_deterministic():
@@ -188,3 +194,27 @@ def test_main_runs_simclr_end_to_end(tmp_path):
     for record in records:
         assert np.isfinite(record["loss"])
         assert {"contrastive_accuracy", "online_probe_accuracy"} <= set(record)
+
+
+@pytest.mark.parametrize(
+    "arg, loss, contrastive",
+    # Recorded at c92744f, before SimCLR moved onto the joint-embedding base:
+    # the same recipe must keep the same views, head and batch norm.
+    [
+        ("runlocal", 4.852080345153809, 2.538612127304077),
+        ("runlocal,dataset=synthetic", 5.161795616149902, 2.703782081604004),
+    ],
+)
+def test_the_loss_is_the_one_recorded_before_simclr_joined_the_base(arg, loss, contrastive):
+    config = config_lib.get_config("simclr", arg)
+    with config.unlocked():
+        config.task_kwargs.num_classes = 10
+    task = inference.build_task(config)
+    size = config.image_size
+    images = np.random.default_rng(0).integers(0, 256, (8, size, size, 3), dtype=np.uint8)
+    batch = {"image": jnp.asarray(images), "label": jnp.arange(8) % 10}
+    got, metrics = task.loss(batch, jax.random.key(3), train=True)
+    # Tight enough that any other random draw, head or batch-norm grouping
+    # fails; loose enough for another CPU's rounding.
+    assert float(got) == pytest.approx(loss, rel=1e-5)
+    assert float(metrics["contrastive_loss"]) == pytest.approx(contrastive, rel=1e-5)
