@@ -54,6 +54,7 @@ def test_benchmark_reports_throughput_flops_mfu_and_the_time_split(tmp_path):
     assert (tmp_path / "scaling_batch_size.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # 12 s: a sweep of compiled steps
 def test_benchmark_sweeps_mae_mask_ratio_and_refuses_it_for_other_tasks(tmp_path):
     rows = _benchmark(
         "--config=configs/mae.py:runlocal",

@@ -219,6 +219,7 @@ def test_an_extra_argument_is_one_line(tmp_path):
     assert len(result.stderr.splitlines()) == 1
 
 
+@pytest.mark.slow  # 15 s: a run stopped twice in a subprocess
 def test_a_second_signal_stops_at_once_in_one_line(tmp_path):
     workdir = tmp_path / "run"
     process = _start(workdir, *QUICK, "--config.train_steps=300", "--config.checkpoint_every=5")

@@ -34,7 +34,9 @@ def _floating_dtypes(tree):
     return {x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)}
 
 
-@pytest.mark.parametrize("name", ["rotation", "simclr", "mae"])
+@pytest.mark.parametrize(
+    "name", ["rotation", "simclr", pytest.param("mae", marks=pytest.mark.slow)]
+)
 def test_bfloat16_compute_keeps_float32_state_and_a_close_float32_loss(name):
     batch = _batch()
     first_losses = {}

@@ -52,7 +52,11 @@ def test_views_cropped_on_the_host_are_not_cropped_again():
     np.testing.assert_allclose(views, expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("config", ["rotation", "simclr", "mae"])
+# MAE's case (the costliest) runs with the slow checks; rotation (centre crops)
+# and SimCLR (host crops) cover both record paths in the fast suite.
+@pytest.mark.parametrize(
+    "config", ["rotation", "simclr", pytest.param("mae", marks=pytest.mark.slow)]
+)
 def test_main_trains_on_records_from_an_image_folder(tmp_path, config):
     records = _records(tmp_path)
     workdir = tmp_path / "run"
