@@ -120,21 +120,24 @@ def test_extract_tiles_matches_numpy_for_given_offsets():
 
 
 def test_tile_offsets_centred_in_eval_and_inside_their_cells_in_training():
-    geometry = jigsaw.tile_geometry(32, 225 / 256, 64 / 75)  # crop 27, cell 9, tile 8
+    size = 64
+    geometry = jigsaw.tile_geometry(size, 225 / 256, 64 / 75)  # crop 56, cell 18, tile 15
     crop, cell, tile = geometry
-    centred = jigsaw.tile_offsets(jax.random.key(0), 32, geometry, 3, train=False)
-    start = (32 - crop) // 2 + (cell - tile) // 2
+    centred = jigsaw.tile_offsets(jax.random.key(0), size, geometry, 3, train=False)
+    start = (size - crop) // 2 + (cell - tile) // 2
     expected = np.array([[start + i * cell, start + j * cell] for i in range(3) for j in range(3)])
     np.testing.assert_array_equal(centred, np.repeat(expected[:, None], 3, axis=1))
     for seed in range(20):
         offsets = np.asarray(
-            jigsaw.tile_offsets(jax.random.key(seed), 32, geometry, 3, train=True, channel_jitter=1)
+            jigsaw.tile_offsets(
+                jax.random.key(seed), size, geometry, 3, train=True, channel_jitter=1
+            )
         )
         # Minus its cell's corner, a tile sits at the crop's origin (shared,
-        # in [0, 32 - crop]) plus its place in the cell (in [0, cell - tile]).
+        # in [0, size - crop]) plus its place in the cell (in [0, cell - tile]).
         cells = np.array([[i * cell, j * cell] for i in range(3) for j in range(3)])
         relative = offsets - cells[:, None]
-        assert relative.min() >= 0 and relative.max() <= (32 - crop) + (cell - tile)
+        assert relative.min() >= 0 and relative.max() <= (size - crop) + (cell - tile)
         assert (relative.max(axis=(0, 1)) - relative.min(axis=(0, 1)) <= cell - tile).all()
         assert (np.abs(offsets - offsets[:, :1]) <= 2).all()  # channels at most 2 x 1 px apart
 
