@@ -227,3 +227,15 @@ def test_same_loss_on_one_and_eight_devices():
     out = json.loads(result.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(out["one"], out["eight"], rtol=1e-5)
     assert out["prior_gap"] < 1e-6  # the histogram covers the global batch
+
+
+def test_config_feeds_every_encoder_family_one_channel_and_the_supervised_baseline_rgb():
+    from ssl_jax import config_lib
+    from ssl_jax.evaluators.supervised import supervised_config
+
+    for arg in ("", "runlocal", "encoder=resnet18", "encoder=vit,runlocal", "dataset=tfds:cifar10"):
+        config = config_lib.get_config(str(ROOT / "configs" / "colorization.py"), arg)
+        assert config.model_kwargs.in_channels == 1, arg
+        assert "in_channels" not in supervised_config(config, 10).model_kwargs, arg
+    with pytest.raises(ValueError, match="finetune"):
+        config_lib.get_config(str(ROOT / "configs" / "colorization.py"), "finetune")
