@@ -371,3 +371,63 @@ def vicreg_loss(
         + variance_weight * terms["variance"]
         + covariance_weight * terms["covariance"]
     )
+
+
+# ----------------------------------------------------------------------------- colorization
+# Zhang, Isola & Efros, "Colorful Image Colorization" (ECCV 2016), section 2.1.
+
+
+def soft_encode(
+    ab: jax.Array, bins: jax.Array, *, neighbours: int = 5, sigma: float = 5.0
+) -> tuple[jax.Array, jax.Array]:
+    """The paper's soft-encoding of ab values `[..., 2]` over the quantised
+    gamut `bins [Q, 2]`: the `neighbours` nearest bins (nearest first) and
+    their weights, a Gaussian of width `sigma` in the distance, summing to 1.
+    Returned as (indices int [..., k], weights [..., k]) rather than a dense
+    `[..., Q]` target, which at ImageNet's 56 x 56 targets would be large."""
+    ab, bins = ab.astype(jnp.float32), bins.astype(jnp.float32)
+    # Squared distances per coordinate (no matmul: exact at any precision).
+    d2 = jnp.square(ab[..., None, 0] - bins[:, 0]) + jnp.square(ab[..., None, 1] - bins[:, 1])
+    negative, indices = jax.lax.top_k(-d2, neighbours)
+    return indices, jax.nn.softmax(negative / (2.0 * sigma**2), axis=-1)
+
+
+def rebalance_weights(prior: jax.Array, mix: float = 0.5) -> jax.Array:
+    """Class-rebalancing weights (eq. 4): w proportional to
+    ((1 - mix) p + mix / Q)^-1 over the Q bins of the (smoothed) empirical
+    colour distribution `prior`, normalised so that E_p[w] = sum_q p_q w_q = 1."""
+    prior = prior.astype(jnp.float32)
+    weights = 1.0 / ((1.0 - mix) * prior + mix / prior.shape[-1])
+    return weights / jnp.sum(prior * weights)
+
+
+def colorization_loss(
+    logits: jax.Array,
+    target_bins: jax.Array,
+    target_weights: jax.Array,
+    pixel_weights: jax.Array,
+    mask: jax.Array,
+) -> jax.Array:
+    """The rebalanced multinomial cross-entropy (eq. 2): per target pixel,
+    v * -sum_q Z_q log softmax(logits)_q, with Z the soft-encoded target
+    (`soft_encode`: `target_bins`, `target_weights` [B, h, w, k]) and v its
+    rebalancing weight (`pixel_weights` [B, h, w]); averaged over the pixels
+    of the images `mask` [B] keeps (the paper sums over pixels: a mean keeps
+    the step size independent of the resolution). 0 if `mask` keeps none."""
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    picked = jnp.take_along_axis(log_p, target_bins, axis=-1)
+    cross_entropy = -jnp.sum(target_weights.astype(jnp.float32) * picked, axis=-1)
+    keep = jnp.broadcast_to(mask.astype(jnp.float32)[:, None, None], cross_entropy.shape)
+    total = jnp.sum(keep * pixel_weights.astype(jnp.float32) * cross_entropy)
+    return total / jnp.maximum(jnp.sum(keep), 1.0)
+
+
+def ab_regression_loss(prediction: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+    """The paper's regression baseline (eq. 1): 1/2 ||target - prediction||^2
+    per pixel of `[B, h, w, 2]` ab maps, averaged over the pixels of the
+    images `mask` [B] keeps; 0 if it keeps none."""
+    error = 0.5 * jnp.sum(
+        jnp.square(target.astype(jnp.float32) - prediction.astype(jnp.float32)), axis=-1
+    )
+    keep = jnp.broadcast_to(mask.astype(jnp.float32)[:, None, None], error.shape)
+    return jnp.sum(keep * error) / jnp.maximum(jnp.sum(keep), 1.0)

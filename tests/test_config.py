@@ -98,8 +98,13 @@ def test_encoder_vit_gives_every_task_the_same_encoder(path, runlocal):
     config = _load(path).get_config(arg)
     config_lib.validate(config)
     mae = _load(path.with_name("mae.py")).get_config(arg)
-    # The same architecture; MoCo v3 only keeps its patch projection untrained.
-    kwargs = {k: v for k, v in config.model_kwargs.items() if k != "frozen_patch_embed"}
+    # The same architecture; MoCo v3 only keeps its patch projection untrained,
+    # colorization feeds it one channel (L).
+    kwargs = {
+        k: v
+        for k, v in config.model_kwargs.items()
+        if k not in ("frozen_patch_embed", "in_channels")
+    }
     assert (config.model, kwargs) == (mae.model, mae.model_kwargs.to_dict())
     assert config.optimizer.name == "adamw"  # the ConvNet recipes' SGD/LARS do not carry over
 

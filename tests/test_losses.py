@@ -450,3 +450,109 @@ def test_losses_compile(name):
     loss_fn, make_inputs, _ = _CASES[name]
     inputs = make_inputs(13)
     np.testing.assert_allclose(jax.jit(loss_fn)(*inputs), loss_fn(*inputs), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- colorization
+
+
+def _reference_soft_encode(ab, bins, k, sigma):
+    """Nearest `k` bins by float64 distance (stable order) and their Gaussian weights."""
+    ab, bins = np.asarray(ab, np.float64).reshape(-1, 2), np.asarray(bins, np.float64)
+    d2 = ((ab[:, None, :] - bins[None]) ** 2).sum(-1)
+    idx = np.argsort(d2, axis=1, kind="stable")[:, :k]
+    w = np.exp(-np.take_along_axis(d2, idx, 1) / (2 * sigma**2))
+    return idx, w / w.sum(1, keepdims=True)
+
+
+def _colour_bins():
+    a, b = np.meshgrid(np.arange(-40, 50, 10.0), np.arange(-30, 40, 10.0), indexing="ij")
+    return np.stack([a.ravel(), b.ravel()], -1)  # 63 bins
+
+
+@pytest.mark.parametrize("k,sigma", [(5, 5.0), (3, 2.0), (10, 5.0)])
+def test_soft_encode_matches_reference(k, sigma):
+    bins = _colour_bins()
+    ab = np.random.default_rng(k).uniform(-45, 45, (2, 3, 4, 2))
+    idx, w = losses.soft_encode(
+        jnp.asarray(ab, jnp.float32), jnp.asarray(bins), neighbours=k, sigma=sigma
+    )
+    ref_idx, ref_w = _reference_soft_encode(ab.astype(np.float32), _colour_bins(), k, sigma)
+    assert idx.shape == (2, 3, 4, k)
+    np.testing.assert_array_equal(np.asarray(idx).reshape(-1, k), ref_idx)
+    np.testing.assert_allclose(np.asarray(w).reshape(-1, k), ref_w, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(w).sum(-1), 1.0, rtol=1e-6)
+
+
+def test_soft_encode_of_a_bin_centre_puts_most_weight_on_it():
+    bins = _colour_bins()
+    idx, w = losses.soft_encode(
+        jnp.asarray(bins[17:18]), jnp.asarray(bins), neighbours=5, sigma=5.0
+    )
+    assert int(idx[0, 0]) == 17
+    # The four neighbours at distance 10: exp(-100 / 50) each, relative to 1.
+    np.testing.assert_allclose(float(w[0, 0]), 1 / (1 + 4 * np.exp(-2.0)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mix", [0.0, 0.5, 1.0])
+def test_rebalance_weights_match_reference(mix):
+    prior = np.random.default_rng(0).dirichlet(np.full(40, 0.3))
+    q = len(prior)
+    expected = 1.0 / ((1 - mix) * prior + mix / q)
+    expected /= (prior * expected).sum()
+    got = np.asarray(losses.rebalance_weights(jnp.asarray(prior, jnp.float32), mix))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    np.testing.assert_allclose((prior * got).sum(), 1.0, rtol=1e-5)  # E_p[w] = 1
+    if mix == 1.0:
+        np.testing.assert_allclose(got, 1.0, rtol=1e-5)  # a uniform mix: no rebalancing
+
+
+def _reference_colorization_loss(logits, idx, wts, pixel_w, mask):
+    """Eq. 2 with a dense soft target, loops over pixels, float64."""
+    logits = np.asarray(logits, np.float64)
+    b, h, w, q = logits.shape
+    total, count = 0.0, 0
+    for n in range(b):
+        if not mask[n]:
+            continue
+        for i in range(h):
+            for j in range(w):
+                z = np.zeros(q)
+                z[idx[n, i, j]] = wts[n, i, j]
+                x = logits[n, i, j]
+                log_p = x - x.max() - np.log(np.exp(x - x.max()).sum())
+                total += pixel_w[n, i, j] * -(z * log_p).sum()
+                count += 1
+    return total / max(count, 1)
+
+
+def test_colorization_loss_matches_reference():
+    rng = np.random.default_rng(1)
+    bins = _colour_bins()
+    ab = rng.uniform(-45, 45, (3, 4, 4, 2))
+    idx, wts = _reference_soft_encode(ab, bins, 5, 5.0)
+    idx, wts = idx.reshape(3, 4, 4, 5), wts.reshape(3, 4, 4, 5)
+    logits = rng.normal(0, 3, (3, 4, 4, len(bins)))
+    pixel_w = rng.uniform(0.2, 4.0, (3, 4, 4))
+    mask = np.array([1.0, 0.0, 1.0])
+    got = losses.colorization_loss(
+        jnp.asarray(logits, jnp.float32),
+        jnp.asarray(idx),
+        jnp.asarray(wts, jnp.float32),
+        jnp.asarray(pixel_w, jnp.float32),
+        jnp.asarray(mask),
+    )
+    expected = _reference_colorization_loss(logits, idx, wts, pixel_w, mask)
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+    none = losses.colorization_loss(
+        jnp.asarray(logits), jnp.asarray(idx), jnp.asarray(wts), jnp.asarray(pixel_w), jnp.zeros(3)
+    )
+    assert float(none) == 0.0
+
+
+def test_ab_regression_loss_matches_reference():
+    rng = np.random.default_rng(2)
+    pred, target = rng.normal(size=(3, 2, 5, 2)), rng.normal(size=(3, 2, 5, 2))
+    mask = np.array([0.0, 1.0, 1.0])
+    expected = np.mean(0.5 * ((target - pred) ** 2).sum(-1)[mask > 0])
+    got = losses.ab_regression_loss(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(mask))
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)

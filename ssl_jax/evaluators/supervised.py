@@ -28,6 +28,10 @@ def supervised_config(config: ConfigDict, num_classes: int) -> ConfigDict:
         # mean nothing to the supervised task's encoder and head.
         supervised.optimizer.fixed_lr_modules = ()
         supervised.optimizer.module_lr_scales = ()
+        if "in_channels" in supervised.model_kwargs:
+            # A pretext task may feed its encoder another input than the image
+            # (a lightness channel); the supervised task reads the RGB images.
+            del supervised.model_kwargs["in_channels"]
         if supervised.model_kwargs.get("frozen_patch_embed"):
             # MoCo v3 freezes a ViT's patch projection to stabilise pretraining;
             # supervised training and fine-tuning train it (DeiT's recipe), from

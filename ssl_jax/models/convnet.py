@@ -47,6 +47,7 @@ class ConvNet(nnx.Module):
     ):
         if not widths or depth < 1:
             raise ValueError(f"ConvNet needs a stage and depth >= 1, got {widths=}, {depth=}.")
+        self.in_channels = in_channels  # tasks that feed another input than RGB check it
         layers = []
         channels = in_channels
         for stage, width in enumerate(widths):

@@ -3,7 +3,8 @@
 Every encoder follows the contract written in `ssl_jax/tasks/base.py`
 (`encoder(x, *, train) -> [B, feature_dim]`, batch statistics only when
 training). The convolutional ones also offer `feature_map(x, *, train)`, the
-last stage's map `[B, h, w, D]` before pooling.
+last stage's map `[B, h, w, D]` before pooling (the ViT its patch tokens on
+their grid), and say their input channels in `in_channels`.
 """
 
 from __future__ import annotations

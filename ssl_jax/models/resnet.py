@@ -123,6 +123,7 @@ class ResNet(nnx.Module):
     ):
         if stem not in STEMS:
             raise ValueError(f"Unknown ResNet stem {stem!r}; expected one of {sorted(STEMS)}.")
+        self.in_channels = in_channels  # tasks that feed another input than RGB check it
         self.stem = STEMS[stem](in_channels, width, rngs=rngs)
         blocks = []
         channels = width

@@ -237,6 +237,15 @@ class ViT(nnx.Module):
         tokens = self.encode_tokens(patchify(x, self.patch_size), None, self.grid(x))
         return self.pool_tokens(tokens)
 
+    def feature_map(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """[B, H, W, C] -> the patch tokens on their grid [B, H / p, W / p, D]
+        (the class token, if any, left out): the spatial map of the encoder
+        contract, for dense pretext tasks."""
+        del train
+        grid = self.grid(x)
+        tokens = self.encode_tokens(patchify(x, self.patch_size), None, grid)
+        return tokens[:, self.num_prefix_tokens :].reshape(x.shape[0], *grid, self.embed_dim)
+
 
 _SIZES = {
     "vit_test": {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 4},

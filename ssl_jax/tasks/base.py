@@ -65,6 +65,10 @@ task relies on:
 - `encoder(x, *, train) -> [B, encoder.feature_dim]`: float images
   [B, H, W, C] (NHWC, roughly in [-1, 1], see `augment.normalize`) to pooled
   features, no classifier head;
+- `encoder.feature_map(x, *, train) -> [B, h, w, feature_dim]`: the spatial
+  map before pooling (the last convolutional stage; a ViT's patch tokens on
+  their grid), for dense pretext tasks (colorization); `encoder.in_channels`:
+  the channels C it was built for (`model_kwargs.in_channels`, default 3);
 - `train=True` uses batch statistics (and updates the running averages),
   `train=False` only the running averages, so evaluation is per example;
   there is no `axis_name`: the loop jits over globally sharded arrays, so

@@ -143,3 +143,17 @@ def test_gradients_reach_every_parameter():
     grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x, train=True) * target)))(model)
     norms = {k: float(jnp.linalg.norm(g[...])) for k, g in nnx.to_flat_state(grads)}
     assert all(np.isfinite(n) and n > 0 for n in norms.values()), norms
+
+
+def test_feature_map_is_the_patch_tokens_on_their_grid():
+    """Its mean is the `gap` pooling; with a class token, that token is left out."""
+    x = jax.random.normal(jax.random.key(0), (2, 16, 8, 1))
+    gap = MODELS.get("vit_test")(rngs=nnx.Rngs(0), pool="gap", in_channels=1)
+    fmap = gap.feature_map(x, train=False)
+    assert fmap.shape == (2, 4, 2, 32) and gap.in_channels == 1
+    np.testing.assert_allclose(fmap.mean(axis=(1, 2)), gap(x, train=False), rtol=1e-5, atol=1e-6)
+    cls = MODELS.get("vit_test")(rngs=nnx.Rngs(0), pool="cls", in_channels=1)
+    tokens = cls.encode_tokens(patchify(x, 4), None, (4, 2))  # [class, row-major patches]
+    fmap = cls.feature_map(x, train=False)
+    np.testing.assert_allclose(fmap[:, 3, 1], tokens[:, 1 + 3 * 2 + 1], rtol=1e-6)
+    np.testing.assert_allclose(fmap[:, 0, 0], tokens[:, 1], rtol=1e-6)

@@ -12,6 +12,7 @@ One module per concern, every public name importable from here
   light ops of rotation prediction and supervised training (`random_crop`,
   `random_flip`, `rotate90`, `crop_and_flip[_batch]`), vmapped per image;
   blur and solarisation;
+* `lab.py`: sRGB <-> CIE L*a*b* (`rgb_to_lab`, `lab_to_rgb`), for colorization;
 * `crops.py`: random resized crops (`crop_box`, `resized_crop`);
 * `colour.py`: brightness, contrast, saturation, hue, their jitter, grayscale;
 * `views.py`: the views of SimCLR (Chen et al. 2020, appendix A) and DINO's
@@ -44,6 +45,7 @@ from ssl_jax.data.augment.colour import (
     random_grayscale,
 )
 from ssl_jax.data.augment.crops import crop_box, random_resized_crop, resized_crop
+from ssl_jax.data.augment.lab import lab_to_rgb, rgb_to_lab
 from ssl_jax.data.augment.ops import (
     blur_kernel_size,
     crop_and_flip,
@@ -85,6 +87,7 @@ __all__ = [
     "gaussian_blur",
     "grayscale",
     "jitter_params",
+    "lab_to_rgb",
     "multi_crop_views",
     "normalize",
     "random_blur",
@@ -95,6 +98,7 @@ __all__ = [
     "random_solarize",
     "recipes",
     "resized_crop",
+    "rgb_to_lab",
     "rotate90",
     "solarize",
     "to_float",
