@@ -191,6 +191,25 @@ def test_prototypes_stay_unit_norm_and_do_not_change_while_frozen():
     assert all(np.isfinite(m["loss"]) and m["nonfinite"] == 0 for m in metrics)
 
 
+def test_no_gradient_reaches_the_prototypes_while_frozen():
+    """Beside the restore in after_update: the optimizer sees a zero gradient
+    (so no momentum builds up from the loss while frozen)."""
+    trained = inference.split_task(inference.build_task(_config(freeze_prototypes_fraction=0.5)))
+
+    def prototype_grad(progress):
+        state = jax.tree.map(lambda x: x, trained.model_state)
+        state["progress"] = jnp.asarray(progress, jnp.float32)
+
+        def loss(params):
+            task = nnx.merge(trained.graphdef, params, state)
+            return task.loss(_batch(), jax.random.key(0), train=True)[0]
+
+        return np.asarray(jax.grad(loss)(trained.params)["prototypes"]["kernel"])
+
+    np.testing.assert_array_equal(prototype_grad(0.4), 0.0)
+    assert np.abs(prototype_grad(0.5)).max() > 1e-6
+
+
 def test_without_a_freeze_the_prototypes_learn_from_the_first_step():
     kernels, metrics, _ = _steps(1, 6, optax.sgd(0.5), freeze_prototypes_fraction=0.0)
     assert metrics[0]["prototypes_frozen"] == 0.0
