@@ -431,3 +431,55 @@ def ab_regression_loss(prediction: jax.Array, target: jax.Array, mask: jax.Array
     )
     keep = jnp.broadcast_to(mask.astype(jnp.float32)[:, None, None], error.shape)
     return jnp.sum(keep * error) / jnp.maximum(jnp.sum(keep), 1.0)
+
+
+def sinkhorn_knopp(scores: jax.Array, *, epsilon: float = 0.05, iterations: int = 3) -> jax.Array:
+    """SwAV's codes (Caron et al. 2020, section 3.1 and its reference's
+    `distributed_sinkhorn`): a soft assignment of N samples to K prototypes
+    that splits the samples equally among the prototypes.
+
+    scores: [N, K] prototype scores (cosines) of the GLOBAL batch, possibly
+    with queued samples first. Q = exp(scores / epsilon), scaled to total 1,
+    is alternately normalised `iterations` times: each prototype's row of the
+    K x N plan to 1/K, then each sample's column to 1/N. The returned codes
+    are the plan times N, [N, K]: each sample's codes sum to 1 (the last
+    normalisation makes that exact); each prototype's total is N/K only in
+    the limit of many iterations (3 in the paper). Every sum runs over the
+    whole batch axis: under jit on globally sharded arrays they are global
+    sums, and no device normalises its own shard. float32, no gradient.
+    """
+    if iterations < 1 or epsilon <= 0:
+        raise ValueError(
+            f"Sinkhorn needs iterations >= 1 and epsilon > 0, got {iterations}, {epsilon}."
+        )
+    logits = jax.lax.stop_gradient(_f32(scores)) / epsilon
+    # The global maximum is one constant factor, cancelled by the first
+    # normalisation; it keeps exp finite for small epsilon (1 / 0.03 = 33).
+    q = jnp.exp(logits - jnp.max(logits))
+    q = q / jnp.sum(q)
+    n, k = q.shape
+    for _ in range(iterations):
+        q = q / (jnp.sum(q, axis=0, keepdims=True) * k)  # each prototype: 1/K
+        q = q / (jnp.sum(q, axis=1, keepdims=True) * n)  # each sample: 1/N
+    return q * n
+
+
+def swav_loss(scores: jax.Array, codes: jax.Array, temperature: float = 0.1) -> jax.Array:
+    """SwAV's swapped prediction (Caron et al. 2020, eq. 1-2; the reference's
+    main_swav.py): each crop's softmax(scores / temperature) predicts the
+    codes of every OTHER assigned crop.
+
+    scores: [V, N, K] prototype scores of every crop, the G assigned (global)
+    crops first; codes: [G, N, K] their Sinkhorn codes (no gradient). For
+    each assigned crop g, the cross-entropy -sum_k q_g log p_v is averaged
+    over the batch and over the V - 1 crops v != g, then over the G assigned
+    crops, as the reference divides `subloss` by sum(nmb_crops) - 1 and the
+    total by len(crops_for_assign).
+    """
+    log_probs = jax.nn.log_softmax(_f32(scores) / temperature, axis=-1)
+    codes = jax.lax.stop_gradient(_f32(codes))
+    num_assigned, num_crops, batch = codes.shape[0], scores.shape[0], scores.shape[1]
+    # cross_entropy[g, v]: batch mean of -sum_k q_g log p_v.
+    cross_entropy = -jnp.einsum("gnk,vnk->gv", codes, log_probs, precision=_HIGHEST) / batch
+    different = jnp.arange(num_assigned)[:, None] != jnp.arange(num_crops)[None, :]
+    return jnp.sum(jnp.where(different, cross_entropy, 0.0)) / jnp.sum(different)

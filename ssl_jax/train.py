@@ -80,7 +80,8 @@ def make_train_step(
     """`(state, batch) -> (new_state, metrics)`, compiled once, state donated.
 
     After the optimizer update the task's `after_update` hook (if it has one)
-    updates the model state that gradients do not train (a momentum teacher).
+    updates the model state that gradients do not train (a momentum teacher)
+    and may rewrite parameters (a projection onto unit norm).
 
     `metrics["nonfinite"]` is 1.0 when the loss, a gradient or the new state
     holds NaN/Inf. With
@@ -111,7 +112,9 @@ def make_train_step(
         task = nnx.merge(graphdef, params, model_state)
         if implements(task, "after_update"):
             task.after_update(step + 1, total_steps)
-            model_state = split_state(task)[1]
+            # Parameters too: a hook may project them back onto a constraint
+            # (SwAV's unit-norm prototypes), as the references do after the step.
+            params, model_state = split_state(task)
         new_state = {
             "step": step + 1,
             "params": params,

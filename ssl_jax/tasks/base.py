@@ -54,7 +54,9 @@ Optional hooks (the base versions do nothing; `implements(task, name)` tells
 whether a task overrides one)
 - `after_update(step, total_steps)`: called inside the compiled step after the
   optimizer update, with the new parameters in place; updates model state that
-  is not trained by gradients (an EMA teacher). `step` counts from 1.
+  is not trained by gradients (an EMA teacher) and may rewrite parameters
+  (SwAV projects its prototypes back to unit norm); the loop keeps both.
+  `step` counts from 1.
 - `visualize(batch, rng) -> uint8 [H, W, 3]`: a picture of what the task does
   on a few fixed examples (MAE's reconstructions), saved at every checkpoint.
 - `logits(images) -> [B, num_classes] float32`: a task with its own classifier
@@ -170,7 +172,7 @@ class Task(nnx.Module):
     # overrides them (`implements`).
 
     def after_update(self, step: jax.Array, total_steps: int) -> None:
-        """Update non-gradient model state after the optimizer step."""
+        """Update non-gradient model state (or project parameters) after the optimizer step."""
 
     def visualize(self, batch: dict, rng: jax.Array) -> jax.Array:
         """uint8 [H, W, 3] picture of the task on `batch`."""
