@@ -371,3 +371,48 @@ def vicreg_loss(
         + variance_weight * terms["variance"]
         + covariance_weight * terms["covariance"]
     )
+
+
+# ---------------------------------------------------------------------------
+# I-JEPA (Assran et al., CVPR 2023).
+
+
+def ijepa_loss(
+    pred: jax.Array,
+    target: jax.Array,
+    valid: jax.Array,
+    *,
+    distance: str = "l2",
+    eps: float = 1e-5,
+) -> jax.Array:
+    """I-JEPA's prediction loss: the predictor's outputs against the target
+    encoder's layer-normed outputs at the patches of every target block.
+
+    pred, target: [B, M, K, D] at the K slots of each of the M target blocks of
+    every example (blocks of different sizes are padded to K); valid: bool
+    [B, M, K], the slots that hold a patch of the block. The target is
+    normalised over D without learned parameters (the reference's
+    `F.layer_norm(h, (D,))`, eps 1e-5) and never trained through.
+
+    Per patch: the mean over D of the squared difference ("l2", the paper's
+    section 3 loss) or of the smooth L1 with beta 1 ("smooth_l1", what the
+    reference code's `F.smooth_l1_loss` computes). Per block: the mean over
+    its patches; then the mean over blocks and examples. With blocks of equal
+    size (the reference draws one size per batch) this is the reference's mean
+    over every element; with sizes drawn per block each block counts once, as
+    the paper's 1/M sum over blocks says.
+    """
+    if distance not in ("l2", "smooth_l1"):
+        raise ValueError(f"distance must be 'l2' or 'smooth_l1', got {distance!r}.")
+    pred, target = _f32(pred), jax.lax.stop_gradient(_f32(target))
+    mean = jnp.mean(target, axis=-1, keepdims=True)
+    target = (target - mean) * jax.lax.rsqrt(jnp.var(target, axis=-1, keepdims=True) + eps)
+    diff = pred - target
+    if distance == "l2":
+        elementwise = jnp.square(diff)
+    else:
+        elementwise = jnp.where(jnp.abs(diff) < 1.0, 0.5 * jnp.square(diff), jnp.abs(diff) - 0.5)
+    per_patch = jnp.mean(elementwise, axis=-1)
+    valid = valid.astype(jnp.float32)
+    per_block = jnp.sum(per_patch * valid, axis=-1) / jnp.maximum(jnp.sum(valid, axis=-1), 1.0)
+    return jnp.mean(per_block)
