@@ -4,12 +4,13 @@ I-JEPA (Assran et al., CVPR 2023): from one context block of patches, a narrow
 ViT predictor predicts a momentum target encoder's representations of four
 target blocks of the same image; no pixel targets, no colour or flip
 augmentations. On the embedded `digits` default (the digits ViT at 16 px with
-4 px patches: a 4 x 4 grid, 200 steps, about 4 minutes on 2 shared CPU
+4 px patches: a 4 x 4 grid, 200 steps, 2.5-4 minutes on 2 shared CPU
 cores with the evaluation) the linear probe of the target encoder reached
 0.950 top-1 (kNN 0.655) against 0.947 (kNN 0.621) for the same encoder at
-random initialisation: a small gain. With the target momentum from 0.99
-and 1e-3 x B/256 the features collapsed (effective rank 1.8 at step 100)
-and the probe fell to 0.930.
+random initialisation: a small gain, and the collapse monitor still warns
+(effective rank 2.7 at step 100; 7.5 at random init). With the target
+momentum from 0.99 and 1e-3 x B/256 the features collapsed further (rank
+1.8) and the probe fell to 0.930.
 
 Variants, picked by the argument after the colon (comma-separated):
   configs/ijepa.py:runlocal                   tiny ViT, a handful of steps (tests, smoke runs)
@@ -24,8 +25,8 @@ loss, a linear 0.996 -> 1 EMA) and the reference's ImageNet config
 (facebookresearch/ijepa, configs/in1k_vith14_ep300.yaml: batch 2048, AdamW
 lr 1e-3 warmed up over 40 of 300 epochs from 2e-4 then cosine to 1e-6,
 weight decay 0.04 -> 0.4, min_keep 10, crops 0.3-1.0, no flip, predictor
-384 wide and 12 deep for its ViT-H/14; src/helper.py's default predictor for
-smaller ViTs: 384 wide, 6 deep, as many heads as the encoder).
+384 wide and 12 deep for its ViT-H/14; src/helper.py's init_model defaults:
+a predictor 384 wide and 6 deep, with as many heads as the encoder).
 Departures in every recipe: the weight decay stays at its start (no cosine
 increase to 0.4; optim.py has no decay schedule); the warm-up starts at 0,
 not 2e-4; the loss is the paper's L2 (the reference code computes a smooth
