@@ -373,66 +373,6 @@ def vicreg_loss(
     )
 
 
-# ----------------------------------------------------------------------------- colorization
-# Zhang, Isola & Efros, "Colorful Image Colorization" (ECCV 2016), section 2.1.
-
-
-def soft_encode(
-    ab: jax.Array, bins: jax.Array, *, neighbours: int = 5, sigma: float = 5.0
-) -> tuple[jax.Array, jax.Array]:
-    """The paper's soft-encoding of ab values `[..., 2]` over the quantised
-    gamut `bins [Q, 2]`: the `neighbours` nearest bins (nearest first) and
-    their weights, a Gaussian of width `sigma` in the distance, summing to 1.
-    Returned as (indices int [..., k], weights [..., k]) rather than a dense
-    `[..., Q]` target, which at ImageNet's 56 x 56 targets would be large."""
-    ab, bins = ab.astype(jnp.float32), bins.astype(jnp.float32)
-    # Squared distances per coordinate (no matmul: exact at any precision).
-    d2 = jnp.square(ab[..., None, 0] - bins[:, 0]) + jnp.square(ab[..., None, 1] - bins[:, 1])
-    negative, indices = jax.lax.top_k(-d2, neighbours)
-    return indices, jax.nn.softmax(negative / (2.0 * sigma**2), axis=-1)
-
-
-def rebalance_weights(prior: jax.Array, mix: float = 0.5) -> jax.Array:
-    """Class-rebalancing weights (eq. 4): w proportional to
-    ((1 - mix) p + mix / Q)^-1 over the Q bins of the (smoothed) empirical
-    colour distribution `prior`, normalised so that E_p[w] = sum_q p_q w_q = 1."""
-    prior = prior.astype(jnp.float32)
-    weights = 1.0 / ((1.0 - mix) * prior + mix / prior.shape[-1])
-    return weights / jnp.sum(prior * weights)
-
-
-def colorization_loss(
-    logits: jax.Array,
-    target_bins: jax.Array,
-    target_weights: jax.Array,
-    pixel_weights: jax.Array,
-    mask: jax.Array,
-) -> jax.Array:
-    """The rebalanced multinomial cross-entropy (eq. 2): per target pixel,
-    v * -sum_q Z_q log softmax(logits)_q, with Z the soft-encoded target
-    (`soft_encode`: `target_bins`, `target_weights` [B, h, w, k]) and v its
-    rebalancing weight (`pixel_weights` [B, h, w]); averaged over the pixels
-    of the images `mask` [B] keeps (the paper sums over pixels: a mean keeps
-    the step size independent of the resolution). 0 if `mask` keeps none."""
-    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(log_p, target_bins, axis=-1)
-    cross_entropy = -jnp.sum(target_weights.astype(jnp.float32) * picked, axis=-1)
-    keep = jnp.broadcast_to(mask.astype(jnp.float32)[:, None, None], cross_entropy.shape)
-    total = jnp.sum(keep * pixel_weights.astype(jnp.float32) * cross_entropy)
-    return total / jnp.maximum(jnp.sum(keep), 1.0)
-
-
-def ab_regression_loss(prediction: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
-    """The paper's regression baseline (eq. 1): 1/2 ||target - prediction||^2
-    per pixel of `[B, h, w, 2]` ab maps, averaged over the pixels of the
-    images `mask` [B] keeps; 0 if it keeps none."""
-    error = 0.5 * jnp.sum(
-        jnp.square(target.astype(jnp.float32) - prediction.astype(jnp.float32)), axis=-1
-    )
-    keep = jnp.broadcast_to(mask.astype(jnp.float32)[:, None, None], error.shape)
-    return jnp.sum(keep * error) / jnp.maximum(jnp.sum(keep), 1.0)
-
-
 def sinkhorn_knopp(scores: jax.Array, *, epsilon: float = 0.05, iterations: int = 3) -> jax.Array:
     """SwAV's codes (Caron et al. 2020, section 3.1 and its reference's
     `distributed_sinkhorn`): a soft assignment of N samples to K prototypes
@@ -483,3 +423,48 @@ def swav_loss(scores: jax.Array, codes: jax.Array, temperature: float = 0.1) -> 
     cross_entropy = -jnp.einsum("gnk,vnk->gv", codes, log_probs, precision=_HIGHEST) / batch
     different = jnp.arange(num_assigned)[:, None] != jnp.arange(num_crops)[None, :]
     return jnp.sum(jnp.where(different, cross_entropy, 0.0)) / jnp.sum(different)
+
+
+# ---------------------------------------------------------------------------
+# I-JEPA (Assran et al., CVPR 2023).
+
+
+def ijepa_loss(
+    pred: jax.Array,
+    target: jax.Array,
+    valid: jax.Array,
+    *,
+    distance: str = "l2",
+    eps: float = 1e-5,
+) -> jax.Array:
+    """I-JEPA's prediction loss: the predictor's outputs against the target
+    encoder's layer-normed outputs at the patches of every target block.
+
+    pred, target: [B, M, K, D] at the K slots of each of the M target blocks of
+    every example (blocks of different sizes are padded to K); valid: bool
+    [B, M, K], the slots that hold a patch of the block. The target is
+    normalised over D without learned parameters (the reference's
+    `F.layer_norm(h, (D,))`, eps 1e-5) and never trained through.
+
+    Per patch: the mean over D of the squared difference ("l2", the paper's
+    section 3 loss) or of the smooth L1 with beta 1 ("smooth_l1", what the
+    reference code's `F.smooth_l1_loss` computes). Per block: the mean over
+    its patches; then the mean over blocks and examples. With blocks of equal
+    size (the reference draws one size per batch) this is the reference's mean
+    over every element; with sizes drawn per block each block counts once, as
+    the paper's 1/M sum over blocks says.
+    """
+    if distance not in ("l2", "smooth_l1"):
+        raise ValueError(f"distance must be 'l2' or 'smooth_l1', got {distance!r}.")
+    pred, target = _f32(pred), jax.lax.stop_gradient(_f32(target))
+    mean = jnp.mean(target, axis=-1, keepdims=True)
+    target = (target - mean) * jax.lax.rsqrt(jnp.var(target, axis=-1, keepdims=True) + eps)
+    diff = pred - target
+    if distance == "l2":
+        elementwise = jnp.square(diff)
+    else:
+        elementwise = jnp.where(jnp.abs(diff) < 1.0, 0.5 * jnp.square(diff), jnp.abs(diff) - 0.5)
+    per_patch = jnp.mean(elementwise, axis=-1)
+    valid = valid.astype(jnp.float32)
+    per_block = jnp.sum(per_patch * valid, axis=-1) / jnp.maximum(jnp.sum(valid, axis=-1), 1.0)
+    return jnp.mean(per_block)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from ssl_jax import losses
+from ssl_jax.tasks import colorization
 
 
 def _reference_nt_xent(z1, z2, temperature):
@@ -473,7 +474,7 @@ def _colour_bins():
 def test_soft_encode_matches_reference(k, sigma):
     bins = _colour_bins()
     ab = np.random.default_rng(k).uniform(-45, 45, (2, 3, 4, 2))
-    idx, w = losses.soft_encode(
+    idx, w = colorization.soft_encode(
         jnp.asarray(ab, jnp.float32), jnp.asarray(bins), neighbours=k, sigma=sigma
     )
     ref_idx, ref_w = _reference_soft_encode(ab.astype(np.float32), _colour_bins(), k, sigma)
@@ -485,7 +486,7 @@ def test_soft_encode_matches_reference(k, sigma):
 
 def test_soft_encode_of_a_bin_centre_puts_most_weight_on_it():
     bins = _colour_bins()
-    idx, w = losses.soft_encode(
+    idx, w = colorization.soft_encode(
         jnp.asarray(bins[17:18]), jnp.asarray(bins), neighbours=5, sigma=5.0
     )
     assert int(idx[0, 0]) == 17
@@ -499,7 +500,7 @@ def test_rebalance_weights_match_reference(mix):
     q = len(prior)
     expected = 1.0 / ((1 - mix) * prior + mix / q)
     expected /= (prior * expected).sum()
-    got = np.asarray(losses.rebalance_weights(jnp.asarray(prior, jnp.float32), mix))
+    got = np.asarray(colorization.rebalance_weights(jnp.asarray(prior, jnp.float32), mix))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     np.testing.assert_allclose((prior * got).sum(), 1.0, rtol=1e-5)  # E_p[w] = 1
     if mix == 1.0:
@@ -534,7 +535,7 @@ def test_colorization_loss_matches_reference():
     logits = rng.normal(0, 3, (3, 4, 4, len(bins)))
     pixel_w = rng.uniform(0.2, 4.0, (3, 4, 4))
     mask = np.array([1.0, 0.0, 1.0])
-    got = losses.colorization_loss(
+    got = colorization.colorization_loss(
         jnp.asarray(logits, jnp.float32),
         jnp.asarray(idx),
         jnp.asarray(wts, jnp.float32),
@@ -543,7 +544,7 @@ def test_colorization_loss_matches_reference():
     )
     expected = _reference_colorization_loss(logits, idx, wts, pixel_w, mask)
     np.testing.assert_allclose(float(got), expected, rtol=1e-5)
-    none = losses.colorization_loss(
+    none = colorization.colorization_loss(
         jnp.asarray(logits), jnp.asarray(idx), jnp.asarray(wts), jnp.asarray(pixel_w), jnp.zeros(3)
     )
     assert float(none) == 0.0
@@ -554,5 +555,5 @@ def test_ab_regression_loss_matches_reference():
     pred, target = rng.normal(size=(3, 2, 5, 2)), rng.normal(size=(3, 2, 5, 2))
     mask = np.array([0.0, 1.0, 1.0])
     expected = np.mean(0.5 * ((target - pred) ** 2).sum(-1)[mask > 0])
-    got = losses.ab_regression_loss(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(mask))
+    got = colorization.ab_regression_loss(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(mask))
     np.testing.assert_allclose(float(got), expected, rtol=1e-5)

@@ -213,19 +213,27 @@ class ViT(nnx.Module):
         return images.shape[1] // self.patch_size, images.shape[2] // self.patch_size
 
     def encode_tokens(
-        self, patches: jax.Array, positions: jax.Array | None, grid: tuple[int, int]
+        self,
+        patches: jax.Array,
+        positions: jax.Array | None,
+        grid: tuple[int, int],
+        mask: jax.Array | None = None,
     ) -> jax.Array:
         """Flattened patches `[B, n, p*p*C]` at grid indices `positions` `[B, n]`
         (None: all patches in order, n = gh * gw) -> normalised tokens
-        `[B, num_prefix_tokens + n, D]`. Only these n patches enter the blocks."""
+        `[B, num_prefix_tokens + n, D]`. Only these n patches enter the blocks.
+        `mask` bool `[B, n]`: the patches that may be attended to (None: all),
+        so examples with different patch counts can share one padded array."""
         pos = jnp.asarray(sincos_2d(self.embed_dim, tuple(grid)))
         pos = pos[None] if positions is None else pos[positions]
         x = self.patch_embed(patches) + pos
         if self.cls_token is not None:
             cls = jnp.broadcast_to(self.cls_token[...], (x.shape[0], 1, self.embed_dim))
             x = jnp.concatenate([cls, x], axis=1)
+            if mask is not None:
+                mask = jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, mask)
         return self.norm(x)
 
     def pool_tokens(self, tokens: jax.Array) -> jax.Array:

@@ -23,7 +23,7 @@ Details that matter:
   reference's pts_in_hull.npy does; the paper keeps 313 by an in-gamut test
   it does not spell out, so some bins at the gamut's edge differ); the target
   is soft-encoded over the 5 nearest bins with a Gaussian of sigma 5
-  (`losses.soft_encode`; the reference's code uses 10 neighbours), and each
+  (`soft_encode`; the reference's code uses 10 neighbours), and each
   pixel's cross-entropy is weighted by the rebalancing weight of its nearest
   bin, w ~ ((1 - lambda) p~ + lambda / Q)^-1 with lambda = 0.5 and
   E_p~[w] = 1, so rare saturated colours are not drowned by the greys.
@@ -51,7 +51,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssl_jax import losses
 from ssl_jax.data import augment
 from ssl_jax.data.augment.lab import D65_WHITE, RGB_TO_XYZ
 from ssl_jax.models.layers import global_avg_pool
@@ -113,6 +112,65 @@ def smooth_prior(histogram: jax.Array, bin_size: int = 10, sigma: float = 5.0) -
     total = jnp.sum(smoothed)
     uniform = jnp.full_like(smoothed, 1.0 / smoothed.shape[0])
     return jnp.where(total > 0, smoothed / jnp.where(total > 0, total, 1.0), uniform)
+
+
+# The losses (section 2.1), here rather than in losses.py: nothing else uses them.
+
+
+def soft_encode(
+    ab: jax.Array, bins: jax.Array, *, neighbours: int = 5, sigma: float = 5.0
+) -> tuple[jax.Array, jax.Array]:
+    """The paper's soft-encoding of ab values `[..., 2]` over the quantised
+    gamut `bins [Q, 2]`: the `neighbours` nearest bins (nearest first) and
+    their weights, a Gaussian of width `sigma` in the distance, summing to 1.
+    Returned as (indices int [..., k], weights [..., k]) rather than a dense
+    `[..., Q]` target, which at ImageNet's 56 x 56 targets would be large."""
+    ab, bins = ab.astype(jnp.float32), bins.astype(jnp.float32)
+    # Squared distances per coordinate (no matmul: exact at any precision).
+    d2 = jnp.square(ab[..., None, 0] - bins[:, 0]) + jnp.square(ab[..., None, 1] - bins[:, 1])
+    negative, indices = jax.lax.top_k(-d2, neighbours)
+    return indices, jax.nn.softmax(negative / (2.0 * sigma**2), axis=-1)
+
+
+def rebalance_weights(prior: jax.Array, mix: float = 0.5) -> jax.Array:
+    """Class-rebalancing weights (eq. 4): w proportional to
+    ((1 - mix) p + mix / Q)^-1 over the Q bins of the (smoothed) empirical
+    colour distribution `prior`, normalised so that E_p[w] = sum_q p_q w_q = 1."""
+    prior = prior.astype(jnp.float32)
+    weights = 1.0 / ((1.0 - mix) * prior + mix / prior.shape[-1])
+    return weights / jnp.sum(prior * weights)
+
+
+def colorization_loss(
+    logits: jax.Array,
+    target_bins: jax.Array,
+    target_weights: jax.Array,
+    pixel_weights: jax.Array,
+    mask: jax.Array,
+) -> jax.Array:
+    """The rebalanced multinomial cross-entropy (eq. 2): per target pixel,
+    v * -sum_q Z_q log softmax(logits)_q, with Z the soft-encoded target
+    (`soft_encode`: `target_bins`, `target_weights` [B, h, w, k]) and v its
+    rebalancing weight (`pixel_weights` [B, h, w]); averaged over the pixels
+    of the images `mask` [B] keeps (the paper sums over pixels: a mean keeps
+    the step size independent of the resolution). 0 if `mask` keeps none."""
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    picked = jnp.take_along_axis(log_p, target_bins, axis=-1)
+    cross_entropy = -jnp.sum(target_weights.astype(jnp.float32) * picked, axis=-1)
+    keep = jnp.broadcast_to(mask.astype(jnp.float32)[:, None, None], cross_entropy.shape)
+    total = jnp.sum(keep * pixel_weights.astype(jnp.float32) * cross_entropy)
+    return total / jnp.maximum(jnp.sum(keep), 1.0)
+
+
+def ab_regression_loss(prediction: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+    """The paper's regression baseline (eq. 1): 1/2 ||target - prediction||^2
+    per pixel of `[B, h, w, 2]` ab maps, averaged over the pixels of the
+    images `mask` [B] keeps; 0 if it keeps none."""
+    error = 0.5 * jnp.sum(
+        jnp.square(target.astype(jnp.float32) - prediction.astype(jnp.float32)), axis=-1
+    )
+    keep = jnp.broadcast_to(mask.astype(jnp.float32)[:, None, None], error.shape)
+    return jnp.sum(keep * error) / jnp.maximum(jnp.sum(keep), 1.0)
 
 
 class ColourPrior(nnx.Variable):
@@ -235,19 +293,17 @@ class ColorizationTask(Task):
         pixels = jnp.maximum(jnp.sum(keep) * ab.shape[1] * ab.shape[2], 1.0)
         if self.loss_kind == "classification":
             bins = jnp.asarray(gamut_bins(self.bin_size), jnp.float32)
-            indices, weights = losses.soft_encode(
-                ab, bins, neighbours=self.neighbours, sigma=self.sigma
-            )
+            indices, weights = soft_encode(ab, bins, neighbours=self.neighbours, sigma=self.sigma)
             nearest = indices[..., 0]
             if train:
                 self._update_prior(nearest, keep)
             prior = smooth_prior(self.prior[...], self.bin_size, self.sigma)
-            pixel_weights = losses.rebalance_weights(prior, self.rebalance)[nearest]
-            loss = losses.colorization_loss(out, indices, weights, pixel_weights, keep)
+            pixel_weights = rebalance_weights(prior, self.rebalance)[nearest]
+            loss = colorization_loss(out, indices, weights, pixel_weights, keep)
             hits = (jnp.argmax(out, axis=-1) == nearest).astype(jnp.float32)
             metrics["colour_accuracy"] = jnp.sum(hits * keep[:, None, None]) / pixels
         else:
-            loss = losses.ab_regression_loss(out, ab / AB_SCALE, keep)
+            loss = ab_regression_loss(out, ab / AB_SCALE, keep)
             error = jnp.sum(jnp.square(out * AB_SCALE - ab), axis=-1)
             metrics["ab_rmse"] = jnp.sqrt(jnp.sum(error * keep[:, None, None]) / pixels)
         return loss, {**metrics, **collapse_metrics(global_avg_pool(fmap))}
