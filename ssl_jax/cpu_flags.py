@@ -27,7 +27,7 @@ from collections.abc import MutableMapping
 
 CONV_ON_XLA = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 # jaxlib versions on which the flag exists and was measured to help.
-MEASURED_JAXLIB = ("0.10.",)
+MEASURED_JAXLIB = ("0.10.2",)
 OPT_OUT = "SSL_JAX_XLA_CPU_DEFAULTS"
 
 

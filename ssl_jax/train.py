@@ -113,7 +113,7 @@ def make_train_step(
         if implements(task, "after_update"):
             task.after_update(step + 1, total_steps)
             # Parameters too: a hook may project them back onto a constraint
-            # (SwAV's unit-norm prototypes), as the references do after the step.
+            # (unit-norm rows, say) once the optimizer has moved them.
             params, model_state = split_state(task)
         new_state = {
             "step": step + 1,

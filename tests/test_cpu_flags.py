@@ -20,14 +20,19 @@ def test_the_flag_is_added_beside_the_users_flags_on_a_measured_jaxlib():
         cpu_flags.CONV_ON_XLA,
     ]
     empty = {}
-    assert cpu_flags.apply(empty, jaxlib_version="0.10.0")
+    assert cpu_flags.apply(empty, jaxlib_version="0.10.2")
     assert empty["XLA_FLAGS"] == cpu_flags.CONV_ON_XLA
 
 
 def test_the_users_choice_an_opt_out_and_unmeasured_versions_leave_flags_alone():
     chosen = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=individual_convolution"}
     opted_out = {cpu_flags.OPT_OUT: "0"}
-    for env, version in ((chosen, "0.10.2"), (opted_out, "0.10.2"), ({}, "0.12.0")):
+    for env, version in (
+        (chosen, "0.10.2"),
+        (opted_out, "0.10.2"),
+        ({}, "0.10.1"),  # only 0.10.2 was measured
+        ({}, "0.12.0"),
+    ):
         before = dict(env)
         assert not cpu_flags.apply(env, jaxlib_version=version)
         assert env == before

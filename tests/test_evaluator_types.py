@@ -63,6 +63,20 @@ def test_the_supervised_baselines_check_their_warmup_before_pretraining():
     evaluators.check(config)
 
 
+def test_fine_tuning_an_encoder_of_other_channels_is_refused_before_pretraining():
+    """Colorization's encoder reads L (1 channel); the fine-tuned network is
+    the supervised one, which reads RGB: its weights could not be loaded."""
+    config = config_lib.get_config("colorization", "runlocal")
+    with config.unlocked():
+        config.evals.fine_tune = dict(config_lib.FINE_TUNE)
+    with pytest.raises(ValueError, match="fine-tuning needs an encoder of RGB images"):
+        evaluators.check(config)
+    rgb = config_lib.get_config("rotation", "runlocal")
+    with rgb.unlocked():
+        rgb.evals.fine_tune = dict(config_lib.FINE_TUNE)
+    evaluators.check(rgb)
+
+
 @dataclasses.dataclass(kw_only=True)
 class ImagesSeen(evaluators.Evaluator):
     """A type only this test knows: the size of its dataset's test split."""

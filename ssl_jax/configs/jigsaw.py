@@ -32,7 +32,10 @@ so SGD at 0.1 (batch norm takes the larger step) with a warm-up and a cosine
 decay; the head is an MLP on the concatenated tile features (no per-tile
 fc6); 100 permutations by default (the issue's choice, cheaper to learn at
 CPU budgets; `permutations=1000` gives the paper's); the grayscale
-probability (30%) is ours.
+probability (30%) is ours; the permutations are chosen by the largest
+*minimum* Hamming distance to those already chosen (`selection="maximin"`,
+the issue's rule), where the paper's Algorithm 1 sums the distances
+(`selection="mean"`).
 """
 
 from ssl_jax import config_lib

@@ -97,6 +97,16 @@ class FineTune(Evaluator):
     )
 
     def check(self, config: ConfigDict, num_devices: int) -> None:
+        # The fine-tuned network is the supervised one, which reads RGB: an
+        # encoder pretrained on other channels (colorization's L) cannot be
+        # loaded into it.
+        channels = config.model_kwargs.get("in_channels", 3)
+        if channels != 3:
+            raise ValueError(
+                f"config.evals.{self.name}: fine-tuning needs an encoder of RGB images; "
+                f"this one takes {channels} channel(s) (model_kwargs.in_channels). "
+                f"Remove the fine_tune entry."
+            )
         if self.steps < 1 or self.batch_size < 1 or self.batch_size % num_devices:
             raise ValueError(
                 f"config.evals.{self.name}: steps ({self.steps}) and batch_size "

@@ -273,9 +273,10 @@ class ColorizationTask(Task):
         """Fold this batch's histogram of nearest bins (over the kept images)
         into the running mean; a batch with none kept changes nothing."""
         classes = self.prior.shape[0]
-        counts = jnp.sum(
-            jax.nn.one_hot(nearest, classes) * keep[:, None, None, None], axis=(0, 1, 2)
-        )
+        # A scatter-add, not a one-hot sum: [B, h, w, Q] would be ~0.8 GB at
+        # the ImageNet recipe. Still one sum over the global batch.
+        per_pixel = jnp.broadcast_to(keep[:, None, None].astype(jnp.float32), nearest.shape)
+        counts = jnp.zeros(classes, jnp.float32).at[nearest.reshape(-1)].add(per_pixel.reshape(-1))
         pixels = jnp.sum(counts)
         n = self.prior_batches[...] + (pixels > 0)
         histogram = counts / jnp.maximum(pixels, 1.0)

@@ -52,6 +52,7 @@ def _loss(graphdef, params, rest, batch, rng, train=True):
     return loss, (metrics, nnx.as_pure(nnx.split(task, nnx.Param, ...)[2]))
 
 
+@pytest.mark.slow  # 8-14 s; runs in CI's slow suite
 def test_gamut_bins_are_every_10x10_cell_that_8_bit_srgb_reaches():
     """The faces-only shortcut against all 256^3 colours, in float64."""
     bins = colorization.gamut_bins(10)

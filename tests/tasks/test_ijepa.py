@@ -239,6 +239,7 @@ def test_no_pixel_outside_the_context_reaches_the_predictions(pool):
     assert not np.allclose(a[0][0], c[0][0], atol=1e-4)
 
 
+@pytest.mark.slow  # 8-14 s; runs in CI's slow suite
 def test_padding_changes_nothing():
     """The padded context encoder and predictor give, at the real slots, what
     they give on exactly the real slots of one example."""
@@ -387,6 +388,7 @@ def test_config_recipes_keep_the_papers_masks():
         module.get_config("encoder=resnet18")
 
 
+@pytest.mark.slow  # 8-14 s; runs in CI's slow suite
 def test_main_runs_ijepa_end_to_end(tmp_path):
     workdir = tmp_path / "ijepa"
     run_main(workdir, config="configs/ijepa.py:runlocal")
@@ -398,6 +400,7 @@ def test_main_runs_ijepa_end_to_end(tmp_path):
     assert all(np.isfinite(r["loss"]) and "context_fraction" in r for r in records)
 
 
+@pytest.mark.slow  # 8-14 s; runs in CI's slow suite
 def test_build_from_the_runlocal_config():
     spec = importlib.util.spec_from_file_location("ijepa_config", ROOT / "configs" / "ijepa.py")
     module = importlib.util.module_from_spec(spec)

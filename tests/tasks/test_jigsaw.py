@@ -245,6 +245,7 @@ def test_visualize_shows_the_shuffled_tiles_and_a_reassembly():
             np.testing.assert_allclose(tiles[b, q], ref, atol=1e-4)
 
 
+@pytest.mark.slow  # 8-14 s; runs in CI's slow suite
 def test_vit_tiles_are_a_multiple_of_its_patch():
     encoder = MODELS.get("vit_test")(rngs=nnx.Rngs(0), patch_size=4)
     task = TASKS.get("jigsaw")(encoder, rngs=nnx.Rngs(1), num_permutations=10)
@@ -285,6 +286,7 @@ _SHARDED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # 8-14 s; runs in CI's slow suite
 def test_same_loss_on_one_and_eight_devices():
     kwargs = {**TASK_KWARGS, "channel_jitter": 1, "grayscale_probability": 0.5}
     result = subprocess.run(

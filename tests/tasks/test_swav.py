@@ -128,6 +128,7 @@ def test_swapped_prediction_matches_numpy(crops, temperature):
     assert float(jnp.abs(grad_scores).max()) > 1e-4
 
 
+@pytest.mark.slow  # 8-14 s; runs in CI's slow suite
 def test_multi_crop_views_and_their_host_crops():
     task = inference.build_task(_config())
     views = task.augment(_batch(8), jax.random.key(1))
@@ -191,6 +192,7 @@ def test_prototypes_stay_unit_norm_and_do_not_change_while_frozen():
     assert all(np.isfinite(m["loss"]) and m["nonfinite"] == 0 for m in metrics)
 
 
+@pytest.mark.slow  # 8-14 s; runs in CI's slow suite
 def test_no_gradient_reaches_the_prototypes_while_frozen():
     """Beside the restore in after_update: the optimizer sees a zero gradient
     (so no momentum builds up from the loss while frozen)."""
@@ -217,6 +219,7 @@ def test_without_a_freeze_the_prototypes_learn_from_the_first_step():
     np.testing.assert_allclose(np.linalg.norm(kernels[1], axis=0), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow  # 8-14 s; runs in CI's slow suite
 def test_the_queue_fills_then_joins_the_sinkhorn_problem():
     _, metrics, state = _steps(3, 6, optax.sgd(0.05), queue_length=32, queue_start_fraction=0.0)
     # Filled by steps 1 and 2 (16 rows each), used from step 3.
@@ -311,6 +314,7 @@ _SHARDED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # 8-14 s; runs in CI's slow suite
 def test_codes_and_loss_are_the_same_on_one_and_eight_devices():
     """The codes normalise over the GLOBAL batch: sharded over 8 devices (4
     samples each) they equal the one-device codes; a per-device Sinkhorn
