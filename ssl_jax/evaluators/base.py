@@ -68,7 +68,8 @@ class Evaluator:
         """Refuses, before pretraining, data the evaluator cannot use."""
 
     def run(self, context: Context) -> Any:
-        raise NotImplementedError
+        """Evaluates `context.trained` and returns its results.json entry."""
+        raise TypeError(f"{type(self).__name__} must define run(context).")
 
 
 def register(type_name: str):
