@@ -25,6 +25,18 @@ if "SSL_JAX_CACHE_DIR" not in os.environ:
     os.environ["SSL_JAX_CACHE_DIR"] = _cache
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
+# One persistent JAX compilation cache per test session, shared by the xdist
+# workers and every run they start (the environment is inherited, and the
+# controller imports this file before it starts the workers): dozens of tests
+# compile the same `runlocal` steps, and kill/resume compiles each twice.
+# Every entry is kept however fast it compiled; the directory is deleted at
+# exit, so nothing carries over between sessions or CI runs.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _compiled = tempfile.mkdtemp(prefix="ssl_jax_test_xla_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _compiled
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    atexit.register(shutil.rmtree, _compiled, ignore_errors=True)
+
 
 @pytest.fixture(scope="session")
 def _finished_quick_run(tmp_path_factory):
