@@ -279,3 +279,40 @@ def test_summary_states_each_gain_and_the_distance_to_the_peer(tmp_path):
     assert cells[3] == "+7.0 / +8.0" and cells[6] == "+10.0 / +9.0"
     assert cells[7] == "-1.0" and cells[8] == "+5.0" and cells[9] == "2.0, 2.0"
     assert "from scratch at 10 labels per class: 0.250" in text
+
+
+def test_swav_peer_freezes_normalises_and_queues_its_prototypes(folder):
+    config = _config(
+        "swav",
+        folder,
+        "train_steps=8",
+        "batch_size=4",
+        "task_kwargs.queue_length=8",
+        "task_kwargs.freeze_prototypes_fraction=0.25",
+        "task_kwargs.queue_start_fraction=0.25",
+    )
+    config = experiment.fill_from_dataset(
+        config, load_dataset(config.dataset, "train", image_size=config.image_size)
+    )
+    peer = train.build_method(config)
+    opt = optim.Optimizer(config.optimizer, peer, batch_size=4, total_steps=8)
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    labels = torch.arange(4) % 3
+    start = peer.prototypes.weight.detach().clone()
+    in_use = []
+    for step in range(8):
+        loss, metrics = peer.loss(images, labels, step)
+        opt.zero_grad()
+        loss.backward()
+        peer.before_step(step)
+        opt.step(step)
+        peer.after_update(step + 1, 8)
+        weight = peer.prototypes.weight.detach()
+        if step < 2:  # progress 0 and 1/8 < 0.25: frozen, held at the start
+            assert torch.equal(weight, start)
+        else:
+            assert not torch.equal(weight, start)
+        np.testing.assert_allclose(weight.norm(dim=1).numpy(), 1.0, rtol=1e-5)
+        in_use.append(metrics["queue_in_use"])
+    # Filled from step 2 (progress 0.25), two batches of 4: in use from step 4.
+    assert in_use == [0.0] * 4 + [1.0] * 4

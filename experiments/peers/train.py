@@ -46,6 +46,7 @@ from experiments.peers.methods import (
     SimSiam,
     VICReg,
 )
+from experiments.peers.swav import SwAV
 from ssl_jax import config_lib, experiment
 from ssl_jax import workdir as workdir_lib
 from ssl_jax.data import pipeline
@@ -63,6 +64,7 @@ METHODS: dict[str, type[Method]] = {
     "rotation": Rotation,
     "dino": DINO,
     "mae": MAE,
+    "swav": SwAV,
 }
 
 
