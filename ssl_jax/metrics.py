@@ -75,10 +75,27 @@ def last_logged(workdir: str, key: str):
     return values[-1] if values else None
 
 
+def _import_tensorboardx() -> None:
+    """Imports tensorboardX without PyTorch. Its package `__init__` imports
+    torch whenever torch is installed (only to accept torch tensors, which
+    this module never passes), and that import costs every run 1-4 s of
+    startup on a 2-core machine. Hidden for the import only: a later `import
+    torch` in the same process works as usual."""
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        import tensorboardX  # noqa: F401
+        return
+    sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile
+    try:
+        import tensorboardX  # noqa: F401
+    finally:
+        del sys.modules["torch"]
+
+
 class _EventFile:
     """One TensorBoard events file, written through at every call."""
 
     def __init__(self, directory: str, *, purge_from_step: int | None):
+        _import_tensorboardx()
         from tensorboardX.event_file_writer import EventsWriter
         from tensorboardX.proto.event_pb2 import Event, SessionLog
 

@@ -72,3 +72,26 @@ def test_truncated_lines_are_skipped_with_a_warning(tmp_path, caplog):
     path.write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n" + '{"step": 2, "lo')
     assert metrics.read_records(str(path)) == [{"step": 1, "loss": 1.0}]
     assert f"Ignoring line 2 of {path}" in caplog.text
+
+
+def test_tensorboard_events_are_written_without_importing_torch(tmp_path):
+    """tensorboardX imports torch when it is installed (1-4 s per run); the
+    writer hides it for that import, and torch imports normally afterwards."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed: nothing to hide")
+    code = (
+        "import sys\n"
+        "from ssl_jax import metrics\n"
+        f"metrics.MetricWriter({str(tmp_path)!r}, total_steps=2, start_step=0).close()\n"
+        "assert 'tensorboardX' in sys.modules and 'torch' not in sys.modules\n"
+        "import torch\n"
+        "print(torch.zeros(1).shape)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "torch.Size([1])" in result.stdout
+    assert glob.glob(str(tmp_path / "tensorboard" / "events*"))
