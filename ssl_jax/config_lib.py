@@ -141,6 +141,10 @@ def base_config() -> ConfigDict:
     config.probe.labels_per_class = (10,)
     config.probe.label_fractions = ()  # e.g. (0.01, 0.1): 1% and 10% of the labels, balanced
     config.probe.few_label_draws = 3
+    # PNG plots of the evaluation (the PCA maps of the features, the
+    # label-efficiency curve) and their TensorBoard images. False skips them
+    # and matplotlib (about 1 s of a tiny run; the test suite's short runs).
+    config.save_plots = True
 
     # Evaluators of the trained encoder (ssl_jax/evaluators/), by name: each
     # a `type` and its arguments; results.json has one entry per name.

@@ -162,11 +162,12 @@ def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[st
     if jax.process_index() == 0:
         rows = label_efficiency.curve_rows(results)
         label_efficiency.save_csv(rows, os.path.join(workdir, "label_efficiency.csv"))
-        label_efficiency.save_plot(
-            rows,
-            os.path.join(workdir, "label_efficiency.png"),
-            title=f"Label efficiency on {results['probe_dataset']} ({config.model})",
-        )
+        if config.save_plots:
+            label_efficiency.save_plot(
+                rows,
+                os.path.join(workdir, "label_efficiency.png"),
+                title=f"Label efficiency on {results['probe_dataset']} ({config.model})",
+            )
         workdir_lib.write_json(os.path.join(workdir, "results.json"), results)
         pictures = {
             name: os.path.join(workdir, f"{name}.png")

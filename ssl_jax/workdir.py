@@ -58,6 +58,7 @@ RESULT_NEUTRAL_FIELDS = (
     "probe",
     "evals",
     "baselines",
+    "save_plots",
 )
 
 

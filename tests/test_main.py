@@ -19,6 +19,8 @@ QUICK = (
     "--config.eval_every=0",
     "--config.probe.steps=20",
     "--config.probe.few_label_draws=1",
+    # No matplotlib plots: the tests that check them run with the default.
+    "--config.save_plots=false",
 )
 
 
@@ -243,3 +245,12 @@ def test_knn_accuracy_is_logged_during_pretraining(tmp_path):
     assert (
         results["linear_probe"]["knn_top1"] == records[6]["knn_top1"]
     )  # same model, same features
+
+
+def test_save_plots_false_writes_the_figures_but_no_plot(finished_run):
+    """`tests.test_main.QUICK` turns the plots off: the results and the curve's
+    CSV are written, the PNGs (and matplotlib's second of each run) are not."""
+    results = json.loads((finished_run / "results.json").read_text())
+    assert 0.0 <= results["linear_probe"]["top1"] <= 1.0
+    assert (finished_run / "label_efficiency.csv").exists()
+    assert not list(finished_run.glob("*.png"))

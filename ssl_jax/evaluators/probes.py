@@ -86,7 +86,7 @@ def probe_features(xy, config: ConfigDict, splits, *, map_path: str, title: str)
     experiments/peers)."""
     train_split, test_split = splits
     (train_x, train_y), (test_x, test_y) = xy
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and config.save_plots:
         save_map(test_x, test_y, map_path, title=title, class_names=test_split.class_names)
     fit_kwargs = {
         "num_classes": train_split.num_classes,
