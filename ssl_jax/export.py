@@ -159,13 +159,28 @@ def _load_workdir(workdir: str) -> Encoder:
     return Encoder(trained, _info(config, trained.module(), step))
 
 
-def _load_file(path: str) -> Encoder:
-    from safetensors import safe_open
+def _read_safetensors(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(ssl_jax header, tensors) of an exported file, or one ValueError that
+    names the file: safetensors' own error names none, and a truncated or
+    foreign file is the usual cause."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(path, framework="numpy") as f:
-        metadata = f.metadata() or {}
-        tensors = {name: f.get_tensor(name) for name in f.keys()}
-    info = json.loads(metadata.get("ssl_jax", "{}"))
+    try:
+        with safe_open(path, framework="numpy") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        return json.loads(metadata.get("ssl_jax", "{}")), tensors
+    except (SafetensorError, json.JSONDecodeError, OSError) as error:
+        reason = " ".join(str(error).split())[:160]
+        raise ValueError(
+            f"{path} is not a readable encoder file ({type(error).__name__}: {reason}); "
+            "it may be truncated or not from ssl_jax.export_encoder: export it again "
+            "from its workdir."
+        ) from error
+
+
+def _load_file(path: str) -> Encoder:
+    info, tensors = _read_safetensors(path)
     if info.get("format") == "ssl_jax.encoder/1":  # its header said only "images", whatever it took
         raise ValueError(
             f"{path} was exported by an older ssl_jax: export it again from its workdir."

@@ -83,6 +83,7 @@ def _import_tensorboardx() -> None:
     torch` in the same process works as usual."""
     if "tensorboardX" in sys.modules or "torch" in sys.modules:
         import tensorboardX  # noqa: F401
+
         return
     sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile
     try:

@@ -109,11 +109,36 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _not_writable(workdir: str, error: OSError) -> WorkdirError:
+    return WorkdirError(
+        f"Cannot write the workdir {workdir} ({error.strerror or error}): choose a writable "
+        "--workdir (to resume a run from read-only storage, copy its workdir first)."
+    )
+
+
+def _make_writable_dir(workdir: str) -> None:
+    """The workdir as a directory, or one line on why it cannot be one (the
+    raw errors say `File exists` for a file and name no fix)."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirError(
+            f"The workdir {workdir} is a file, not a directory: pass a directory's path "
+            "(a missing one is created)."
+        )
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except NotADirectoryError:
+        raise WorkdirError(
+            f"Cannot create the workdir {workdir}: a folder on its path is a file."
+        ) from None
+    except OSError as error:
+        raise _not_writable(workdir, error) from None
+
+
 @contextlib.contextmanager
 def locked(workdir: str) -> Iterator[None]:
     """Holds the workdir's lock for the block. Re-entrant within a process, so
     a run and the baseline runs nested in its workdir share one lock."""
-    os.makedirs(workdir, exist_ok=True)
+    _make_writable_dir(workdir)
     path = os.path.realpath(os.path.join(workdir, LOCK_FILE))
     if path in _held:
         _held[path][1] += 1
@@ -123,7 +148,10 @@ def locked(workdir: str) -> Iterator[None]:
             _held[path][1] -= 1
         return
 
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise _not_writable(workdir, error) from None
     try:
         previous = os.read(fd, 4096).decode(errors="replace").strip()
         try:

@@ -103,6 +103,28 @@ def test_not_an_encoder_file_or_workdir(tmp_path):
         ssl_jax.load_encoder(str(tmp_path / "other.safetensors"))
 
 
+@pytest.mark.parametrize("kind", ["random bytes", "text", "truncated"])
+def test_an_unreadable_encoder_file_is_one_error_naming_it(tmp_path, kind):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "encoder.safetensors"
+    if kind == "random bytes":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes())
+    elif kind == "text":
+        path.write_text("an encoder, honest\n")
+    else:
+        save_file({"w": np.zeros(1000, np.float32)}, str(path), metadata={"ssl_jax": "{}"})
+        path.write_bytes(path.read_bytes()[:-100])
+    for call in (ssl_jax.load_encoder, lambda p: ssl_jax.export_encoder(p, str(tmp_path / "o"))):
+        with pytest.raises(ValueError) as raised:
+            call(str(path))
+        message = str(raised.value)
+        assert message.startswith(f"{path} is not a readable encoder file (")
+        assert "\n" not in message
+        assert message.endswith("export it again from its workdir.")
+    assert not (tmp_path / "o").exists()
+
+
 def test_the_api_names_and_packaged_configs():
     assert {"get_config", "run", "load_encoder", "linear_probe", "pretrain"} <= set(dir(ssl_jax))
     config = ssl_jax.get_config("simclr", "runlocal")

@@ -123,3 +123,29 @@ def test_write_json_is_atomic_and_names_the_file_when_it_fails(tmp_path):
     with pytest.raises(WorkdirError, match=f"Cannot write {target}"):
         workdir.write_json(str(target), {"a": 2})
     assert json.loads(target.read_text()) == {"a": 1}
+
+
+def test_a_workdir_that_cannot_be_one_is_one_line_naming_the_fix(tmp_path, monkeypatch):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a workdir")
+    with pytest.raises(WorkdirError, match=r"is a file, not a directory: pass a directory"):
+        with workdir.locked(str(a_file)):
+            pass
+    with pytest.raises(WorkdirError, match=r"a folder on its path is a file"):
+        with workdir.locked(str(a_file / "run")):
+            pass
+    assert a_file.read_text() == "not a workdir"
+
+    # Read-only storage (root ignores file modes, so the OS's answer is played).
+    def read_only(path, *args, **kwargs):
+        raise OSError(30, "Read-only file system", path)
+
+    monkeypatch.setattr(workdir.os, "makedirs", read_only)
+    with pytest.raises(WorkdirError, match=r"\(Read-only file system\): choose a writable"):
+        with workdir.locked(str(tmp_path / "new")):
+            pass
+    monkeypatch.undo()
+    monkeypatch.setattr(workdir.os, "open", read_only)
+    with pytest.raises(WorkdirError, match=r"Cannot write the workdir .*copy its workdir first"):
+        with workdir.locked(str(tmp_path)):
+            pass
