@@ -165,9 +165,16 @@ def _train_batch(step, *, source, transform, batch_size, seed, rows, on_bad):
             for row in rows
         ]
     except DatasetError as error:
-        hint = "; on_bad_record='skip' would skip it." if on_bad == "stop" else ""
-        return _Failure(f"{error}{hint}")
+        return _Failure(_skip_hint(error, "skip it") if on_bad == "stop" else str(error))
     return _stack(examples)
+
+
+def _skip_hint(error: DatasetError, what_skip_does: str) -> str:
+    """The record's one-line error, ending with the other way out."""
+    return (
+        f"{error} Or pass --config.input.on_bad_record=skip (on_bad_record='skip' in "
+        f"Python) to {what_skip_does}."
+    )
 
 
 def _stack(examples: list[tuple[dict, int, int]], mask: list[bool] | None = None) -> dict:
@@ -196,7 +203,7 @@ def _eval_batch(number, *, source, transform, batch_size, seed, on_bad):
             loaded.append((out, label, 0))
         except DatasetError as error:
             if on_bad == "stop":
-                return _Failure(f"{error}; on_bad_record='skip' would mask it out.")
+                return _Failure(_skip_hint(error, "mask it out"))
             loaded.append(None)
     good = next((example for example in loaded if example is not None), None)
     if good is None:
