@@ -93,6 +93,8 @@ def test_skip_mode_leaves_the_state_unchanged_on_a_poisoned_step(tmp_path):
     records = _metrics(tmp_path / "eight")
     assert [r["skipped_steps"] for r in records] == [0, 0, 1, 0, 0, 0, 0, 0]
     assert "loss" not in records[2]
+    # The schedule's rate, also on the skipped step's own line (not 0).
+    assert [r["learning_rate"] for r in records] == pytest.approx([records[0]["learning_rate"]] * 8)
     assert all(np.isfinite(r["loss"]) for i, r in enumerate(records) if i != 2)
     assert np.isfinite(summary["final_loss"])
 
