@@ -21,6 +21,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from typing import Any
@@ -105,13 +106,30 @@ def _is_environment_fault(error: BaseException) -> bool:
     return any(code in str(error) for code in _ENVIRONMENT_CODES)
 
 
-def _reason(error: BaseException) -> str:
-    """The gist of an orbax/tensorstore error in one short line."""
+# The files every checkpoint holds (orbax's layout): when one is gone, orbax
+# reports a pytree mismatch or a tensorstore status, not the file.
+_CHECKPOINT_FILES = ("state/_METADATA", "state/manifest.ocdbt", "meta/metadata")
+
+
+def _reason(error: BaseException, directory: str | None = None) -> str:
+    """The gist of an orbax/tensorstore error in one short line: a missing
+    file of the checkpoint at `directory` by its name, else the error's first
+    sentence without Python reprs, cut at a word."""
     text = " ".join(str(error).split())
-    for known in ("No space left on device", "File too large", "Permission denied", "NOT_FOUND"):
+    for known in ("No space left on device", "File too large", "Permission denied"):
         if known in text:
             return known
-    return f"{type(error).__name__}: {text[:200]}"
+    if directory is not None:
+        missing = [f for f in _CHECKPOINT_FILES if not os.path.exists(os.path.join(directory, f))]
+        if missing:
+            return f"{', '.join(missing)} missing"
+    if "NOT_FOUND" in text:
+        return "NOT_FOUND"
+    text = re.sub(r"<class '(?:[\w]+\.)*(\w+)'>", r"\1", text)
+    text = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", text)
+    if len(text) > 160:
+        text = text[:160].rsplit(" ", 1)[0] + " ..."
+    return f"{type(error).__name__}: {text}"
 
 
 class Checkpointer:
@@ -202,7 +220,7 @@ class Checkpointer:
                     f"Cannot read the checkpoint {self.path(step)} ({_reason(error)}); nothing "
                     "was changed. Fix the storage or permissions and rerun the same command."
                 ) from None
-            raise _Unusable(f"cannot be read ({_reason(error)})") from error
+            raise _Unusable(f"cannot be read ({_reason(error, self.path(step))})") from error
         state, meta = restored["state"], restored["meta"]
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
             raise _Unusable("was written by another version of ssl_jax")

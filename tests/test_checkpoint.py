@@ -108,6 +108,21 @@ def test_a_missing_file_falls_back_too(tmp_path):
     checkpointer.close()
 
 
+@pytest.mark.parametrize("name", ["state/_METADATA", "meta/metadata"])
+def test_a_missing_checkpoint_file_is_named_in_the_warning(finished_run, caplog, name):
+    """Without its state/_METADATA, orbax reports a pytree mismatch of the
+    run's nnx state (200 characters of reprs before); the warning names the file."""
+    import ssl_jax
+
+    (finished_run / "checkpoints" / "6" / name).unlink()
+    with caplog.at_level(logging.WARNING):
+        encoder = ssl_jax.load_encoder(str(finished_run))
+    assert encoder.info["step"] == 3
+    (warning,) = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert f"cannot be read ({name} missing)" in warning, warning
+    assert "<class" not in warning and " at 0x" not in warning
+
+
 def test_no_usable_checkpoint_is_an_error_that_moves_nothing(tmp_path):
     checkpointer = _saved(tmp_path, steps=(1, 2), keep=2)
     for step in (1, 2):
