@@ -149,6 +149,8 @@ def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[st
         "final_loss": summary.get("final_loss", metrics.last_logged(workdir, "loss")),
         "state_fingerprint": summary["state_fingerprint"],
         "skipped_steps": summary["skipped_steps"],
+        # Unreadable records replaced by others (input.on_bad_record=skip).
+        "skipped_examples": summary["skipped_examples"],
         # Compile time, FLOPs and memory of the train step (absent if the run
         # had finished before: nothing was compiled).
         "step_perf": summary.get("step_perf"),

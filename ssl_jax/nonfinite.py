@@ -10,6 +10,8 @@ at each step.
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +19,8 @@ import numpy as np
 from ssl_jax.checkpoint import Checkpointer, NonFiniteStateError
 
 _NO_STEP = np.iinfo(np.int32).max
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -34,12 +38,23 @@ class Guard:
     checkpoint (on the device), the skipped steps of the whole run (resumed
     runs included), and the last checkpoint saved."""
 
-    def __init__(self, config, checkpointer: Checkpointer, *, start_step: int, skipped_steps: int):
+    def __init__(
+        self,
+        config,
+        checkpointer: Checkpointer,
+        *,
+        start_step: int,
+        skipped_steps: int,
+        skipped_examples: int = 0,
+    ):
         self._stop = config.nonfinite == "stop"
         self._max_fraction = config.max_skipped_fraction
         self._train_steps = config.train_steps
         self._checkpointer = checkpointer
         self.skipped_steps = skipped_steps
+        # Unreadable records replaced under input.on_bad_record=skip: not a
+        # failure, but said once per log interval and summed in results.json.
+        self.skipped_examples = skipped_examples
         self._last_checkpoint = start_step
         self._first_bad_step = _NO_STEP  # a device scalar once a step is observed
 
@@ -74,10 +89,27 @@ class Guard:
                 "learning rate or check the data."
             )
 
+    def count_replaced(self, replaced: int, first_step: int, step: int) -> None:
+        """Adds a log interval's replaced (unreadable, skipped) records, with a
+        warning that says so: a run that replaced many still succeeds, but
+        not silently."""
+        if not replaced:
+            return
+        self.skipped_examples += replaced
+        log.warning(
+            "%d unreadable record(s) replaced by others in steps %d-%d "
+            "(input.on_bad_record=skip); %d in the run so far.",
+            replaced,
+            first_step,
+            step,
+            self.skipped_examples,
+        )
+
     def save(self, step: int, state) -> None:
-        """Checkpoints `state` with the skipped-step count, unless a leaf is NaN/Inf."""
+        """Checkpoints `state` with the skip counts, unless a leaf is NaN/Inf."""
+        counters = {"skipped_steps": self.skipped_steps, "skipped_examples": self.skipped_examples}
         try:
-            self._checkpointer.save(step, state, counters={"skipped_steps": self.skipped_steps})
+            self._checkpointer.save(step, state, counters=counters)
         except NonFiniteStateError as error:
             raise NonFiniteLossError(
                 f"Not saving a checkpoint: {error}; {self._last_good()}. Lower the learning "

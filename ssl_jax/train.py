@@ -56,6 +56,7 @@ class _Start:
 
     step: int = 0
     skipped_steps: int = 0
+    skipped_examples: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +230,7 @@ def _train(config, workdir, data, mesh, evaluator, allow_config_change, init_enc
         "train_steps": config.train_steps,
         "resumed_from_step": start.step,
         "skipped_steps": start.skipped_steps,
+        "skipped_examples": start.skipped_examples,
     }
     try:
         if start.step < config.train_steps:
@@ -244,9 +246,10 @@ def _train(config, workdir, data, mesh, evaluator, allow_config_change, init_enc
             throughput = perf.Throughput(
                 config.batch_size, perf.mfu_scale(step_perf, mesh.devices.size)
             )
-            state, summary["final_loss"], summary["skipped_steps"] = _loop(
+            state, summary["final_loss"], skips = _loop(
                 config, state, compiled_step, batch_stream, start, outputs, throughput
             )
+            summary.update(skips)
             # Compiled ahead of time, the step cannot recompile (another shape
             # is an error), so this is 1; it records that nothing else in the
             # run compiled a second copy of the step.
@@ -283,7 +286,7 @@ def _resume(config, workdir, checkpointer, state, allow_config_change) -> tuple[
     start = _Start()
     if restored:
         step, state, counters = restored
-        start = _Start(step, counters.get("skipped_steps", 0))
+        start = _Start(step, counters.get("skipped_steps", 0), counters.get("skipped_examples", 0))
         log.info("Resumed from the checkpoint of step %d in %s", step, workdir)
     if jax.process_index() == 0:
         workdir_lib.save_config(workdir, config, changes=changes, from_step=start.step)
@@ -300,7 +303,8 @@ def _loop(
     throughput: perf.Throughput,
 ):
     """The hot loop; returns the final state, the last logged loss and the
-    number of skipped (non-finite) steps of the whole run.
+    whole run's skip counts: steps skipped as non-finite (`skipped_steps`)
+    and unreadable records replaced (`skipped_examples`).
 
     Metrics are summed on the device and fetched only every `log_every`
     steps, so the host does not wait for the device at each step. Non-finite
@@ -311,7 +315,11 @@ def _loop(
     """
     collapse_watch = collapse.CollapseWatch(**config.collapse_warning, warn=log.warning)
     guard = nonfinite.Guard(
-        config, outputs.checkpointer, start_step=start.step, skipped_steps=start.skipped_steps
+        config,
+        outputs.checkpointer,
+        start_step=start.step,
+        skipped_steps=start.skipped_steps,
+        skipped_examples=start.skipped_examples,
     )
     totals, count = None, 0  # metric sums since the last log line, on the device
     last_loss = math.nan
@@ -333,6 +341,7 @@ def _loop(
             if is_log:
                 means, skipped = interval_means(totals, count)
                 guard.count_skipped(skipped, step)
+                guard.count_replaced(int(means.get("skipped_examples", 0)), step - count + 1, step)
                 means.update(throughput.report())
                 means["learning_rate"] = float(metrics["learning_rate"])  # at this step
                 if outputs.evaluate and (step % config.eval_every == 0 or is_last):
@@ -348,7 +357,8 @@ def _loop(
                     outputs.visualize(state, step)
             if stop:
                 _stop(outputs.checkpointer, step)
-    return state, last_loss, guard.skipped_steps
+    skips = {"skipped_steps": guard.skipped_steps, "skipped_examples": guard.skipped_examples}
+    return state, last_loss, skips
 
 
 def _stop(checkpointer: Checkpointer, step: int) -> None:

@@ -83,7 +83,7 @@ def test_a_bad_record_stops_in_one_line_or_is_skipped_and_counted(tmp_path):
     # "skip": the run goes on, and the metrics count what was replaced (the
     # probe still stops on it: it reads every record; skip there too).
     workdir = tmp_path / "skip"
-    run_main(
+    result = run_main(
         workdir,
         *QUICK,
         "--config.train_steps=30",
@@ -91,8 +91,16 @@ def test_a_bad_record_stops_in_one_line_or_is_skipped_and_counted(tmp_path):
         config=config,
     )
     records_ = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert sum(r["skipped_examples"] for r in records_) >= 1
+    replaced = sum(r["skipped_examples"] for r in records_)
+    assert replaced >= 1
     assert all(r["skipped_steps"] == 0 for r in records_)
+    # Seen, not only counted: summed in results.json, one warning per log
+    # interval that replaced any, each with the running total.
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["skipped_examples"] == replaced and results["skipped_steps"] == 0
+    warnings = [line for line in result.stderr.splitlines() if "unreadable record(s)" in line]
+    assert len(warnings) == sum(1 for r in records_ if r["skipped_examples"])
+    assert warnings[-1].endswith(f"; {int(replaced)} in the run so far.")
 
 
 @pytest.mark.slow

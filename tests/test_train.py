@@ -1,5 +1,7 @@
 """The shared loop in-process: non-finite steps, fingerprints, resume."""
 
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -195,3 +197,25 @@ def test_the_step_and_the_evaluators_features_compile_once_even_across_a_resume(
         config, str(tmp_path), _arrays(), evaluator=evaluator, allow_config_change=True
     )
     assert summary["resumed_from_step"] == 8 and summary["step_perf"]["compilations"] == 1
+
+
+def test_a_resumed_run_carries_its_skip_counts_from_the_checkpoint(tmp_path):
+    config = _config(train_steps=4)
+    train.train(config, str(tmp_path), _arrays())
+    # Rewrite the last checkpoint as one saved by a run that had skipped.
+    saved = checkpoint.Checkpointer(str(tmp_path), keep=3)
+    like = jax.tree.map(jnp.asarray, saved.restore_latest(like=_restorable(config))[1])
+    saved.close()
+    shutil.rmtree(tmp_path / "checkpoints" / "4")
+    rewritten = checkpoint.Checkpointer(str(tmp_path), keep=3)
+    rewritten.save(4, like, counters={"skipped_steps": 1, "skipped_examples": 7})
+    rewritten.close()
+    _, summary = train.train(config, str(tmp_path), _arrays())
+    assert summary["resumed_from_step"] == 4
+    assert (summary["skipped_steps"], summary["skipped_examples"]) == (1, 7)
+
+
+def _restorable(config):
+    trained = inference.split_task(inference.build_task(config))
+    tx, _ = optim.make_optimizer(config.optimizer, batch_size=4, total_steps=config.train_steps)
+    return train.init_state(trained, tx)
