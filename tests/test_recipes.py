@@ -1,8 +1,8 @@
 """Each CIFAR-size ("small" profile) recipe against the source it cites, so
 that a revert (a paper's absolute warm-up, blur on 32 px photos, SimSiam's
 ImageNet-style learning rate) fails here. Values are solo-learn's
-`scripts/pretrain/cifar/<method>.yaml` and its augmentation files (DINO's:
-lightly's CIFAR-10 benchmark), unless the recipe's comment states a
+`scripts/pretrain/cifar/<method>.yaml` and its augmentation files (DINO's
+and SwAV's: lightly's CIFAR-10 benchmark), unless the recipe's comment states a
 departure (asserted as such)."""
 
 import pytest
@@ -83,6 +83,23 @@ LIGHTLY_CIFAR = {
         "optimizer.grad_clip_norm": 3.0,
         "task_kwargs.hidden_dim": 2048,
         "task_kwargs.base_momentum": 0.996,
+    },
+    # SwaVModel: solo-learn's (K = 3000, a queue, LARS) collapsed at 1,000
+    # steps in both frameworks (configs/swav.py).
+    "swav": {
+        "optimizer.name": "adamw",
+        "optimizer.learning_rate": 2e-3,  # 1e-3 x B/128
+        "optimizer.weight_decay": 1e-6,
+        "batch_size": 128,
+        "task_kwargs.num_local": 0,
+        "task_kwargs.projection_hidden_dim": 512,
+        "task_kwargs.projection_dim": 128,
+        "task_kwargs.num_prototypes": 512,
+        "task_kwargs.queue_length": 0,
+        "task_kwargs.freeze_prototypes_fraction": 0.0,
+        "task_kwargs.temperature": 0.1,
+        "task_kwargs.epsilon": 0.05,
+        "task_kwargs.sinkhorn_iterations": 3,
     },
 }
 SOURCES = {**SOLO_LEARN_CIFAR, **LIGHTLY_CIFAR}
