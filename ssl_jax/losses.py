@@ -414,9 +414,10 @@ def sinkhorn_knopp(
         # normalisation; it keeps exp finite for small epsilon (1 / 0.03 = 33).
         q = jnp.exp(logits - jnp.max(logits))
     else:
+        # The other rows start at 0 and stay 0 (the floors keep them from
+        # 0 / 0); N's value cancels in the normalisations, so it need not count.
         valid = valid[:, None]
         q = jnp.where(valid, jnp.exp(logits - jnp.max(jnp.where(valid, logits, -1e30))), 0.0)
-        n = jnp.maximum(jnp.sum(valid), 1)  # no valid sample: all-zero codes, not NaN
     q = q / jnp.maximum(jnp.sum(q), 1e-30)
     for _ in range(iterations):
         q = q / (jnp.maximum(jnp.sum(q, axis=0, keepdims=True), 1e-30) * k)  # prototype: 1/K
