@@ -240,11 +240,20 @@ def dino_loss(
     traced scalar). No gradient reaches the teacher or the centre. Update
     the centre with `dino_update_center` after each step.
     """
-    student = _f32(student)
     teacher = jax.lax.stop_gradient(_f32(teacher))
     center = jax.lax.stop_gradient(_f32(center))
-    num_global, num_crops, batch = teacher.shape[0], student.shape[0], student.shape[1]
     targets = jax.nn.softmax((teacher - center) / teacher_temperature, axis=-1)
+    return dino_cross_entropy(student, targets, student_temperature)
+
+
+def dino_cross_entropy(
+    student: jax.Array, targets: jax.Array, student_temperature: float = 0.1
+) -> jax.Array:
+    """`dino_loss` from the teacher's target distributions [G, N, K] (centred
+    and sharpened, or DINOv2's Sinkhorn codes) instead of its outputs."""
+    student = _f32(student)
+    targets = jax.lax.stop_gradient(_f32(targets))
+    num_global, num_crops, batch = targets.shape[0], student.shape[0], student.shape[1]
     log_probs = jax.nn.log_softmax(student / student_temperature, axis=-1)
     # cross_entropy[g, v]: batch mean of -sum_k P_t(g) log P_s(v), every pair
     # at once through one contraction over (batch, classes).
@@ -373,7 +382,9 @@ def vicreg_loss(
     )
 
 
-def sinkhorn_knopp(scores: jax.Array, *, epsilon: float = 0.05, iterations: int = 3) -> jax.Array:
+def sinkhorn_knopp(
+    scores: jax.Array, *, epsilon: float = 0.05, iterations: int = 3, valid: jax.Array | None = None
+) -> jax.Array:
     """SwAV's codes (Caron et al. 2020, section 3.1 and its reference's
     `distributed_sinkhorn`): a soft assignment of N samples to K prototypes
     that splits the samples equally among the prototypes.
@@ -387,20 +398,30 @@ def sinkhorn_knopp(scores: jax.Array, *, epsilon: float = 0.05, iterations: int 
     the limit of many iterations (3 in the paper). Every sum runs over the
     whole batch axis: under jit on globally sharded arrays they are global
     sums, and no device normalises its own shard. float32, no gradient.
+
+    `valid` bool [N]: only those samples take part (N counts them; the others
+    get zero codes), as DINOv2 assigns only the masked patch tokens.
     """
-    if iterations < 1 or epsilon <= 0:
+    # epsilon may be traced (DINOv2 passes its scheduled teacher temperature).
+    if iterations < 1 or (isinstance(epsilon, int | float) and epsilon <= 0):
         raise ValueError(
             f"Sinkhorn needs iterations >= 1 and epsilon > 0, got {iterations}, {epsilon}."
         )
     logits = jax.lax.stop_gradient(_f32(scores)) / epsilon
-    # The global maximum is one constant factor, cancelled by the first
-    # normalisation; it keeps exp finite for small epsilon (1 / 0.03 = 33).
-    q = jnp.exp(logits - jnp.max(logits))
-    q = q / jnp.sum(q)
-    n, k = q.shape
+    n, k = logits.shape
+    if valid is None:
+        # The global maximum is one constant factor, cancelled by the first
+        # normalisation; it keeps exp finite for small epsilon (1 / 0.03 = 33).
+        q = jnp.exp(logits - jnp.max(logits))
+    else:
+        # The other rows start at 0 and stay 0 (the floors keep them from
+        # 0 / 0); N's value cancels in the normalisations, so it need not count.
+        valid = valid[:, None]
+        q = jnp.where(valid, jnp.exp(logits - jnp.max(jnp.where(valid, logits, -1e30))), 0.0)
+    q = q / jnp.maximum(jnp.sum(q), 1e-30)
     for _ in range(iterations):
-        q = q / (jnp.sum(q, axis=0, keepdims=True) * k)  # each prototype: 1/K
-        q = q / (jnp.sum(q, axis=1, keepdims=True) * n)  # each sample: 1/N
+        q = q / (jnp.maximum(jnp.sum(q, axis=0, keepdims=True), 1e-30) * k)  # prototype: 1/K
+        q = q / (jnp.maximum(jnp.sum(q, axis=1, keepdims=True), 1e-30) * n)  # sample: 1/N
     return q * n
 
 

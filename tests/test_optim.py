@@ -181,6 +181,7 @@ def test_every_recipe_states_its_warmup_as_a_fraction():
         "barlow_twins",
         "byol",
         "dino",
+        "ibot",
         "mae",
         "moco_v3",
         "rotation",

@@ -218,15 +218,25 @@ class ViT(nnx.Module):
         positions: jax.Array | None,
         grid: tuple[int, int],
         mask: jax.Array | None = None,
+        *,
+        hidden: jax.Array | None = None,
+        mask_token: jax.Array | None = None,
     ) -> jax.Array:
         """Flattened patches `[B, n, p*p*C]` at grid indices `positions` `[B, n]`
         (None: all patches in order, n = gh * gw) -> normalised tokens
         `[B, num_prefix_tokens + n, D]`. Only these n patches enter the blocks.
         `mask` bool `[B, n]`: the patches that may be attended to (None: all),
-        so examples with different patch counts can share one padded array."""
+        so examples with different patch counts can share one padded array.
+        `hidden` bool `[B, n]` with `mask_token` `[D]`: those patches' embeddings
+        are replaced by the token before the positions are added (masked image
+        modelling as BEiT and iBOT do it: the position stays, the content goes)."""
         pos = jnp.asarray(sincos_2d(self.embed_dim, tuple(grid)))
         pos = pos[None] if positions is None else pos[positions]
-        x = self.patch_embed(patches) + pos
+        x = self.patch_embed(patches)
+        if hidden is not None:
+            token = jnp.reshape(mask_token, (-1,)).astype(x.dtype)
+            x = jnp.where(hidden[..., None], token, x)
+        x = x + pos
         if self.cls_token is not None:
             cls = jnp.broadcast_to(self.cls_token[...], (x.shape[0], 1, self.embed_dim))
             x = jnp.concatenate([cls, x], axis=1)

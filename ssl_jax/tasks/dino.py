@@ -59,6 +59,12 @@ class RunProgress(nnx.Variable):
     schedules inside the loss: model state, kept by `after_update`."""
 
 
+def prototype_layer(bottleneck_dim: int, out_dim: int, *, rngs: nnx.Rngs) -> nnx.Linear:
+    """The weight-normalised last layer's weights (the reference's trunc-normal 0.02)."""
+    init = nnx.initializers.truncated_normal(0.02)
+    return nnx.Linear(bottleneck_dim, out_dim, use_bias=False, kernel_init=init, rngs=rngs)
+
+
 class DINOHead(nnx.Module):
     """MLP -> bottleneck -> l2-normalise -> weight-normalised prototypes."""
 
@@ -80,14 +86,16 @@ class DINOHead(nnx.Module):
             init=init,
             rngs=rngs,
         )
-        init = nnx.initializers.truncated_normal(0.02)
-        self.prototypes = nnx.Linear(
-            bottleneck_dim, out_dim, use_bias=False, kernel_init=init, rngs=rngs
-        )
+        self.prototypes = prototype_layer(bottleneck_dim, out_dim, rngs=rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool, frozen=False) -> jax.Array:
-        x = losses.l2_normalize(self.mlp(x, train=train).astype(jnp.float32))
-        kernel = self.prototypes.kernel[...].astype(jnp.float32)
+    def embed(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """[..., in_dim] -> the l2-normalised bottleneck [..., bottleneck_dim], float32."""
+        return losses.l2_normalize(self.mlp(x, train=train).astype(jnp.float32))
+
+    @staticmethod
+    def logits(z: jax.Array, prototypes: nnx.Linear, frozen=False) -> jax.Array:
+        """Cosines of the bottleneck `z` to the unit-norm `prototypes`."""
+        kernel = prototypes.kernel[...].astype(jnp.float32)
         # The reference freezes the prototypes during the first epoch: it
         # stabilises the start (its `freeze_last_layer`). A stop-gradient is
         # not the reference's skip: the optimizer still applies weight decay
@@ -98,7 +106,18 @@ class DINOHead(nnx.Module):
         # are about 2.7x the reference's.
         kernel = jnp.where(frozen, jax.lax.stop_gradient(kernel), kernel)
         kernel = kernel / jnp.linalg.norm(kernel, axis=0, keepdims=True)  # weight norm, g = 1
-        return x @ kernel
+        return z @ kernel
+
+    def __call__(self, x: jax.Array, *, train: bool, frozen=False) -> jax.Array:
+        return self.logits(self.embed(x, train=train), self.prototypes, frozen)
+
+
+def warmed_up(start: float, end: float, warmup: float, done: jax.Array) -> jax.Array:
+    """A linear ramp from `start` to `end` over the first `warmup` of the run
+    (`done`: the fraction done), then `end` (the reference's teacher
+    temperature schedule)."""
+    ramp = jnp.clip(done / max(warmup, 1e-9), 0.0, 1.0)
+    return jnp.where(done >= warmup, end, start + (end - start) * ramp)
 
 
 class DINOTask(Task):
@@ -135,7 +154,7 @@ class DINOTask(Task):
         if min(student_temperature, teacher_temperature, warmup_teacher_temperature) <= 0:
             raise ValueError("DINO's temperatures must be > 0.")
         self.encoder = encoder
-        self.head = DINOHead(
+        self.head = self.make_head(
             encoder.feature_dim,
             out_dim,
             hidden_dim=hidden_dim,
@@ -177,11 +196,13 @@ class DINOTask(Task):
             out["local"] = augmented_views(local_rng, source, self.local_views)
         return out
 
+    def make_head(self, in_dim: int, out_dim: int, **kwargs) -> DINOHead:
+        """The student's head (the teacher's is its copy); iBOT's adds patch prototypes."""
+        return DINOHead(in_dim, out_dim, **kwargs)
+
     def teacher_temperature(self) -> jax.Array:
         _, start, end, warmup = self.temperatures
-        done = self.progress[...]
-        ramp = jnp.clip(done / max(warmup, 1e-9), 0.0, 1.0)
-        return jnp.where(done >= warmup, end, start + (end - start) * ramp)
+        return warmed_up(start, end, warmup, self.progress[...])
 
     def loss(self, batch, rng, *, train):
         n = batch["image"].shape[0]
