@@ -3,12 +3,7 @@ weights against float64 numpy, features from L alone, training, and the same
 loss on one and eight devices."""
 
 import functools
-import json
-import os
 import pathlib
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +15,7 @@ from flax import nnx
 from ssl_jax.data import augment
 from ssl_jax.registry import MODELS, TASKS
 from ssl_jax.tasks import colorization
+from tests import sharded
 from tests.data.test_lab import _reference_rgb_to_lab
 
 ROOT = pathlib.Path(__file__).parents[2]
@@ -179,55 +175,12 @@ def test_loss_is_finite_and_falls_on_a_fixed_batch(loss_kind):
     assert picture.shape == (24, 16 * 8, 3) and picture.dtype == jnp.uint8
 
 
-_SHARDED_SCRIPT = textwrap.dedent(
-    """
-    import json, os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    import jax, jax.numpy as jnp, numpy as np
-    from flax import nnx
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from ssl_jax.registry import MODELS, TASKS
-
-    kwargs = json.loads(sys.argv[1])
-    encoder = MODELS.get("convnet_tiny")(rngs=nnx.Rngs(0), in_channels=1)
-    task = TASKS.get("colorization")(encoder, rngs=nnx.Rngs(1), **kwargs)
-    graphdef, params, rest = nnx.split(task, nnx.Param, ...)
-    params, rest = nnx.as_pure(params), nnx.as_pure(rest)
-    images = jax.random.randint(jax.random.key(0), (16, 8, 8, 3), 0, 256, jnp.int32)
-    batch = {"image": images.astype(jnp.uint8)}
-
-    @jax.jit
-    def loss(params, batch):
-        task = nnx.merge(graphdef, params, rest)
-        value = task.loss(batch, jax.random.key(3), train=True)[0]
-        return value, task.prior[...]
-
-    assert len(jax.devices()) == 8
-    one, prior_one = loss(params, jax.device_put(batch, jax.devices()[0]))
-    mesh = Mesh(jax.devices(), ("data",))
-    sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
-    eight, prior_eight = loss(jax.device_put(params, NamedSharding(mesh, P())), sharded)
-    gap = float(np.abs(np.asarray(prior_one) - np.asarray(prior_eight)).max())
-    print(json.dumps({"one": float(one), "eight": float(eight), "prior_gap": gap}))
-    """
-)
-
-
 def test_same_loss_on_one_and_eight_devices():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-c", _SHARDED_SCRIPT, json.dumps(KWARGS)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    out = sharded.losses_on_one_and_eight_devices(
+        task="colorization", model_kwargs={"in_channels": 1}, task_kwargs=KWARGS, state=("prior",)
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(out["one"], out["eight"], rtol=1e-5)
-    assert out["prior_gap"] < 1e-6  # the histogram covers the global batch
+    assert out["state_gaps"][0] < 1e-6  # the histogram covers the global batch
 
 
 def test_config_feeds_every_encoder_family_one_channel_and_the_supervised_baseline_rgb():

@@ -5,11 +5,7 @@ encoder's features, 1 vs 8 devices, end to end."""
 
 import importlib.util
 import json
-import os
 import pathlib
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +17,7 @@ from ssl_jax import inference, losses
 from ssl_jax.models.vit import patchify, unpatchify
 from ssl_jax.registry import MODELS, TASKS
 from ssl_jax.tasks import ijepa
+from tests import sharded
 from tests.test_main import run_main
 
 ROOT = pathlib.Path(__file__).parents[2]
@@ -321,51 +318,10 @@ def test_i_jepa_needs_a_vit_and_valid_settings():
         nnx.eval_shape(lambda: _task(target_scale=(0.3, 0.2)))
 
 
-_SHARDED_SCRIPT = textwrap.dedent(
-    """
-    import importlib.util, json, os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    import jax, jax.numpy as jnp
-    from flax import nnx
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from ssl_jax import inference
-
-    spec = importlib.util.spec_from_file_location("ijepa", "configs/ijepa.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    task = inference.build_task(module.get_config("runlocal"))
-    graphdef, params, rest = nnx.split(task, task.trainable, ...)
-    params, rest = nnx.as_pure(params), nnx.as_pure(rest)
-    images = jax.random.randint(jax.random.key(0), (16, 16, 16, 3), 0, 256, jnp.int32)
-    batch = {"image": images.astype(jnp.uint8)}
-
-    @jax.jit
-    def loss(params, batch):
-        return nnx.merge(graphdef, params, rest).loss(batch, jax.random.key(3), train=True)[0]
-
-    assert len(jax.devices()) == 8
-    one = loss(params, jax.device_put(batch, jax.devices()[0]))
-    mesh = Mesh(jax.devices(), ("data",))
-    sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
-    eight = loss(jax.device_put(params, NamedSharding(mesh, P())), sharded)
-    print(json.dumps({"one": float(one), "eight": float(eight)}))
-    """
-)
-
-
 def test_same_loss_on_one_and_eight_devices():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-c", _SHARDED_SCRIPT],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    values = sharded.losses_on_one_and_eight_devices(
+        config=str(ROOT / "configs" / "ijepa.py"), arg="runlocal", image_size=16
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    values = json.loads(result.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(values["one"], values["eight"], rtol=1e-5)
 
 

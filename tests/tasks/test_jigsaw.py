@@ -1,11 +1,6 @@
 import itertools
-import json
 import math
-import os
 import pathlib
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +10,7 @@ from flax import nnx
 
 from ssl_jax.registry import MODELS, TASKS
 from ssl_jax.tasks import jigsaw
+from tests import sharded
 
 ROOT = pathlib.Path(__file__).parents[2]
 TASK_KWARGS = {"num_permutations": 24, "head_hidden_dims": (32,), "tile_fraction": 0.8}
@@ -254,49 +250,10 @@ def test_vit_tiles_are_a_multiple_of_its_patch():
     assert np.isfinite(loss)
 
 
-_SHARDED_SCRIPT = textwrap.dedent(
-    """
-    import json, os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    import jax, jax.numpy as jnp
-    from flax import nnx
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from ssl_jax.registry import MODELS, TASKS
-
-    kwargs = json.loads(sys.argv[1])
-    encoder = MODELS.get("convnet_tiny")(rngs=nnx.Rngs(0))
-    task = TASKS.get("jigsaw")(encoder, rngs=nnx.Rngs(1), **kwargs)
-    graphdef, params, rest = nnx.split(task, nnx.Param, ...)
-    params, rest = nnx.as_pure(params), nnx.as_pure(rest)
-    images = jax.random.randint(jax.random.key(0), (16, 16, 16, 3), 0, 256, jnp.int32)
-    batch = {"image": images.astype(jnp.uint8)}
-
-    @jax.jit
-    def loss(params, batch):
-        return nnx.merge(graphdef, params, rest).loss(batch, jax.random.key(3), train=True)[0]
-
-    assert len(jax.devices()) == 8
-    one = loss(params, jax.device_put(batch, jax.devices()[0]))
-    mesh = Mesh(jax.devices(), ("data",))
-    sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
-    eight = loss(jax.device_put(params, NamedSharding(mesh, P())), sharded)
-    print(json.dumps({"one": float(one), "eight": float(eight)}))
-    """
-)
-
-
 @pytest.mark.slow  # 8-14 s; runs in CI's slow suite
 def test_same_loss_on_one_and_eight_devices():
     kwargs = {**TASK_KWARGS, "channel_jitter": 1, "grayscale_probability": 0.5}
-    result = subprocess.run(
-        [sys.executable, "-c", _SHARDED_SCRIPT, json.dumps(kwargs)],
-        cwd=ROOT,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        capture_output=True,
-        text=True,
-        timeout=300,
+    losses = sharded.losses_on_one_and_eight_devices(
+        task="jigsaw", task_kwargs=kwargs, image_size=16
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    losses = json.loads(result.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(losses["one"], losses["eight"], rtol=1e-5)
