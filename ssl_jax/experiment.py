@@ -174,6 +174,9 @@ def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[st
         pictures = {
             name: os.path.join(workdir, f"{name}.png")
             for name in ("embedding_pca", "embedding_pca_random_init", "label_efficiency")
+            # Without save_plots, PNGs left by an earlier evaluation of this
+            # workdir are not this one's pictures.
+            if config.save_plots
         }
         # TensorBoard: the run's facts under run/ (not train/: the loop's
         # per-interval rows are there, and skipped_steps would mean two

@@ -170,7 +170,11 @@ def _read_safetensors(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]
             metadata = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}
         return json.loads(metadata.get("ssl_jax", "{}")), tensors
-    except (SafetensorError, json.JSONDecodeError, OSError) as error:
+    except OSError as error:  # the file is there but cannot be opened or read
+        raise ValueError(
+            f"Cannot read the encoder file {path}: {error.strerror or error}."
+        ) from None
+    except (SafetensorError, json.JSONDecodeError) as error:
         reason = " ".join(str(error).split())[:160]
         raise ValueError(
             f"{path} is not a readable encoder file ({type(error).__name__}: {reason}); "

@@ -400,7 +400,9 @@ def sinkhorn_knopp(
     sums, and no device normalises its own shard. float32, no gradient.
 
     `valid` bool [N]: only those samples take part (N counts them; the others
-    get zero codes), as DINOv2 assigns only the masked patch tokens.
+    get zero codes), as DINOv2 assigns only the masked patch tokens. Every
+    sum is floored at 1e-30 before it divides: a row or column that
+    underflowed to 0 gives zero codes where it gave NaN before.
     """
     # epsilon may be traced (DINOv2 passes its scheduled teacher temperature).
     if iterations < 1 or (isinstance(epsilon, int | float) and epsilon <= 0):

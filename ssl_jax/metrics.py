@@ -80,7 +80,9 @@ def _import_tensorboardx() -> None:
     torch whenever torch is installed (only to accept torch tensors, which
     this module never passes), and that import costs every run 1-4 s of
     startup on a 2-core machine. Hidden for the import only: a later `import
-    torch` in the same process works as usual."""
+    torch` in the same process works as usual. Not thread-safe: another
+    thread importing torch at that moment would fail (ssl_jax opens its
+    event files from the main thread and never imports torch)."""
     if "tensorboardX" in sys.modules or "torch" in sys.modules:
         import tensorboardX  # noqa: F401
 

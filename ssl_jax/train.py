@@ -137,11 +137,10 @@ def make_train_step(
             keep = lambda new, old: jnp.where(finite, new, old)
             new_state = {**jax.tree.map(keep, new_state, state), "step": step + 1}
             # A skipped step's figures are zeros the log leaves out; the
-            # learning rate is the schedule's, whatever the step did.
-            metrics = {
-                k: v if k == "learning_rate" else jnp.where(finite, v, 0.0)
-                for k, v in metrics.items()
-            }
+            # learning rate is the schedule's and the records its batch
+            # replaced were replaced, whatever the step did.
+            kept = ("learning_rate", "skipped_examples")
+            metrics = {k: v if k in kept else jnp.where(finite, v, 0.0) for k, v in metrics.items()}
         metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
         return new_state, metrics
 

@@ -126,6 +126,10 @@ def _make_writable_dir(workdir: str) -> None:
         )
     try:
         os.makedirs(workdir, exist_ok=True)
+    except FileExistsError:  # a link to nowhere
+        raise WorkdirError(
+            f"The workdir {workdir} is a broken link: remove it or pass another --workdir."
+        ) from None
     except NotADirectoryError:
         raise WorkdirError(
             f"Cannot create the workdir {workdir}: a folder on its path is a file."

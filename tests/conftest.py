@@ -30,7 +30,15 @@ if "SSL_JAX_CACHE_DIR" not in os.environ:
 # controller imports this file before it starts the workers): dozens of tests
 # compile the same `runlocal` steps, and kill/resume compiles each twice.
 # Every entry is kept however fast it compiled; the directory is deleted at
-# exit, so nothing carries over between sessions or CI runs.
+# exit, so nothing carries over between sessions or CI runs (unless the
+# caller set JAX_COMPILATION_CACHE_DIR: then that cache is used as given).
+# JAX keys entries by XLA_FLAGS as they are when it compiles, while XLA reads
+# them once, at backend start: ssl_jax's CPU flag is set here, before any
+# process starts a backend, so every process compiles with the flags its key
+# names.
+from ssl_jax import cpu_flags  # noqa: E402
+
+cpu_flags.apply()
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _compiled = tempfile.mkdtemp(prefix="ssl_jax_test_xla_cache_")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _compiled

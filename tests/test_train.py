@@ -200,19 +200,33 @@ def test_the_step_and_the_evaluators_features_compile_once_even_across_a_resume(
 
 
 def test_a_resumed_run_carries_its_skip_counts_from_the_checkpoint(tmp_path):
-    config = _config(train_steps=4)
+    config = _config(train_steps=4, checkpoint_every=2, log_every=2)
     train.train(config, str(tmp_path), _arrays())
-    # Rewrite the last checkpoint as one saved by a run that had skipped.
+    # Checkpoint 2 rewritten as one saved by a run that had replaced 7
+    # records; the resumed run trains steps 3-4 through the loop.
     saved = checkpoint.Checkpointer(str(tmp_path), keep=3)
-    like = jax.tree.map(jnp.asarray, saved.restore_latest(like=_restorable(config))[1])
+    step, state, _ = saved.restore_latest(like=_restorable(config))
     saved.close()
-    shutil.rmtree(tmp_path / "checkpoints" / "4")
+    assert step == 4
+    for name in ("2", "4"):
+        shutil.rmtree(tmp_path / "checkpoints" / name)
     rewritten = checkpoint.Checkpointer(str(tmp_path), keep=3)
-    rewritten.save(4, like, counters={"skipped_steps": 1, "skipped_examples": 7})
+    rewritten.save(2, jax.tree.map(jnp.asarray, state), counters={"skipped_examples": 7})
     rewritten.close()
     _, summary = train.train(config, str(tmp_path), _arrays())
-    assert summary["resumed_from_step"] == 4
-    assert (summary["skipped_steps"], summary["skipped_examples"]) == (1, 7)
+    assert summary["resumed_from_step"] == 2
+    assert (summary["skipped_steps"], summary["skipped_examples"]) == (0, 7)
+
+
+def test_a_skipped_step_still_counts_the_records_its_batch_replaced(tmp_path):
+    arrays = {**_arrays(poisoned_steps=(2,)), "skipped": np.ones(32, np.int32)}
+    config = _config(nonfinite="skip", train_steps=4, max_skipped_fraction=0.5)
+    _, summary = train.train(config, str(tmp_path), arrays)
+    records = _metrics(tmp_path)
+    assert [r["skipped_steps"] for r in records] == [0, 1, 0, 0]
+    # Every batch of 4 replaced 4 records, the skipped step's too.
+    assert [r["skipped_examples"] for r in records] == [4, 4, 4, 4]
+    assert summary["skipped_examples"] == 16
 
 
 def _restorable(config):

@@ -135,6 +135,10 @@ def test_a_workdir_that_cannot_be_one_is_one_line_naming_the_fix(tmp_path, monke
         with workdir.locked(str(a_file / "run")):
             pass
     assert a_file.read_text() == "not a workdir"
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    with pytest.raises(WorkdirError, match=r"is a broken link: remove it or pass another"):
+        with workdir.locked(str(tmp_path / "link")):
+            pass
 
     # Read-only storage (root ignores file modes, so the OS's answer is played).
     def read_only(path, *args, **kwargs):

@@ -136,7 +136,7 @@ RECIPES = {
             "freeze_prototypes": 1 / 800,  # the reference's first epoch
         },
         "batch_size": 1024,
-        "train_steps": 1_000_900,
+        "train_steps": 1_000_800,
         "optimizer": {
             "learning_rate": 5e-4,
             "warmup_fraction": 10 / 800,
