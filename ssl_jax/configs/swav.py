@@ -9,7 +9,10 @@ probe does NOT beat the same encoder at random initialisation yet: top-1
 0.944 against 0.958, kNN 0.844 against 0.958 (2026-12-06, untuned; the
 projection's effective rank fell from 45 to about 20 of 64). The CIFAR-size
 recipe is lightly's CIFAR-10 benchmark (solo-learn's collapsed at CPU
-budgets, below); the ImageNet recipe is the paper's 800-epoch ResNet-50.
+budgets, below): on the CIFAR-10 photos (encoder=convnet, 1000 steps x 128,
+10 minutes on 2 shared cores) probe 0.383 / 0.270 (all / 10 labels per
+class) against 0.354 / 0.217 at random init (2026-12-07; its PyTorch peer
+did worse, README). The ImageNet recipe is the paper's 800-epoch ResNet-50.
 
 Variants, picked by the argument after the colon (comma-separated):
   configs/swav.py:runlocal                  tiny model, a handful of steps (tests, smoke runs)
