@@ -91,8 +91,15 @@ def losses_on_one_and_eight_devices(
         "num_classes": num_classes,
         "state": list(state),
     }
+    return run_script(_SCRIPT, json.dumps(spec))
+
+
+def run_script(script: str, *argv: str) -> dict:
+    """The JSON object on the last line that `script` prints, run in a fresh
+    CPU process from the repository root (scripts that set their own device
+    count before importing JAX)."""
     result = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, json.dumps(spec)],
+        [sys.executable, "-c", script, *argv],
         cwd=ROOT,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
         capture_output=True,

@@ -5,11 +5,7 @@ statistics, the masked patch loss (only hidden patches count), KoLeo, the
 Sinkhorn targets over the global batch, the running centres, the shared or
 separate head, the mask token, the teacher's features, configs, training."""
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
 import tempfile
 import textwrap
 
@@ -23,6 +19,7 @@ from flax import nnx
 from ssl_jax import config_lib, inference, losses, optim, train
 from ssl_jax.models.vit import patchify, sincos_2d
 from ssl_jax.tasks import ibot
+from tests import sharded
 from tests.tasks.test_swav import _numpy_sinkhorn
 
 ROOT = pathlib.Path(__file__).parents[2]
@@ -455,15 +452,5 @@ def test_sinkhorn_and_koleo_losses_are_the_same_on_one_and_eight_devices():
     GLOBAL batch: sharded over 8 devices (2 images each) every term equals
     the one-device value (tests/tasks/test_swav.py shows a per-device
     Sinkhorn would not)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-c", _SHARDED_SCRIPT],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = sharded.run_script(_SHARDED_SCRIPT)
     np.testing.assert_allclose(out["eight"], out["one"], rtol=1e-5, atol=1e-6)

@@ -4,11 +4,7 @@ loops over assigned and predicting crops): Sinkhorn codes and marginals,
 the swapped prediction loss, the queue, the unit-norm and frozen
 prototypes, multi-crop shapes and the global batch on 1 vs 8 devices."""
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -20,6 +16,7 @@ from flax import nnx
 
 from ssl_jax import config_lib, inference, losses, train
 from ssl_jax.data import decode
+from tests import sharded
 
 ROOT = pathlib.Path(__file__).parents[2]
 
@@ -319,17 +316,7 @@ def test_codes_and_loss_are_the_same_on_one_and_eight_devices():
     """The codes normalise over the GLOBAL batch: sharded over 8 devices (4
     samples each) they equal the one-device codes; a per-device Sinkhorn
     would not."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-c", _SHARDED_SCRIPT],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = sharded.run_script(_SHARDED_SCRIPT)
     np.testing.assert_allclose(out["codes_eight"], out["codes_one"], rtol=1e-5, atol=1e-7)
     assert np.abs(np.subtract(out["codes_per_device"], out["codes_one"])).max() > 1e-2
     np.testing.assert_allclose(out["eight"], out["one"], rtol=1e-5)
