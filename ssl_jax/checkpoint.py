@@ -13,6 +13,12 @@ of that:
   missing, NaN inside) to the newest good one, moving the bad ones to
   `WORKDIR/corrupt_checkpoints/` with a one-line warning; when none is good
   it stops and moves nothing.
+
+The workdir may be a URL: orbax writes `gs://` itself (tensorstore's GCS
+driver, no rename: a checkpoint counts once its commit marker is written).
+Other URLs are used only when their filesystem stores them on this
+machine's disk (a `file://` URL, a test's stand-in for a bucket), where
+orbax is handed that local path (`orbax_directory`).
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from ssl_jax import storage
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +93,23 @@ def nonfinite_paths(leaves: list[tuple[str, np.ndarray]]) -> list[str]:
     ]
 
 
+def orbax_directory(workdir: str) -> str:
+    """Where orbax reads and writes the workdir's checkpoints: an absolute
+    local path, a `gs://` URL, or the local path behind a disk-backed URL;
+    any other URL is one line saying what works."""
+    if not storage.is_url(workdir):
+        return os.path.abspath(workdir)
+    if storage.scheme(workdir) == "gs":
+        return workdir.rstrip("/")
+    local = storage.local_path(workdir)
+    if local is None:
+        raise CheckpointError(
+            f"--workdir={workdir}: checkpoints are written by orbax, which writes to local paths "
+            "and gs:// only; use a gs:// workdir or a mounted path (e.g. s3fs, gcsfuse)."
+        )
+    return os.path.abspath(local)
+
+
 class _Unusable(CheckpointError):
     """A checkpoint that is itself bad (corrupt, incomplete, NaN): set aside."""
 
@@ -120,7 +144,7 @@ def _reason(error: BaseException, directory: str | None = None) -> str:
         if known in text:
             return known
     if directory is not None:
-        missing = [f for f in _CHECKPOINT_FILES if not os.path.exists(os.path.join(directory, f))]
+        missing = [f for f in _CHECKPOINT_FILES if not storage.exists(storage.join(directory, f))]
         if missing:
             return f"{', '.join(missing)} missing"
     if "NOT_FOUND" in text:
@@ -138,8 +162,8 @@ class Checkpointer:
         export): it creates nothing and deletes nothing, in particular not the
         temporary directory of a save in progress, which orbax's writer mode
         removes on opening."""
-        self.workdir = os.path.abspath(workdir)
-        self.directory = os.path.join(self.workdir, "checkpoints")
+        self.workdir = orbax_directory(workdir)
+        self.directory = storage.join(self.workdir, "checkpoints")
         self._keep = keep
         self._read_only = read_only
         self._manager = self._open()
@@ -157,7 +181,7 @@ class Checkpointer:
         return ocp.CheckpointManager(self.directory, options=options)
 
     def path(self, step: int) -> str:
-        return os.path.join(self.directory, str(step))
+        return storage.join(self.directory, str(step))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -263,12 +287,14 @@ class Checkpointer:
         return None
 
     def _set_aside(self, failures: list[tuple[int, str]], good_step: int) -> None:
-        target_root = os.path.join(self.workdir, CORRUPT_DIR)
+        target_root = storage.join(self.workdir, CORRUPT_DIR)
         if jax.process_index() == 0:
-            os.makedirs(target_root, exist_ok=True)
+            storage.makedirs(target_root)
             for step, why in failures:
-                target = _free_name(os.path.join(target_root, str(step)))
-                shutil.move(self.path(step), target)
+                target = _free_name(storage.join(target_root, str(step)))
+                # On an object store a copy, then a delete: a kill between
+                # leaves the step in both places, set aside again next time.
+                storage.move(self.path(step), target)
                 log.warning(
                     "Checkpoint %s %s; moved to %s; resuming from step %d.",
                     self.path(step),
@@ -299,7 +325,7 @@ class Checkpointer:
 def _free_name(path: str) -> str:
     """`path`, or `path.2`, `path.3`... if taken (the same step can go bad twice)."""
     candidate, n = path, 1
-    while os.path.exists(candidate):
+    while storage.exists(candidate):
         n += 1
         candidate = f"{path}.{n}"
     return candidate

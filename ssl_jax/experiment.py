@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -22,7 +21,7 @@ import jax
 from flax import nnx
 from ml_collections import ConfigDict
 
-from ssl_jax import config_lib, evaluators, inference, metrics, train
+from ssl_jax import config_lib, evaluators, inference, metrics, storage, train
 from ssl_jax import workdir as workdir_lib
 from ssl_jax.data import pipeline, record_transforms, streaming
 from ssl_jax.data.datasets import ImageDataset, load_dataset
@@ -83,11 +82,35 @@ def run(config: ConfigDict, workdir: str, *, allow_config_change: bool = False) 
     """The whole experiment, holding the workdir's lock throughout (see
     `train.train` for `allow_config_change`)."""
     config_lib.validate(config)
-    workdir_lib.check_local(workdir, "--workdir")
-    workdir_lib.check_local(config.data_dir, "config.data_dir")
-    workdir_lib.check_local(config.dataset.partition(":")[2], "config.dataset")
+    check_paths(config, workdir)
     with workdir_lib.run_lock(workdir):
         return _run(config, workdir, allow_config_change)
+
+
+# Datasets named by a path whose readers open local files only.
+_LOCAL_ONLY_DATASETS = ("imagefolder", "arrayrecord")
+
+
+def check_paths(config: ConfigDict, workdir: str) -> None:
+    """One line, before anything runs, for a URL this machine cannot use: a
+    missing filesystem package, a workdir orbax cannot checkpoint into, data
+    whose reader opens local files only."""
+    from ssl_jax.checkpoint import CheckpointError, orbax_directory
+
+    workdir_lib.check_path(workdir, "--workdir")
+    try:
+        orbax_directory(workdir)
+    except CheckpointError as error:
+        raise workdir_lib.WorkdirError(str(error)) from None
+    workdir_lib.check_path(config.data_dir, "--config.data_dir")
+    kind, _, path = config.dataset.partition(":")
+    where = path if storage.is_url(path) else config.data_dir if path else ""
+    if kind in _LOCAL_ONLY_DATASETS and storage.is_url(where):
+        raise workdir_lib.WorkdirError(
+            f"--config.dataset={config.dataset} (data_dir {config.data_dir or 'unset'}): "
+            f"{kind} data is read from local files only; mount the bucket (e.g. gcsfuse) and "
+            "pass its local path."
+        )
 
 
 def _warn_if_another_profile(config: ConfigDict) -> None:
@@ -163,16 +186,18 @@ def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[st
     results["wall_seconds"] = round(time.time() - started, 1)
     if jax.process_index() == 0:
         rows = label_efficiency.curve_rows(results)
-        label_efficiency.save_csv(rows, os.path.join(workdir, "label_efficiency.csv"))
+        with storage.staged(storage.join(workdir, "label_efficiency.csv")) as path:
+            label_efficiency.save_csv(rows, path)
         if config.save_plots:
-            label_efficiency.save_plot(
-                rows,
-                os.path.join(workdir, "label_efficiency.png"),
-                title=f"Label efficiency on {results['probe_dataset']} ({config.model})",
-            )
-        workdir_lib.write_json(os.path.join(workdir, "results.json"), results)
+            with storage.staged(storage.join(workdir, "label_efficiency.png")) as path:
+                label_efficiency.save_plot(
+                    rows,
+                    path,
+                    title=f"Label efficiency on {results['probe_dataset']} ({config.model})",
+                )
+        workdir_lib.write_json(storage.join(workdir, "results.json"), results)
         pictures = {
-            name: os.path.join(workdir, f"{name}.png")
+            name: storage.join(workdir, f"{name}.png")
             for name in ("embedding_pca", "embedding_pca_random_init", "label_efficiency")
             # Without save_plots, PNGs left by an earlier evaluation of this
             # workdir are not this one's pictures.

@@ -22,14 +22,21 @@ keyword arguments, the compute dtype, the feature dimension, the dataset, the
 step, the image size (inputs with image axes), and `input`: the batch key
 (image / tokens / video), dtype, axes and value convention (for images and
 clips: RGB 0-255, scaled to x / 255, then (x - 0.5) / 0.5).
+
+Workdirs and files may be URLs (`gs://bucket/simclr.safetensors`, see
+`ssl_jax.storage`): a file is written on the local disk and uploaded in one
+piece, and read back through a local copy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -38,7 +45,7 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
-from ssl_jax import inference
+from ssl_jax import inference, storage
 from ssl_jax.data import pipeline
 from ssl_jax.tasks.base import FeatureInput
 
@@ -131,16 +138,16 @@ def _load_workdir(workdir: str) -> Encoder:
     from ssl_jax import optim, train
     from ssl_jax.checkpoint import Checkpointer, CheckpointError
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = storage.join(workdir, "config.json")
+    if not storage.exists(path):
         raise FileNotFoundError(f"{workdir} holds no config.json: not an ssl_jax workdir.")
-    with open(path) as f:
+    with storage.open_file(path) as f:
         config = ConfigDict(json.load(f))
     trained = inference.split_task(inference.build_task(config))
     tx, _ = optim.make_optimizer(
         config.optimizer, batch_size=config.batch_size, total_steps=config.train_steps
     )
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if not storage.isdir(storage.join(workdir, "checkpoints")):
         raise CheckpointError(f"{workdir} holds no checkpoint yet: train first.")
     absl_logger, notice = logging.getLogger("absl"), _ReadOnlyNotice()  # orbax logs through absl
     absl_logger.addFilter(notice)
@@ -159,6 +166,19 @@ def _load_workdir(workdir: str) -> Encoder:
     return Encoder(trained, _info(config, trained.module(), step))
 
 
+@contextlib.contextmanager
+def _local_copy(path: str) -> Iterator[str]:
+    """`path` itself, or for a URL a temporary local copy of it."""
+    if not storage.is_url(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="ssl_jax_encoder_") as directory:
+        local = os.path.join(directory, "encoder.safetensors")
+        with open(local, "wb") as f:
+            f.write(storage.read_bytes(path))
+        yield local
+
+
 def _read_safetensors(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(ssl_jax header, tensors) of an exported file, or one ValueError that
     names the file: safetensors' own error names none, and a truncated or
@@ -166,7 +186,7 @@ def _read_safetensors(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]
     from safetensors import SafetensorError, safe_open
 
     try:
-        with safe_open(path, framework="numpy") as f:
+        with _local_copy(path) as local, safe_open(local, framework="numpy") as f:
             metadata = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}
         return json.loads(metadata.get("ssl_jax", "{}")), tensors
@@ -211,9 +231,10 @@ def _load_file(path: str) -> Encoder:
 def load_encoder(path: str) -> Encoder:
     """The encoder of a workdir (its newest good checkpoint; the task's
     `feature_encoder`) or of a file written by `export_encoder`."""
-    if os.path.isdir(path):
+    storage.check(path, "load_encoder path")
+    if storage.isdir(path):
         return _load_workdir(path)
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise FileNotFoundError(f"No workdir or exported encoder at {path}.")
     return _load_file(path)
 
@@ -228,7 +249,16 @@ def export_encoder(source: str | Encoder, path: str) -> dict[str, Any]:
         name: np.ascontiguousarray(value)
         for name, value in _flat(nnx.state(encoder.module)).items()
     }
+    storage.check(path, "export path")
+    metadata = {"ssl_jax": json.dumps(encoder.info, sort_keys=True)}
+    if storage.is_url(path):
+        with tempfile.TemporaryDirectory(prefix="ssl_jax_encoder_") as directory:
+            local = os.path.join(directory, "encoder.safetensors")
+            save_file(tensors, local, metadata=metadata)
+            with open(local, "rb") as f:
+                storage.write_bytes(path, f.read())
+        return encoder.info
     tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata={"ssl_jax": json.dumps(encoder.info, sort_keys=True)})
+    save_file(tensors, tmp, metadata=metadata)
     os.replace(tmp, path)
     return encoder.info

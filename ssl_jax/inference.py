@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from collections.abc import Callable, Mapping
 
 import jax
@@ -21,6 +20,7 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
+from ssl_jax import storage
 from ssl_jax.data import pipeline
 from ssl_jax.metrics import MetricWriter
 from ssl_jax.models import precision
@@ -116,7 +116,7 @@ def make_visualizer(
     def picture(params, model_state):
         return nnx.merge(trained.graphdef, params, model_state).visualize(batch, rng)
 
-    directory = os.path.join(workdir, "visuals")
+    directory = storage.join(workdir, "visuals")
 
     def save(state: dict, step: int) -> None:
         image = np.asarray(
@@ -125,11 +125,12 @@ def make_visualizer(
         if jax.process_index() == 0:
             from PIL import Image
 
-            os.makedirs(directory, exist_ok=True)
+            storage.makedirs(directory)
             # Whole-pixel upscaling, so 16 px digits stay visible and sharp.
             zoom = max(1, _PICTURE_SIDE // min(image.shape[:2]))
             image = np.repeat(np.repeat(image, zoom, axis=0), zoom, axis=1)
-            Image.fromarray(image).save(os.path.join(directory, f"step_{step:07d}.png"))
+            with storage.staged(storage.join(directory, f"step_{step:07d}.png")) as path:
+                Image.fromarray(image).save(path)
             if writer is not None:
                 writer.image(step, "visuals", image)
 

@@ -14,6 +14,12 @@ run's facts in results.json (final loss, fingerprint, skipped steps in all),
 On resume, the lines after the checkpoint's step are dropped from
 `metrics.jsonl`, and the new events file starts with a TensorBoard "purge"
 (a SessionLog START at that step), so every logged step appears exactly once.
+
+On an object store (a URL workdir), which cannot append, each log step
+uploads the whole `metrics.jsonl` again (and the whole events file, kept on
+the local disk meanwhile): each upload replaces the object in one piece, so
+readers always see complete lines, at the cost of a log step's upload
+growing with the run (about 200 bytes a row: 1,000 rows are 200 kB).
 """
 
 from __future__ import annotations
@@ -21,13 +27,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 
 import jax
 from tqdm import tqdm
 
+from ssl_jax import storage
 from ssl_jax.workdir import WorkdirError
 
 log = logging.getLogger(__name__)
@@ -51,10 +60,10 @@ def read_records(path: str) -> list[dict]:
     truncated last line of a killed or full-disk write) is skipped with a
     warning naming the file and line, never an error: it must not block a
     resume."""
-    if not os.path.exists(path):
+    if not storage.exists(path):
         return []
     records = []
-    with open(path, errors="replace") as f:
+    with storage.open_file(path, errors="replace") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -71,7 +80,7 @@ def read_records(path: str) -> list[dict]:
 
 def last_logged(workdir: str, key: str):
     """The last value of `key` in the workdir's metrics, or None."""
-    values = [r[key] for r in read_records(os.path.join(workdir, METRICS_FILE)) if key in r]
+    values = [r[key] for r in read_records(storage.join(workdir, METRICS_FILE)) if key in r]
     return values[-1] if values else None
 
 
@@ -95,7 +104,8 @@ def _import_tensorboardx() -> None:
 
 
 class _EventFile:
-    """One TensorBoard events file, written through at every call."""
+    """One TensorBoard events file, written through at every call (in a
+    URL `directory`: written on the local disk and uploaded whole)."""
 
     def __init__(self, directory: str, *, purge_from_step: int | None):
         _import_tensorboardx()
@@ -103,9 +113,17 @@ class _EventFile:
         from tensorboardX.proto.event_pb2 import Event, SessionLog
 
         self._event = Event
-        os.makedirs(directory, exist_ok=True)
-        self._writer = EventsWriter(os.path.join(directory, "events"))
-        self.path = self._writer._file_name
+        self._staging = None
+        local_directory = directory
+        if storage.is_url(directory):
+            storage.makedirs(directory)
+            self._staging = local_directory = tempfile.mkdtemp(prefix="ssl_jax_events_")
+        os.makedirs(local_directory, exist_ok=True)
+        self._writer = EventsWriter(os.path.join(local_directory, "events"))
+        self._local_path = self._writer._file_name
+        self.path = self._local_path
+        if self._staging is not None:
+            self.path = storage.join(directory, os.path.basename(self._local_path))
         if purge_from_step is not None:
             # TensorBoard drops the run's earlier events from this step on.
             start = SessionLog(status=SessionLog.START)
@@ -114,6 +132,9 @@ class _EventFile:
     def _write(self, event) -> None:
         self._writer.write_event(event)
         self._writer.flush()
+        if self._staging is not None:
+            with open(self._local_path, "rb") as f:
+                storage.write_bytes(self.path, f.read())
 
     def scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         from tensorboardX import summary
@@ -141,6 +162,8 @@ class _EventFile:
 
     def close(self) -> None:
         self._writer.close()
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
 
 
 def _duration(seconds: float) -> str:
@@ -157,16 +180,18 @@ class MetricWriter:
     the end of the first step, so compilation does not inflate it."""
 
     def __init__(self, workdir: str, *, total_steps: int, start_step: int):
-        self.path = os.path.join(workdir, METRICS_FILE)
+        self.path = storage.join(workdir, METRICS_FILE)
+        # On an object store: the file's bytes, uploaded whole at each write.
+        self._whole: bytes | None = None
         self._events = None
         self._bar = None
         self._total, self._done = total_steps, start_step
         self._timing_from: tuple[int, float] | None = None  # (step, time) after step one
         if not _is_writer():
             return
-        os.makedirs(workdir, exist_ok=True)
+        storage.makedirs(workdir)
         self._drop_entries_after(start_step)
-        tensorboard = os.path.join(workdir, "tensorboard")
+        tensorboard = storage.join(workdir, "tensorboard")
         try:
             self._events = _EventFile(tensorboard, purge_from_step=start_step + 1)
         except OSError as error:
@@ -176,6 +201,16 @@ class MetricWriter:
     def _drop_entries_after(self, step: int) -> None:
         """A resumed run repeats the steps after its last checkpoint; drop
         their old lines (and any unreadable line) so each step is there once."""
+        if storage.is_url(self.path):
+            kept = [
+                json.dumps(r) + "\n" for r in read_records(self.path) if r.get("step", 0) <= step
+            ]
+            self._whole = "".join(kept).encode()
+            try:
+                storage.write_bytes(self.path, self._whole)
+            except OSError as error:
+                raise _write_failed(self.path, error) from None
+            return
         if not os.path.exists(self.path):
             return
         with open(self.path, errors="replace") as f:
@@ -194,8 +229,13 @@ class MetricWriter:
             return
         record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
         try:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            if self._whole is None:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            else:
+                whole = self._whole + (json.dumps(record) + "\n").encode()
+                storage.write_bytes(self.path, whole)
+                self._whole = whole
         except OSError as error:
             raise _write_failed(self.path, error) from None
         try:
@@ -341,7 +381,7 @@ def record_results(
     import numpy as np
     from PIL import Image
 
-    directory = os.path.join(workdir, "tensorboard")
+    directory = storage.join(workdir, "tensorboard")
     try:
         events = _EventFile(directory, purge_from_step=None)
         config_text = json.dumps(config, indent=2, sort_keys=True)
@@ -353,8 +393,8 @@ def record_results(
             if constants:
                 events.text(step, f"{prefix}/constants", constants)
         for tag, path in pictures.items():
-            if os.path.exists(path):
-                with Image.open(path) as picture:
+            if storage.exists(path):
+                with storage.open_file(path, "rb") as f, Image.open(f) as picture:
                     events.image(step, tag, np.asarray(picture.convert("RGB")))
         events.close()
     except OSError as error:

@@ -17,6 +17,11 @@ at the first one that cannot be decoded, naming it. The output is readable as
 `arrayrecord:<out>` by `ssl_jax.data.streaming` (see `ssl_jax.data.records`
 for the format). Bad input ends with one line on stderr and exit code 2
 (`--verbose` shows the traceback).
+
+`--out` may be a URL (`gs://bucket/imagenet_records`, where its filesystem
+package is installed): the shards are written in a local temporary directory
+(`--staging_dir`, default the system's), then uploaded, `dataset_info.json`
+last, so a reader that finds it finds every shard.
 """
 
 from __future__ import annotations
@@ -25,13 +30,14 @@ import collections
 import concurrent.futures
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 
 from absl import app, flags
 from absl import logging as absl_logging
 
-from ssl_jax import cli
+from ssl_jax import cli, storage
 from ssl_jax.data import decode, image_folder, records
 from ssl_jax.data.base import DatasetError
 
@@ -46,6 +52,9 @@ _EXAMPLES_PER_SHARD = flags.DEFINE_integer(
 _VERIFY = flags.DEFINE_bool("verify", False, "Decode every image once; stop at a broken one.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a dataset (or leftovers) in --out.")
 _THREADS = flags.DEFINE_integer("threads", os.cpu_count() or 1, "Threads reading and verifying.")
+_STAGING_DIR = flags.DEFINE_string(
+    "staging_dir", None, "Local directory for the shards of a URL --out before their upload."
+)
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks.")
 flags.mark_flags_as_required(["source", "out"])
 
@@ -118,14 +127,56 @@ def prepare(
     verify: bool = False,
     overwrite: bool = False,
     threads: int = 1,
+    staging_dir: str | None = None,
 ) -> dict:
-    """Writes `source` into `out`; returns the dataset_info written."""
+    """Writes `source` into `out` (a directory or a URL); returns the
+    dataset_info written."""
     kind, _, arg = source.partition(":")
     if kind not in _SOURCES or not arg:
         raise DatasetError(f"Unknown source {source!r}: use imagefolder:/path or tfds:NAME.")
+    if storage.is_url(out):
+        return _prepare_to_url(
+            source, out, data_dir, examples_per_shard, verify, overwrite, threads, staging_dir
+        )
     examples, classes = _SOURCES[kind](arg, data_dir, verify, threads)
+    return _write(
+        source, os.path.expanduser(out), examples, classes, examples_per_shard, verify, overwrite
+    )
+
+
+def _prepare_to_url(
+    source, out, data_dir, examples_per_shard, verify, overwrite, threads, staging_dir
+):
+    """`prepare` into a local staging directory, then uploaded to the URL
+    `out`, the info file last. An earlier dataset there is refused unless
+    `overwrite`; then its info file goes first (its shards are overwritten
+    by name; shards of another name stay, unread)."""
+    storage.check(out, "--out")
+    info = storage.join(out, records.INFO_FILE)
+    if storage.exists(info):
+        if not overwrite:
+            raise DatasetError(
+                f"{out} already holds a dataset; pass overwrite (prepare: --overwrite) to "
+                "replace it."
+            )
+        storage.remove(info)
+    with tempfile.TemporaryDirectory(prefix="ssl_jax_prepare_", dir=staging_dir) as local:
+        result = prepare(
+            source,
+            local,
+            data_dir=data_dir,
+            examples_per_shard=examples_per_shard,
+            verify=verify,
+            threads=threads,
+        )
+        storage.makedirs(out)
+        storage.upload_tree(local, out, last=records.INFO_FILE)
+    return result
+
+
+def _write(source, out, examples, classes, examples_per_shard, verify, overwrite) -> dict:
     return records.write_records(
-        os.path.expanduser(out),
+        out,
         examples,
         num_classes=len(classes),
         class_names=classes,
@@ -136,7 +187,8 @@ def prepare(
 
 
 def _summary(info: dict, out: str, seconds: float) -> str:
-    lines = [f"wrote {os.path.abspath(out)} ({info['num_classes']} classes, {seconds:.1f} s)"]
+    where = out if storage.is_url(out) else os.path.abspath(out)
+    lines = [f"wrote {where} ({info['num_classes']} classes, {seconds:.1f} s)"]
     for split, s in info["splits"].items():
         lines.append(
             f"  {split}: {s['num_examples']:,} examples, {len(s['shards'])} shard(s), "
@@ -160,6 +212,7 @@ def main(argv: list[str]) -> None:
             verify=_VERIFY.value,
             overwrite=_OVERWRITE.value,
             threads=_THREADS.value,
+            staging_dir=_STAGING_DIR.value,
         )
     except (DatasetError, OSError, ValueError) as error:
         if _VERBOSE.value:

@@ -24,7 +24,6 @@ import dataclasses
 import itertools
 import logging
 import math
-import os
 import signal
 from collections.abc import Callable, Iterator, Mapping
 
@@ -34,7 +33,7 @@ import optax
 from flax import nnx
 from ml_collections import ConfigDict
 
-from ssl_jax import nonfinite, optim, perf, preemption
+from ssl_jax import nonfinite, optim, perf, preemption, storage
 from ssl_jax import workdir as workdir_lib
 from ssl_jax.checkpoint import Checkpointer, state_fingerprint
 from ssl_jax.data import pipeline
@@ -197,7 +196,7 @@ def _train(config, workdir, data, mesh, evaluator, allow_config_change, init_enc
         config.optimizer, batch_size=config.batch_size, total_steps=config.train_steps
     )
     state = jax.device_put(init_state(trained, tx), pipeline.replicated(mesh))
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
     try:
         state, start = _resume(config, workdir, checkpointer, state, allow_config_change)

@@ -11,6 +11,14 @@
   the fields, unless the change is asked for explicitly, and then it is
   appended to `WORKDIR/config_history.jsonl`. `config.json` is written only
   after that check.
+
+A workdir may also be a URL (`gs://bucket/run`, see `ssl_jax.storage`).
+An object store has no `flock`: the lock there is an object holding the
+holder's run id and a heartbeat it rewrites every `HEARTBEAT_SECONDS`; a
+second run is refused while the heartbeat is fresh, and takes over a lock
+whose heartbeat is older than `STALE_SECONDS` (its run was killed). Two runs
+started within the same second can both believe they hold it: one writer
+per workdir is, on an object store, the user's to keep.
 """
 
 from __future__ import annotations
@@ -23,17 +31,25 @@ import json
 import logging
 import math
 import os
-import re
 import socket
 import sys
+import threading
+import time
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
+
+from ssl_jax import storage
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "ssl_jax.lock"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
+# The lock object of a workdir on an object store: its holder rewrites it
+# this often, and a lock not rewritten for STALE_SECONDS is a killed run's.
+HEARTBEAT_SECONDS = 60.0
+STALE_SECONDS = 300.0
 
 # Config fields (dotted prefixes) that cannot change what a run computes: how
 # often it logs, evaluates and checkpoints, what the evaluators do afterwards,
@@ -66,17 +82,13 @@ class WorkdirError(RuntimeError):
     """The workdir cannot be used as asked; the message says what to do."""
 
 
-def check_local(path: str, what: str) -> None:
-    """Refuses a URL (`gs://bucket/run`) in one line, before anything is
-    written: os paths would turn it into a local `gs:` folder. Cloud storage
-    can be mounted (gcsfuse, s3fs) and used as a local path."""
-    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", path)
-    if scheme:
-        raise WorkdirError(
-            f"{what} {path!r} is a {scheme.group(1)}:// URL; ssl_jax writes to local or mounted "
-            f"file systems only: mount the bucket (e.g. gcsfuse for gs://) and pass its local "
-            "path."
-        )
+def check_path(path: str, what: str) -> None:
+    """One line, before anything runs, if `path` is a URL this machine cannot
+    use (its filesystem package is missing, or its scheme unknown)."""
+    try:
+        storage.check(path, what)
+    except storage.StorageError as error:
+        raise WorkdirError(str(error)) from None
 
 
 # ----------------------------------------------------------------------------- the lock
@@ -119,6 +131,16 @@ def _not_writable(workdir: str, error: OSError) -> WorkdirError:
 def _make_writable_dir(workdir: str) -> None:
     """The workdir as a directory, or one line on why it cannot be one (the
     raw errors say `File exists` for a file and name no fix)."""
+    if storage.is_url(workdir):
+        try:
+            if storage.exists(workdir) and not storage.isdir(workdir):
+                raise WorkdirError(
+                    f"The workdir {workdir} is a file, not a directory: pass a directory's path."
+                )
+            storage.makedirs(workdir)
+        except OSError as error:
+            raise _not_writable(workdir, error) from None
+        return
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise WorkdirError(
             f"The workdir {workdir} is a file, not a directory: pass a directory's path "
@@ -143,13 +165,25 @@ def locked(workdir: str) -> Iterator[None]:
     """Holds the workdir's lock for the block. Re-entrant within a process, so
     a run and the baseline runs nested in its workdir share one lock."""
     _make_writable_dir(workdir)
-    path = os.path.realpath(os.path.join(workdir, LOCK_FILE))
+    if storage.is_url(workdir):
+        path = storage.join(workdir, LOCK_FILE)
+    else:
+        path = os.path.realpath(os.path.join(workdir, LOCK_FILE))
     if path in _held:
         _held[path][1] += 1
         try:
             yield
         finally:
             _held[path][1] -= 1
+        return
+
+    if storage.is_url(workdir):
+        with _object_lock(workdir, path):
+            _held[path] = [-1, 1]
+            try:
+                yield
+            finally:
+                del _held[path]
         return
 
     try:
@@ -195,6 +229,104 @@ def locked(workdir: str) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
         os.close(fd)  # releases the flock
+
+
+def _read_holder(path: str) -> dict | None:
+    """The lock object's holder, or None when there is none (absent, empty:
+    released cleanly, or unreadable)."""
+    try:
+        text = storage.read_bytes(path).decode(errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    try:
+        holder = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _heartbeat_age(holder: Mapping[str, Any]) -> float:
+    return time.time() - float(holder.get("heartbeat", 0))
+
+
+def _object_holder_text(run_id: str) -> bytes:
+    holder = json.loads(_holder_text())
+    return json.dumps({**holder, "run_id": run_id, "heartbeat": time.time()}).encode()
+
+
+@contextlib.contextmanager
+def _object_lock(workdir: str, path: str) -> Iterator[None]:
+    """The lock of a workdir on an object store (no flock there): an object
+    naming its holder, whose heartbeat a thread rewrites every
+    `HEARTBEAT_SECONDS`. A fresh heartbeat refuses the run; one older than
+    `STALE_SECONDS` (or a dead pid on this host) is a killed run's, taken over."""
+    try:
+        holder = _read_holder(path)
+    except OSError as error:
+        raise _not_writable(workdir, error) from None
+    if holder is not None:
+        age = _heartbeat_age(holder)
+        dead_here = (
+            holder.get("host") == socket.gethostname()
+            and holder.get("pid") != os.getpid()
+            and not _pid_alive(int(holder.get("pid", -1)))
+        )
+        if age < STALE_SECONDS and not dead_here:
+            raise WorkdirError(
+                f"{workdir} is in use by {_describe_holder(json.dumps(holder))}, whose heartbeat "
+                f"in {path} is {max(age, 0):.0f} s old: wait for that run to end, or use another "
+                f"--workdir (a killed run's lock is taken over once its heartbeat is "
+                f"{STALE_SECONDS:.0f} s old)."
+            )
+        log.warning(
+            "Taking over the lock of %s in %s: its heartbeat is %.0f s old.",
+            _describe_holder(json.dumps(holder)),
+            workdir,
+            age,
+        )
+    run_id = uuid.uuid4().hex
+    try:
+        storage.write_bytes(path, _object_holder_text(run_id))
+        # A run that started at the same moment may have written after us.
+        mine = _read_holder(path)
+    except OSError as error:
+        raise _not_writable(workdir, error) from None
+    if mine is None or mine.get("run_id") != run_id:
+        raise WorkdirError(
+            f"{workdir} was locked by another run at the same moment: use another --workdir."
+        )
+    stop = threading.Event()
+    beat = threading.Thread(
+        target=_heartbeat, args=(path, run_id, stop), name="ssl_jax-lock", daemon=True
+    )
+    beat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beat.join()
+        with contextlib.suppress(OSError):
+            holder = _read_holder(path)
+            if holder is not None and holder.get("run_id") == run_id:
+                storage.write_bytes(path, b"")  # empty: released cleanly
+
+
+def _heartbeat(path: str, run_id: str, stop: threading.Event) -> None:
+    """Rewrites the lock object every HEARTBEAT_SECONDS while it is ours; a
+    lock taken over (this run stalled past STALE_SECONDS) is left alone, said
+    once."""
+    while not stop.wait(HEARTBEAT_SECONDS):
+        try:
+            holder = _read_holder(path)
+            if holder is None or holder.get("run_id") != run_id:
+                log.error(
+                    "The lock %s was taken over by another run: two runs now write this workdir.",
+                    path,
+                )
+                return
+            storage.write_bytes(path, _object_holder_text(run_id))
+        except OSError as error:  # a storage hiccup: the next beat tries again
+            log.warning("Cannot renew the lock %s: %s", path, error)
 
 
 @contextlib.contextmanager
@@ -289,9 +421,9 @@ def _as_json(config: Any) -> dict[str, Any]:
 
 
 def read_config(workdir: str) -> dict[str, Any] | None:
-    path = os.path.join(workdir, CONFIG_FILE)
+    path = storage.join(workdir, CONFIG_FILE)
     try:
-        with open(path) as f:
+        with storage.open_file(path) as f:
             return json.load(f)
     except FileNotFoundError:
         return None
@@ -336,19 +468,28 @@ def save_config(
             "from_step": from_step,
             "changes": changes,
         }
-        path = os.path.join(workdir, HISTORY_FILE)
+        path = storage.join(workdir, HISTORY_FILE)
         try:
-            with open(path, "a") as f:
-                f.write(json.dumps(entry) + "\n")
+            storage.append_line(path, json.dumps(entry) + "\n")
         except OSError as error:
             raise WorkdirError(f"Cannot write {path}: {error.strerror}.") from None
         log.warning("Config changed from step %d on: %s", from_step, _format_changes(changes))
-    write_json(os.path.join(workdir, CONFIG_FILE), _as_json(config))
+    write_json(storage.join(workdir, CONFIG_FILE), _as_json(config))
 
 
 def write_json(path: str, payload: Any) -> None:
     """Writes JSON atomically (a temporary file renamed over the target), so a
-    kill or a full disk never leaves half a file; a failure names the file."""
+    kill or a full disk never leaves half a file; a failure names the file.
+    On an object store: one upload, visible only once complete."""
+    if storage.is_url(path):
+        try:
+            storage.write_bytes(path, json.dumps(payload, indent=2, sort_keys=True).encode())
+        except OSError as error:
+            raise WorkdirError(
+                f"Cannot write {path}: {error.strerror or error}. Fix the storage (or its "
+                "permissions) and rerun the same command; what was saved before is intact."
+            ) from None
+        return
     tmp = path + ".tmp"
     try:
         with open(tmp, "w") as f:

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from ssl_jax import inference, nonfinite
+from ssl_jax import inference, nonfinite, storage
 from ssl_jax.data import text
 from ssl_jax.evaluate.embedding_map import save_map
 from ssl_jax.evaluate.knn import knn_top1
@@ -87,7 +87,8 @@ def probe_features(xy, config: ConfigDict, splits, *, map_path: str, title: str)
     train_split, test_split = splits
     (train_x, train_y), (test_x, test_y) = xy
     if jax.process_index() == 0 and config.save_plots:
-        save_map(test_x, test_y, map_path, title=title, class_names=test_split.class_names)
+        with storage.staged(map_path) as local:  # a URL workdir: written here, uploaded
+            save_map(test_x, test_y, local, title=title, class_names=test_split.class_names)
     fit_kwargs = {
         "num_classes": train_split.num_classes,
         "l2_grid": tuple(config.probe.l2_grid),
