@@ -236,6 +236,7 @@ def write_bytes(path: str, data: bytes) -> None:
     kill: locally a temporary file, fsynced and renamed over the target; on an
     object store one upload, which becomes visible only once complete."""
     if is_url(path):
+        makedirs(posixpath.dirname(path))  # no-op on a bucket; a disk-backed scheme needs it
         with open_file(path, "wb") as f:
             f.write(data)
         return
