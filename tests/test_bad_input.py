@@ -76,10 +76,13 @@ CASES = {
         ["--config.evals.linear_probe.type=probe"],
         "config.evals.linear_probe.type='probe' is not one of",
     ),
-    "a cloud workdir": (["--workdir=gs://bucket/run"], "'gs://bucket/run' is a gs:// URL"),
+    "a cloud workdir without its package": (
+        ["--workdir=nosuch://bucket/run"],
+        "--workdir=nosuch://bucket/run: no filesystem is known for nosuch://",
+    ),
     "a cloud dataset": (
-        ["--config.dataset=arrayrecord:gs://b/recs"],
-        "config.dataset 'gs://b/recs'",
+        ["--config.dataset=arrayrecord:memory://b/recs"],
+        "arrayrecord data is read from local files only",
     ),
 }
 

@@ -139,3 +139,30 @@ def test_a_run_on_an_object_store_trains_resumes_and_exports(bucket, tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
     expected = export.load_encoder(str(tmp_path / "local"))(images)
     np.testing.assert_array_equal(loaded(images), expected)
+
+
+def test_prepare_to_an_object_store_uploads_the_info_file_last(bucket, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from ssl_jax import prepare
+    from ssl_jax.data import records
+
+    for split in ("train", "test"):
+        (tmp_path / "photos" / split / "cat").mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (6, 6), (i * 60, 0, 0)).save(
+                tmp_path / "photos" / split / "cat" / f"{i}.png"
+            )
+    uploaded = []
+    copy_up = storage._copy_up
+    monkeypatch.setattr(
+        storage, "_copy_up", lambda s, t: (uploaded.append(os.path.basename(t)), copy_up(s, t))
+    )
+    info = prepare.prepare(f"imagefolder:{tmp_path / 'photos'}", "fakestore://recs")
+    assert uploaded[-1] == records.INFO_FILE and len(uploaded) == 3  # two shards, then the info
+    stored = json.loads((bucket / "recs" / records.INFO_FILE).read_text())
+    assert stored == json.loads(json.dumps(info))
+    source = records.open_source(f"arrayrecord:{bucket / 'recs'}", "train")
+    assert len(source) == 3
+    with pytest.raises(Exception, match="already holds a dataset"):
+        prepare.prepare(f"imagefolder:{tmp_path / 'photos'}", "fakestore://recs")
