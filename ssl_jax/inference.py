@@ -80,20 +80,30 @@ def _jitted_method(graphdef: nnx.GraphDef, method: str, mesh: jax.sharding.Mesh)
 
 
 def make_features_fn(
-    trained: TrainedModel, mesh: jax.sharding.Mesh, method: str = "features"
+    trained: TrainedModel,
+    mesh: jax.sharding.Mesh,
+    method: str = "features",
+    *,
+    local_rows: bool = False,
 ) -> Callable[[np.ndarray], np.ndarray]:
     """A batch of a dataset's inputs (whatever they are: images, token ids,
     clips) -> frozen features (or another per-example `method` of the task,
     e.g. the supervised task's `logits`), for evaluators.
 
     Every process passes the same global batch; each feeds its own rows and
-    gets the whole (replicated) result back.
+    gets the whole (replicated) result back. With `local_rows`, each process
+    passes only its own rows (`pipeline.local_slice` of the global batch: a
+    streamed split read in shares) and still gets the whole batch's result.
     """
     apply = _jitted_method(trained.graphdef, method, mesh)
 
     def features_fn(inputs: np.ndarray) -> np.ndarray:
-        pipeline.check_batch_size(len(inputs), mesh)
-        local = inputs[pipeline.local_slice(len(inputs))]
+        if local_rows:
+            pipeline.check_batch_size(len(inputs) * jax.process_count(), mesh)
+            local = inputs
+        else:
+            pipeline.check_batch_size(len(inputs), mesh)
+            local = inputs[pipeline.local_slice(len(inputs))]
         batch = pipeline.to_global({"inputs": local}, mesh)["inputs"]
         out = apply(trained.params, trained.model_state, batch)
         return np.asarray(out.addressable_data(0))

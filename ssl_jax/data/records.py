@@ -13,9 +13,17 @@ Our format, written by `write_records` (and `python -m ssl_jax.prepare`):
         record per chunk, for random access), uncompressed (JPEG/PNG bytes do
         not compress); each record is a msgpack map
         {"image": bytes (the encoded file as is), "label": int, "key": str}
+    <dir>/<split>-labels.npy                    the split's labels, int32 in
+        record order (numpy's .npy), so label statistics and few-label draws
+        read no image bytes
     <dir>/dataset_info.json                     written last: format version,
         num_classes, class_names, per split its shards and their example
+        counts, its labels file (with a version of its own) and class
         counts, and what produced it
+
+Directories written before labels files existed (no "labels" entry in a
+split) still read; `RecordSource.stored_labels()` is then None and callers
+read the labels from the records.
 
 A directory without `dataset_info.json` is not a dataset: shards are written
 under temporary names, renamed when their split is complete, and the info file
@@ -29,6 +37,7 @@ dataset has no "test" split, as `ssl_jax.data.datasets` does.
 
 from __future__ import annotations
 
+import array
 import bisect
 import dataclasses
 import datetime
@@ -41,6 +50,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from ssl_jax.data.base import SPLITS, DatasetError, only_feature
 
@@ -54,6 +64,9 @@ DEFAULT_EXAMPLES_PER_SHARD = 1024
 # already-compressed image bytes.
 _WRITER_OPTIONS = "group_size:1,uncompressed"
 _SHARD_RE = re.compile(r"^(?:\.tmp-)?[\w.-]+-\d{5}(?:-of-\d{5})?\.array_record$")
+# A split's labels file; its format has its own version (a split's "labels" entry).
+_LABELS_RE = re.compile(r"^(?:\.tmp-)?\w+-labels\.npy$")
+LABELS_VERSION = 1
 # Where a split has no "test", evaluation uses these (the order is the preference).
 _TEST_FALLBACKS = ("test", "validation", "val")
 Record = dict[str, Any]  # {"image": bytes, "label": int, "key": str}
@@ -70,6 +83,10 @@ class Example:
 
 def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.array_record"
+
+
+def labels_name(split: str) -> str:
+    return f"{split}-labels.npy"
 
 
 def encode_record(example: Example) -> bytes:
@@ -122,7 +139,7 @@ def write_records(
         raise DatasetError(f"{len(class_names)} class names for {num_classes} classes.")
     info_path = os.path.join(out_dir, INFO_FILE)
     os.makedirs(out_dir, exist_ok=True)
-    stale = [e for e in os.listdir(out_dir) if _SHARD_RE.match(e)]
+    stale = [e for e in os.listdir(out_dir) if _SHARD_RE.match(e) or _LABELS_RE.match(e)]
     if not overwrite and os.path.exists(info_path):
         raise DatasetError(
             f"{out_dir} already holds a dataset; pass overwrite (prepare: --overwrite) "
@@ -173,12 +190,14 @@ def _write_split(
     examples_per_shard: int,
     written: list[str],
 ) -> dict:
-    """Streams one split into temporary shards, then renames them to their final names."""
+    """Streams one split into temporary shards (and its labels into a compact
+    array), then renames them to their final names."""
     from array_record.python import array_record_module
 
     if not re.fullmatch(r"\w+", split):
         raise DatasetError(f"Split name {split!r} must be letters, digits or '_'.")
     temp_paths, counts, num_bytes, writer = [], [], 0, None
+    labels = array.array("i")  # 4 bytes a label: 5 MB for ImageNet's train split.
     try:
         for example in examples:
             if not 0 <= example.label < num_classes:
@@ -196,6 +215,7 @@ def _write_split(
             data = encode_record(example)
             writer.write(data)
             counts[-1] += 1
+            labels.append(int(example.label))
             num_bytes += len(data)
     finally:
         if writer is not None:
@@ -208,7 +228,33 @@ def _write_split(
         os.replace(temp, os.path.join(out_dir, name))
         written.append(os.path.join(out_dir, name))
         shards.append({"file": name, "num_examples": count})
-    return {"num_examples": sum(counts), "num_bytes": num_bytes, "shards": shards}
+    label_array = np.frombuffer(labels, np.intc).astype(np.int32)
+    return {
+        "num_examples": sum(counts),
+        "num_bytes": num_bytes,
+        "shards": shards,
+        "labels": _write_labels(out_dir, split, label_array, num_classes, written),
+    }
+
+
+def _write_labels(
+    out_dir: str, split: str, labels: np.ndarray, num_classes: int, written: list[str]
+) -> dict:
+    """Writes a split's labels beside its shards; returns its info entry."""
+    name = labels_name(split)
+    temp = os.path.join(out_dir, f".tmp-{name}")
+    written.append(temp)
+    with open(temp, "wb") as f:
+        np.save(f, labels.astype(np.int32), allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, os.path.join(out_dir, name))
+    written.append(os.path.join(out_dir, name))
+    return {
+        "file": name,
+        "version": LABELS_VERSION,
+        "class_counts": np.bincount(labels, minlength=num_classes).tolist(),
+    }
 
 
 def _write_json_atomically(path: str, value: dict) -> None:
@@ -274,10 +320,23 @@ class RecordSource:
         self._starts = [0]
         for count in self._counts:
             self._starts.append(self._starts[-1] + count)
+        self._labels_entry = info["splits"][self.split].get("labels")
+        self._labels: np.ndarray | None = None
         self._source = None  # Opened lazily in each process that reads.
 
+    def stored_labels(self) -> np.ndarray | None:
+        """Every record's label (int32, record order) from the split's labels
+        file, reading no record; None for a directory prepared before labels
+        files existed."""
+        if self._labels is None and self._labels_entry is not None:
+            self._labels = _read_labels(
+                self.directory, self._labels_entry, len(self), self.num_classes
+            )
+        return self._labels
+
     def __getstate__(self):
-        return {**self.__dict__, "_source": None}  # Readers are per process.
+        # Readers are per process; the labels are reloaded where they are needed.
+        return {**self.__dict__, "_source": None, "_labels": None}
 
     def __len__(self) -> int:
         return self._starts[-1]
@@ -323,6 +382,39 @@ class RecordSource:
             f"Cannot read record {self.where(index)}: {reason}. The shard is damaged: "
             "re-run ssl_jax.prepare."
         )
+
+
+def _read_labels(directory: str, entry, num_examples: int, num_classes: int) -> np.ndarray:
+    """A split's labels file, checked against its info entry; DatasetError naming
+    the file otherwise."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+        raise DatasetError(
+            f"{os.path.join(directory, INFO_FILE)} has a malformed 'labels' entry; "
+            "re-run ssl_jax.prepare."
+        )
+    path = os.path.join(directory, entry["file"])
+    redo = "re-run ssl_jax.prepare (--overwrite)."
+    if entry.get("version") != LABELS_VERSION:
+        raise DatasetError(
+            f"{path} has labels format version {entry.get('version')}, this code reads "
+            f"{LABELS_VERSION}; {redo}"
+        )
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise DatasetError(f"Cannot read labels file {path}: {reason}; {redo}") from None
+    counts = entry.get("class_counts")
+    problem = None
+    if labels.shape != (num_examples,) or labels.dtype.kind not in "iu":
+        problem = f"holds {labels.dtype} {labels.shape}, expected int ({num_examples},)"
+    elif num_examples and not 0 <= labels.min() <= labels.max() < num_classes:
+        problem = f"holds labels outside [0, {num_classes})"
+    elif counts != np.bincount(labels, minlength=num_classes).tolist():
+        problem = f"does not match the class counts in {INFO_FILE}"
+    if problem:
+        raise DatasetError(f"Labels file {path} {problem}; {redo}")
+    return labels.astype(np.int32)
 
 
 def _check_index(index: int, length: int) -> int:
@@ -395,16 +487,7 @@ class TfdsSource:
         return {**self.__dict__, "_source": None}
 
     def _builder(self):
-        import tensorflow_datasets as tfds  # Lazy: importing tfds takes a moment.
-
-        try:
-            builder = tfds.builder(self.spec, data_dir=self.data_dir)
-        except ValueError as e:  # Includes tfds's DatasetNotFoundError.
-            where = self.data_dir or "the default tfds data_dir"
-            raise DatasetError(
-                f"tfds does not know {self.spec!r} and found no prepared copy in {where} "
-                f"({type(e).__name__}); check the name in the tfds catalog."
-            ) from None
+        builder = tfds_builder(self.spec, self.data_dir)
         if not builder.is_prepared():
             raise DatasetError(
                 f"tfds:{self.spec} is not prepared in {builder.data_dir_root}. "
@@ -431,6 +514,11 @@ class TfdsSource:
     def __len__(self) -> int:
         return self._length
 
+    def stored_labels(self) -> None:
+        """tfds keeps no labels apart from the examples: they are read from the
+        records (`python -m ssl_jax.prepare` stores them once)."""
+        return None
+
     def where(self, index: int) -> str:
         return f"{self.name}[{self.split}][{index}]"
 
@@ -448,6 +536,28 @@ class TfdsSource:
 
     def __getitems__(self, indices: Sequence[int]) -> list[Record]:
         return [self[i] for i in indices]
+
+
+def tfds_builder(spec: str, data_dir: str | None):
+    """tfds's builder of `spec`; DatasetError in one line for an unknown name, or
+    for features whose tfds code needs TensorFlow (tfds 4.9's Video feature
+    imports it even to read a prepared dataset's description)."""
+    import tensorflow_datasets as tfds  # Lazy: importing tfds takes a moment.
+
+    try:
+        return tfds.builder(spec, data_dir=data_dir)
+    except ValueError as e:  # Includes tfds's DatasetNotFoundError.
+        where = data_dir or "the default tfds data_dir"
+        raise DatasetError(
+            f"tfds does not know {spec!r} and found no prepared copy in {where} "
+            f"({type(e).__name__}); check the name in the tfds catalog."
+        ) from None
+    except ImportError as e:
+        raise DatasetError(
+            f"tensorflow_datasets {tfds.__version__} cannot open tfds:{spec} without "
+            f"TensorFlow ({e}; its Video feature imports it): pip install tensorflow-cpu "
+            "in this environment, or use a dataset without video."
+        ) from None
 
 
 def _tfds_prepare_hint(spec: str, data_dir_root: str) -> str:

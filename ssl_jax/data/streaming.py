@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -61,6 +62,8 @@ import numpy as np
 from ssl_jax.data import pipeline, records
 from ssl_jax.data.base import DatasetError, ImageDataset
 from ssl_jax.data.record_transforms import Transform, center_transform
+
+log = logging.getLogger(__name__)
 
 ON_BAD_RECORD = ("stop", "skip")
 # "skip" gives up after this many unreadable records in a row: a dataset that
@@ -191,11 +194,12 @@ def _stack(examples: list[tuple[dict, int, int]], mask: list[bool] | None = None
     return batch
 
 
-def _eval_batch(number, *, source, transform, batch_size, seed, on_bad):
-    """Batch `number` of the split in order; rows past the end (and skipped ones) are
-    zeros with mask False."""
+def _eval_batch(number, *, source, transform, batch_size, seed, on_bad, rows=None):
+    """Rows `rows` (default: all) of batch `number` of the split in order; rows
+    past the end (and skipped ones) are zeros with mask False."""
+    rows = range(batch_size) if rows is None else rows
     start = number * batch_size
-    indices = range(start, min(start + batch_size, len(source)))
+    indices = range(min(start + rows.start, len(source)), min(start + rows.stop, len(source)))
     loaded = []
     for index in indices:
         try:
@@ -206,15 +210,28 @@ def _eval_batch(number, *, source, transform, batch_size, seed, on_bad):
                 return _Failure(_skip_hint(error, "mask it out"))
             loaded.append(None)
     good = next((example for example in loaded if example is not None), None)
-    if good is None:
-        return _Failure(
-            f"Every record of {source.name} in [{start}, {indices.stop}) is unreadable."
-        )
+    if good is None:  # No row loaded (padding, or bad): zeros of another record's shape.
+        good = _template(source, transform, seed)
+        if isinstance(good, _Failure):
+            return good
     blank = ({k: np.zeros_like(v) for k, v in good[0].items()}, 0, 0)
-    mask = [example is not None for example in loaded] + [False] * (batch_size - len(loaded))
+    mask = [example is not None for example in loaded] + [False] * (len(rows) - len(loaded))
     examples = [example or (blank[0], 0, 1) for example in loaded]
-    examples += [blank] * (batch_size - len(loaded))
+    examples += [blank] * (len(rows) - len(loaded))
     return _stack(examples, mask)
+
+
+def _template(source, transform, seed):
+    """(outputs, label, 0) of the first record that loads: the shape of padding rows."""
+    last = None
+    for index in range(min(len(source), MAX_CONSECUTIVE_BAD)):
+        try:
+            return (*_load(source, transform, index, [seed, index]), 0)
+        except DatasetError as error:
+            last = error
+    return _Failure(
+        f"The first {MAX_CONSECUTIVE_BAD} records of {source.name} are unreadable, the last: {last}"
+    )
 
 
 # ----------------------------------------------------------------------------- iterators
@@ -349,17 +366,26 @@ class StreamingDataset:
         on_bad_record: str = "stop",
         prefetch: int = 2,
         seed: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
     ) -> Batches:
         """The whole split once, in order, for evaluation and feature extraction.
 
         Every batch has exactly `batch_size` rows (one compiled shape) and a bool
         `mask`: False for the zero rows padding the last batch and, with "skip",
         for unreadable records (counted in `skipped`). Row i's transform gets
-        `np.random.default_rng([seed, i])`.
+        `np.random.default_rng([seed, i])`. Process `p` of `P` reads and returns
+        only rows `[p*B/P, (p+1)*B/P)` of each batch (its share of the split;
+        every process gets the same number of batches).
         """
         _check_options(num_workers, on_bad_record, prefetch)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        if batch_size < 1 or batch_size % process_count or not 0 <= process_index < process_count:
+            raise ValueError(
+                f"batch_size={batch_size} must be >= 1 and divide over "
+                f"process_count={process_count}, and process_index={process_index} lie in "
+                f"[0, {process_count})."
+            )
+        per_process = batch_size // process_count
         load = functools.partial(
             _eval_batch,
             source=self.source,
@@ -367,6 +393,7 @@ class StreamingDataset:
             batch_size=batch_size,
             seed=seed,
             on_bad=on_bad_record,
+            rows=range(process_index * per_process, (process_index + 1) * per_process),
         )
         import grain
 
@@ -426,6 +453,14 @@ class StreamingSource:
         return {"image": batch["image"][keep], "label": batch["label"][keep]}
 
 
+def _prepare_hint(spec: str) -> str:
+    """How to store a dataset's labels beside its shards."""
+    kind, _, arg = spec.partition(":")
+    if kind == "tfds":
+        return f"python -m ssl_jax.prepare --source={spec} --out=DIR (then arrayrecord:DIR)"
+    return f"re-running the python -m ssl_jax.prepare that wrote {arg} (with --overwrite)"
+
+
 class StreamSplit:
     """A streamed split as the evaluators see it (the interface of an
     in-memory `datasets.ImageDataset`): centre-cropped images in order,
@@ -455,18 +490,46 @@ class StreamSplit:
 
     @property
     def labels(self) -> np.ndarray:
-        """Every record's label, read once (a pass over the records)."""
+        """Every record's label, in order: from the labels file `prepare` stores
+        beside the shards (no image byte is read), else read once from the
+        records (a pass over the split)."""
         if self._labels is None:
             source = self.dataset.source
-            self._labels = np.array([source[i]["label"] for i in range(len(source))], np.int32)
+            stored = source.stored_labels()
+            if stored is None:
+                log.info(
+                    "Reading the labels of %s[%s] from its %d records (a pass over the "
+                    "split); %s stores them beside the shards and makes this free.",
+                    self.name,
+                    self.dataset.split,
+                    len(source),
+                    _prepare_hint(self.name),
+                )
+                stored = np.array([source[i]["label"] for i in range(len(source))], np.int32)
+            self._labels = stored
         return self._labels
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        """Examples per class (int64 [num_classes]), from the labels."""
+        return np.bincount(self.labels, minlength=self.num_classes)
 
     def batches(self, batch_size: int):
         """(images, mask, labels) in order, the last batch padded (mask False),
         as `datasets.ImageDataset.batches`."""
+        return self.process_batches(batch_size, 0, 1)
+
+    def process_batches(self, batch_size: int, process_index: int, process_count: int):
+        """This process's rows `[p*B/P, (p+1)*B/P)` of each of `batches`: the
+        share of the split it reads, so P processes decode it once between them."""
         transform = center_transform(self.image_size)
         with self.dataset.iterate(
-            batch_size, transform, num_workers=self.num_workers, on_bad_record=self.on_bad_record
+            batch_size,
+            transform,
+            num_workers=self.num_workers,
+            on_bad_record=self.on_bad_record,
+            process_index=process_index,
+            process_count=process_count,
         ) as batches:
             for batch in batches:
                 yield batch["image"], batch["mask"], batch["label"]

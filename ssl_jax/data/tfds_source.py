@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from ssl_jax.data import decode, text, video
+from ssl_jax.data import decode, records, text, video
 from ssl_jax.data.base import DatasetError, ImageDataset, cached_arrays, file_stats, only_feature
 from ssl_jax.registry import DATASETS
 
@@ -26,14 +26,7 @@ def load(
 ) -> ImageDataset:
     import tensorflow_datasets as tfds  # Lazy: importing tfds takes a moment.
 
-    try:
-        builder = tfds.builder(spec, data_dir=data_dir)
-    except ValueError as e:  # Includes tfds's DatasetNotFoundError.
-        where = data_dir or "the default tfds data_dir"
-        raise DatasetError(
-            f"tfds does not know {spec!r} and found no prepared copy in {where} "
-            f"({type(e).__name__}); check the name in the tfds catalog."
-        ) from e
+    builder = records.tfds_builder(spec, data_dir)
     # Most builders encode images through TensorFlow while preparing, so the one-off
     # preparation needs it (and network); reading afterwards needs neither.
     prepare = (
@@ -132,6 +125,6 @@ def native_size(spec: str, data_dir: str | None) -> int | None:
     """The image side TFDS declares for `spec`; None when its images vary in size."""
     import tensorflow_datasets as tfds
 
-    features = tfds.builder(spec, data_dir=data_dir).info.features
+    features = records.tfds_builder(spec, data_dir).info.features
     shape = features[only_feature(features, tfds.features.Image, "image", spec)].shape
     return shape[0] if shape[0] and shape[1] else None

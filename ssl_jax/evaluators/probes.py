@@ -18,7 +18,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from ssl_jax import inference, nonfinite, storage
-from ssl_jax.data import text
+from ssl_jax.data import streaming, text
 from ssl_jax.evaluate.embedding_map import save_map
 from ssl_jax.evaluate.knn import knn_top1
 from ssl_jax.evaluate.linear_probe import few_label_probe, fit_linear_probe
@@ -27,12 +27,9 @@ from ssl_jax.evaluators.base import Context, Evaluator, budgets, evaluated_datas
 
 def features(trained: inference.TrainedModel, config: ConfigDict, splits, mesh):
     """((train features, labels), (test features, labels)) of the frozen encoder."""
-    features_fn = inference.make_features_fn(trained, mesh)
     out = []
     for split in splits:
-        parts = [(features_fn(x), m, y) for x, m, y in split.batches(config.probe.batch_size)]
-        x = np.concatenate([np.asarray(f, np.float32)[m] for f, m, _ in parts])
-        y = np.concatenate([y[m] for _, m, y in parts]).astype(np.int32)
+        x, y = outputs(trained, mesh, split, config.probe.batch_size)
         if not np.isfinite(x).all():
             # Finite weights can still be huge enough to overflow (a learning
             # rate far too high, with nonfinite=skip): no evaluator can use that.
@@ -42,6 +39,42 @@ def features(trained: inference.TrainedModel, config: ConfigDict, splits, mesh):
             )
         out.append((x, y))
     return tuple(out)
+
+
+def outputs(trained: inference.TrainedModel, mesh, split, batch_size: int, method="features"):
+    """(float32 outputs of the task's `method`, int32 labels) of every example
+    of `split`, in order. A streamed split is read in shares: each process
+    decodes only its rows of each batch; the features come back whole from
+    the compiled program, and the rows' masks and labels are gathered."""
+    if isinstance(split, streaming.StreamSplit):
+        apply = inference.make_features_fn(trained, mesh, method, local_rows=True)
+        share = (jax.process_index(), jax.process_count())
+        parts = [(apply(x), m, y) for x, m, y in split.process_batches(batch_size, *share)]
+        mask = gather_rows(np.stack([m for _, m, _ in parts]))
+        labels = gather_rows(np.stack([y for _, _, y in parts]))
+        x = np.concatenate([np.asarray(f, np.float32) for f, _, _ in parts])
+        return x[mask], labels[mask].astype(np.int32)
+    apply = inference.make_features_fn(trained, mesh, method)
+    parts = [(apply(x), m, y) for x, m, y in split.batches(batch_size)]
+    x = np.concatenate([np.asarray(f, np.float32)[m] for f, m, _ in parts])
+    y = np.concatenate([y[m] for _, m, y in parts]).astype(np.int32)
+    return x, y
+
+
+def gather_rows(local: np.ndarray) -> np.ndarray:
+    """Every process's `[batches, rows of its share, ...]` -> the split's rows in
+    order, `[batches * batch size, ...]`."""
+    if jax.process_count() == 1:
+        return merge_process_rows(local[None])
+    from jax.experimental import multihost_utils
+
+    return merge_process_rows(np.asarray(multihost_utils.process_allgather(local)))
+
+
+def merge_process_rows(gathered: np.ndarray) -> np.ndarray:
+    """`[processes, batches, rows per process, ...]` -> `[batches * batch size,
+    ...]`: batch by batch, process 0's rows first (`pipeline.local_slice`)."""
+    return np.swapaxes(gathered, 0, 1).reshape(-1, *gathered.shape[3:])
 
 
 def _knn(config: ConfigDict, num_classes: int, train_xy, test_xy) -> float:
@@ -111,12 +144,8 @@ def probe_features(xy, config: ConfigDict, splits, *, map_path: str, title: str)
 
 def classifier_top1(trained: inference.TrainedModel, config: ConfigDict, split, mesh) -> float:
     """Test top-1 of a supervised task's own classifier (no probe on top)."""
-    logits_fn = inference.make_features_fn(trained, mesh, method="logits")
-    correct = [
-        (np.argmax(np.asarray(logits_fn(x)), axis=1) == y)[m]
-        for x, m, y in split.batches(config.probe.batch_size)
-    ]
-    return float(np.mean(np.concatenate(correct)))
+    logits, labels = outputs(trained, mesh, split, config.probe.batch_size, method="logits")
+    return float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
 def token_frequencies(tokens: np.ndarray, vocab_size: int, pad_id: int) -> np.ndarray:

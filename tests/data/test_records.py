@@ -66,6 +66,8 @@ def test_write_read_round_trip(tmp_path):
             *names,
             "test-00000-of-00002.array_record",
             "test-00001-of-00002.array_record",
+            "train-labels.npy",
+            "test-labels.npy",
         ]
     )
 
@@ -163,11 +165,16 @@ def test_killed_write_does_not_look_complete(tmp_path):
     assert records.INFO_FILE not in left  # The old info went first; no new one was written.
     assert any(name.startswith(".tmp-test-") for name in left)  # The killed split's shards.
     assert "train-00000-of-00002.array_record" in left  # The finished split's, renamed.
+    assert "train-labels.npy" in left and "test-labels.npy" not in left
     assert "no dataset_info.json" in _error(records.open_source, f"arrayrecord:{out}", "train")
     # Writing again needs overwrite, which removes every leftover shard.
     assert "unfinished write" in _error(_write, out, {"train": _examples(2)})
     _write(out, {"train": _examples(2)}, overwrite=True)
-    assert sorted(os.listdir(out)) == [records.INFO_FILE, "train-00000-of-00001.array_record"]
+    assert sorted(os.listdir(out)) == [
+        records.INFO_FILE,
+        "train-00000-of-00001.array_record",
+        "train-labels.npy",
+    ]
 
 
 def test_existing_dataset_needs_overwrite(tmp_path):
@@ -180,6 +187,7 @@ def test_existing_dataset_needs_overwrite(tmp_path):
         "notes.txt",  # Not a shard: never touched.
         "train-00000-of-00002.array_record",
         "train-00001-of-00002.array_record",
+        "train-labels.npy",
     ]
     assert len(records.open_source(f"arrayrecord:{tmp_path}", "train")) == 3
 
