@@ -548,13 +548,13 @@ def _signal_case(ctx: Context, trial: str, signum: int) -> Row:
     expect(unexpected, rerun.code == 0, f"the rerun exited {rerun.code}")
     stop = "stopped"
     if found:
-        grid = "on" if step % SIGNAL_LOG_EVERY == 0 else "between"
-        stop = f"stopped cleanly at step {step} ({grid} log lines)"
+        grid = "on" if step % SIGNAL_LOG_EVERY == 0 else "off"
+        stop = f"stopped cleanly at step {step} ({grid} the log grid)"
     outcome = (
         _ended(stopped, 128 + signum, stop) + f"; rerun resumed from {resumed_from(rerun.stderr)}"
     )
     if rerun.code == 0 and not lost and not silent:
-        outcome += ", exact, log row for row"
+        outcome += ", exact (state, log)"
     row = error_row(
         trial,
         f"{name} {when}; rerun",
