@@ -10,7 +10,10 @@ one fault and checks what the package promises: a failure is one line on
 stderr and exit code 2 (143 / 130 after SIGTERM / SIGINT), the rerun of the
 same command resumes and ends in the state of an uninterrupted reference run
 (`state_fingerprint` in results.json) with every step logged once, and nothing
-saved before the fault is lost. One row per trial:
+saved before the fault is lost. The signal trials log every
+`SIGNAL_LOG_EVERY` steps, so the stop falls between two log lines, and their
+resumed `metrics.jsonl` must be the reference's row for row (the same steps,
+every figure but the wall-clock ones bit for bit). One row per trial:
 
 - outcome: what happened, as observed;
 - lost: a checkpoint saved before the fault vanished or changed (other than
@@ -52,6 +55,11 @@ from collections.abc import Callable
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS, CHECKPOINT_EVERY, KEEP = 40, 5, 3
+# The signal trials' log interval (a checkpoint step must be a log step): a
+# stop mostly falls between two log lines.
+SIGNAL_LOG_EVERY = CHECKPOINT_EVERY
+# A log row's wall-clock figures: the only fields a resumed run may change.
+WALL_TIME = ("images_per_sec", "mfu")
 # Small runs: training is what the faults hit; keep the evaluation after it light.
 COMMON = (
     f"--config.train_steps={STEPS}",
@@ -171,6 +179,16 @@ def records(workdir: pathlib.Path) -> tuple[list[dict], int]:
     return good, bad
 
 
+def rows(workdir: pathlib.Path) -> list[dict]:
+    """The readable records without their wall-clock fields."""
+    return [{k: v for k, v in r.items() if k not in WALL_TIME} for r in records(workdir)[0]]
+
+
+def log_steps(steps: int = STEPS, log_every: int = 1) -> list[int]:
+    """The steps a run of `steps` steps logs (the grid, and its last step)."""
+    return [s for s in range(1, steps + 1) if s % log_every == 0 or s == steps]
+
+
 def last_step(workdir: pathlib.Path) -> int:
     return max((r["step"] for r in records(workdir)[0]), default=0)
 
@@ -233,6 +251,7 @@ class Reference:
     workdir: pathlib.Path
     fingerprint: str
     losses: dict[int, float]
+    rows: list[dict] = dataclasses.field(default_factory=list)  # `rows(workdir)`
 
 
 @dataclasses.dataclass
@@ -248,10 +267,12 @@ class Row:
     reported: bool  # the fault ended the run with its one line (exit 2 / 130 / 143)
 
 
-def audit(result: Result, workdir: pathlib.Path, ref: Reference | None, steps=STEPS) -> list[str]:
+def audit(
+    result: Result, workdir: pathlib.Path, ref: Reference | None, steps=STEPS, log_every=1
+) -> list[str]:
     """Why `result` is a silent failure ([] when it is not). Exit 0 must mean
     a results.json with the reference's fingerprint (when `ref` is given) and
-    steps 1..`steps` logged once each."""
+    the steps of `log_steps(steps, log_every)` logged once each, no other."""
     why = []
     if result.hung:
         why.append(f"hung (killed after {TIMEOUT} s)")
@@ -271,11 +292,15 @@ def audit(result: Result, workdir: pathlib.Path, ref: Reference | None, steps=ST
     elif ref is not None and got != ref.fingerprint:
         why.append("exit 0 with a state that differs from the reference")
     logged, unreadable = records(workdir)
-    logged_steps = [r["step"] for r in logged]
-    if sorted(logged_steps) != list(range(1, steps + 1)):
+    logged_steps, expected = [r["step"] for r in logged], log_steps(steps, log_every)
+    if sorted(logged_steps) != expected:
         twice = sorted({s for s in logged_steps if logged_steps.count(s) > 1})
-        missing = sorted(set(range(1, steps + 1)) - set(logged_steps))
-        why.append(f"metrics.jsonl: steps logged twice {twice[:5]}, missing {missing[:5]}")
+        missing = sorted(set(expected) - set(logged_steps))
+        extra = sorted(set(logged_steps) - set(expected))
+        off_grid = f", off the log grid {extra[:5]}" if extra else ""
+        why.append(
+            f"metrics.jsonl: steps logged twice {twice[:5]}, missing {missing[:5]}{off_grid}"
+        )
     if unreadable:
         why.append(f"metrics.jsonl keeps {unreadable} unreadable line(s)")
     return why
@@ -318,6 +343,23 @@ def lost_results(workdir: pathlib.Path, ref: Reference, *, same_end: bool = True
     return lost
 
 
+def rows_differ(workdir: pathlib.Path, ref: Reference) -> list[str]:
+    """The finished run's log against the reference's, row for row: the same
+    steps and every figure but the wall-clock ones equal (bit for bit)."""
+    got, want = {r["step"]: r for r in rows(workdir)}, {r["step"]: r for r in ref.rows}
+    if sorted(got) != sorted(want):
+        return [f"metrics.jsonl logs steps {sorted(got)[:8]}, the reference {sorted(want)[:8]}"]
+    differ = []
+    for step, row in sorted(got.items()):
+        other = want[step]
+        fields = sorted(k for k in row.keys() | other.keys() if row.get(k) != other.get(k))
+        if fields:
+            differ.append(f"{step} ({', '.join(fields)})")
+    if not differ:
+        return []
+    return [f"metrics.jsonl rows differ from the reference at steps {'; '.join(differ[:3])}"]
+
+
 def expect(problems: list[str], condition: bool, text: str) -> None:
     if not condition:
         problems.append(text)
@@ -353,7 +395,7 @@ class Context:
     config: str
     seed: int
     tmpfs: bool = False  # fill a real (tmpfs) disk, else limit file sizes
-    _reference: Reference | None = None
+    _references: dict[tuple[str, ...], Reference] = dataclasses.field(default_factory=dict)
     _logs: int = 0
 
     def rng(self, trial: str) -> random.Random:
@@ -370,17 +412,19 @@ class Context:
     def run(self, workdir: pathlib.Path, *overrides: str, preexec_fn=None) -> Result:
         return Job(self, workdir, *overrides, preexec_fn=preexec_fn).finish()
 
-    def reference(self) -> Reference:
-        """The uninterrupted run every exact resume is compared with (once)."""
-        if self._reference is None:
-            workdir = self.workdir("reference")
-            result = self.run(workdir)
+    def reference(self, *overrides: str) -> Reference:
+        """The uninterrupted run every exact resume is compared with (once per
+        set of `overrides`, which must not change the final state)."""
+        if overrides not in self._references:
+            workdir = self.workdir("_".join(["reference", *overrides]).replace("=", "_"))
+            result = self.run(workdir, *overrides)
             if result.code != 0 or fingerprint(workdir) is None:
                 raise SystemExit(
                     f"The reference run failed ({result.code}):\n{result.stderr[-3000:]}"
                 )
-            self._reference = Reference(workdir, fingerprint(workdir), losses(workdir))
-        return self._reference
+            ref = Reference(workdir, fingerprint(workdir), losses(workdir), rows(workdir))
+            self._references[overrides] = ref
+        return self._references[overrides]
 
     def copy_of_reference(self, trial: str) -> pathlib.Path:
         """A finished run's workdir to inject a fault into."""
@@ -473,20 +517,26 @@ def trial_kill_probe(ctx):
 
 
 def _signal_case(ctx: Context, trial: str, signum: int) -> Row:
-    """A stop request mid-training: the loop checkpoints the step, says so in
-    one line and exits 128 + signum; the rerun resumes exactly."""
-    ref, workdir, rng = ctx.reference(), ctx.workdir(trial), ctx.rng(trial)
+    """A stop request mid-training, logging every `SIGNAL_LOG_EVERY` steps:
+    the loop checkpoints the step, says so in one line and exits 128 +
+    signum; the rerun resumes exactly, its log included (no row at the stop
+    step, the next row averaged over the whole interval)."""
+    overrides = (f"--config.log_every={SIGNAL_LOG_EVERY}",)
+    ref, workdir, rng = ctx.reference(*overrides), ctx.workdir(trial), ctx.rng(trial)
     name = signal.Signals(signum).name
-    job = Job(ctx, workdir)
+    job = Job(ctx, workdir, *overrides)
     when = _mid_training(job, workdir, rng)
+    # A moment into the next interval, so the stop mostly falls inside it.
+    time.sleep(rng.uniform(0.0, 0.3))
     job.signal(signum)
     stopped = job.finish()
     before, saved = snapshot(workdir), checkpoint_steps(workdir)
-    rerun = ctx.run(workdir)
+    rerun = ctx.run(workdir, *overrides)
 
-    silent, unexpected = audit(stopped, workdir, ref), []
-    silent += [f"rerun: {why}" for why in audit(rerun, workdir, ref)]
+    silent, unexpected = audit(stopped, workdir, ref, log_every=SIGNAL_LOG_EVERY), []
+    silent += [f"rerun: {why}" for why in audit(rerun, workdir, ref, log_every=SIGNAL_LOG_EVERY)]
     lost = lost_checkpoints(before, workdir) + lost_results(workdir, ref)
+    lost += rows_differ(workdir, ref) if rerun.code == 0 else []
     found = re.search(r"at step (\d+); its checkpoint is saved in (\S+)\. Rerun", _message(stopped))
     step = int(found[1]) if found else None
     expect(unexpected, found is not None, "the line names no step and checkpoint")
@@ -496,12 +546,15 @@ def _signal_case(ctx: Context, trial: str, signum: int) -> Row:
         expect(unexpected, step in saved, f"checkpoint {step} was not there after the stop")
         expect(unexpected, resumed_from(rerun.stderr) == step, "the rerun did not resume from it")
     expect(unexpected, rerun.code == 0, f"the rerun exited {rerun.code}")
-    stop = f"stopped cleanly at step {step}" if found else "stopped"
+    stop = "stopped"
+    if found:
+        grid = "on" if step % SIGNAL_LOG_EVERY == 0 else "off"
+        stop = f"stopped cleanly at step {step} ({grid} the log grid)"
     outcome = (
         _ended(stopped, 128 + signum, stop) + f"; rerun resumed from {resumed_from(rerun.stderr)}"
     )
     if rerun.code == 0 and not lost and not silent:
-        outcome += ", exact"
+        outcome += ", exact (state, log)"
     row = error_row(
         trial,
         f"{name} {when}; rerun",

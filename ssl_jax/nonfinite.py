@@ -105,9 +105,13 @@ class Guard:
             self.skipped_examples,
         )
 
-    def save(self, step: int, state) -> None:
-        """Checkpoints `state` with the skip counts, unless a leaf is NaN/Inf."""
+    def save(self, step: int, state, *, open_interval=None) -> None:
+        """Checkpoints `state` with the skip counts (and the open log
+        interval's sums, `train.OpenInterval`, if the step is off the log
+        grid), unless a leaf is NaN/Inf."""
         counters = {"skipped_steps": self.skipped_steps, "skipped_examples": self.skipped_examples}
+        if open_interval is not None:
+            counters["open_interval"] = open_interval.to_json()
         try:
             self._checkpointer.save(step, state, counters=counters)
         except NonFiniteStateError as error:

@@ -5,15 +5,24 @@ rule for weight decay: it applies to kernels only. Biases and normalisation
 scales/offsets (every parameter with fewer than two dimensions) are excluded,
 from decay and, for LARS, from trust-ratio adaptation, as SimCLR and most
 large-batch recipes do: decaying a BN scale fights the normalisation itself.
+
+A parameter can be frozen for the start of the run (`freeze`: DINO's, iBOT's
+and SwAV's prototypes for their first epoch): while frozen it gets no update
+and its optimizer state does not advance, as in the PyTorch references, where
+a parameter without a gradient is skipped by the optimizer (no weight decay,
+no moment, no step count). Its first step after the freeze is a fresh
+optimizer's first step, at the run's learning rate of that step.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from ml_collections import ConfigDict
 
@@ -159,6 +168,12 @@ def validate(opt: ConfigDict) -> None:
                 "optimizer.module_lr_scales holds (module, scale > 0) pairs, e.g. "
                 f"(('encoder', 0.1),); got {tuple(opt.module_lr_scales)}."
             )
+    for pair in opt.freeze:
+        if len(pair) != 2 or not isinstance(pair[0], str) or not 0 <= float(pair[1]) <= 1:
+            raise ValueError(
+                "optimizer.freeze holds (parameter path, fraction of the run in [0, 1]) "
+                f"pairs, e.g. (('head/prototypes', 0.01),); got {tuple(opt.freeze)}."
+            )
     if opt.grad_clip not in CLIPPING:
         raise ValueError(f"optimizer.grad_clip={opt.grad_clip!r} is not one of {sorted(CLIPPING)}.")
     if not 0 <= opt.end_lr_fraction <= 1:
@@ -171,6 +186,24 @@ def make_optimizer(
     """The optimizer named by `opt.name` and its learning-rate schedule."""
     validate(opt)
     schedule = make_schedule(opt, batch_size=batch_size, total_steps=total_steps)
+    frozen = [(path, frozen_steps(float(fraction), total_steps)) for path, fraction in opt.freeze]
+    frozen = [(path, steps) for path, steps in frozen if steps > 0]
+    if frozen:
+        tx = _with_freeze(opt, schedule, batch_size, frozen)
+    else:  # no freeze: the layout of the optimizer state that has no groups
+        tx = _updates(opt, schedule, batch_size)
+    for module, scale in opt.module_lr_scales:
+        # A module's steps scaled, e.g. a pretrained encoder fine-tuned at a
+        # tenth of its new head's rate.
+        mask = _in_modules((module,), "module_lr_scales")
+        tx = optax.chain(tx, optax.masked(optax.scale(float(scale)), mask))
+    if opt.grad_clip_norm:
+        tx = optax.chain(CLIPPING[opt.grad_clip](opt.grad_clip_norm), tx)
+    return tx, schedule
+
+
+def _updates(opt: ConfigDict, schedule: optax.Schedule, batch_size: int):
+    """The named optimizer on `schedule`, with the bias scale and the fixed-rate modules."""
     tx = _with_bias_scale(opt, OPTIMIZERS[opt.name](opt, schedule))
     if opt.fixed_lr_modules:
         # SimSiam's predictor at a constant learning rate (the paper's section
@@ -182,14 +215,84 @@ def make_optimizer(
             lambda fixed: "fixed" if fixed else "scheduled", in_fixed(params)
         )
         tx = optax.multi_transform({"scheduled": tx, "fixed": fixed_tx}, labels)
-    for module, scale in opt.module_lr_scales:
-        # A module's steps scaled, e.g. a pretrained encoder fine-tuned at a
-        # tenth of its new head's rate.
-        mask = _in_modules((module,), "module_lr_scales")
-        tx = optax.chain(tx, optax.masked(optax.scale(float(scale)), mask))
-    if opt.grad_clip_norm:
-        tx = optax.chain(CLIPPING[opt.grad_clip](opt.grad_clip_norm), tx)
-    return tx, schedule
+    return tx
+
+
+def frozen_steps(fraction: float, total_steps: int) -> int:
+    """How many of the run's first optimizer steps a `fraction` freezes: the
+    steps s (from 0) whose progress s / total_steps, in float32 as the tasks
+    keep it, is below `fraction` in float32."""
+    steps = np.arange(total_steps + 1, dtype=np.float32)
+    after = steps / np.float32(max(total_steps, 1)) >= np.float32(fraction)
+    return int(np.argmax(after)) if after.any() else total_steps
+
+
+class HoldState(NamedTuple):
+    count: jax.Array  # optimizer steps taken, frozen or not
+    inner: optax.OptState  # the group's own optimizer state, untouched while frozen
+
+
+def hold(inner: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
+    """`inner` for the first `steps` optimizer steps held: zero updates and
+    its state kept as it was (Adam's moments and count, SGD's momentum); from
+    then on `inner` as if it started there."""
+
+    def init(params):
+        return HoldState(jnp.zeros([], jnp.int32), inner.init(params))
+
+    def update(updates, state, params=None):
+        frozen = state.count < steps
+        new_updates, new_inner = inner.update(updates, state.inner, params)
+        keep = lambda new, old: jnp.where(frozen, old, new)
+        new_updates = jax.tree.map(lambda u: jnp.where(frozen, jnp.zeros_like(u), u), new_updates)
+        count = optax.safe_increment(state.count)
+        return new_updates, HoldState(count, jax.tree.map(keep, new_inner, state.inner))
+
+    return optax.GradientTransformation(init, update)
+
+
+def _with_freeze(opt, schedule, batch_size, frozen: list[tuple[str, int]]):
+    """The optimizer with each `frozen` (path, steps) group held for its
+    first steps. Every group has its own copy of the optimizer (so its own
+    step count); a held group's schedule is shifted by its steps, so that
+    after the freeze it reads the run's learning rate of the step, not the
+    warm-up's start."""
+    transforms = {"free": _updates(opt, schedule, batch_size)}
+    for i, (_, steps) in enumerate(frozen):
+        shifted = lambda count, steps=steps: schedule(count + steps)
+        transforms[f"frozen{i}"] = hold(_updates(opt, shifted, batch_size), steps)
+    return optax.multi_transform(transforms, _freeze_labels([path for path, _ in frozen]))
+
+
+def _path_names(path) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def _freeze_labels(paths: list[str]) -> Callable:
+    """params -> "frozen<i>" for the parameters under `paths[i]` (slash-separated
+    attribute names from the task, e.g. "head/prototypes"), "free" elsewhere."""
+    prefixes = [tuple(p.strip("/").split("/")) for p in paths]
+
+    def labels(params):
+        names = [_path_names(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+        for path, prefix in zip(paths, prefixes, strict=True):
+            if not any(n[: len(prefix)] == prefix for n in names):
+                tops = sorted({"/".join(n[:2]) for n in names})
+                raise ValueError(
+                    f"optimizer.freeze names {path!r}, which holds no parameter of the task; "
+                    f"its parameters are under {tops}."
+                )
+
+        def label(path, _):
+            names = _path_names(path)
+            for i, prefix in enumerate(prefixes):
+                if names[: len(prefix)] == prefix:
+                    return f"frozen{i}"
+            return "free"
+
+        return jax.tree_util.tree_map_with_path(label, params)
+
+    return labels
 
 
 def _with_bias_scale(opt: ConfigDict, tx: optax.GradientTransformation):
@@ -225,15 +328,16 @@ def _in_modules(modules: tuple[str, ...], field: str) -> Callable:
 
 
 def _clip_each_tensor(max_norm: float) -> optax.GradientTransformation:
-    """DINO's reference clipping (`clip_gradients`): every parameter's gradient
-    scaled to norm <= max_norm on its own, not the global norm."""
+    """DINO's reference clipping (facebookresearch/dino, utils.clip_gradients,
+    also iBOT's): every parameter's gradient on its own, scaled by
+    max_norm / (||g|| + 1e-6) where that is below 1, not by the global norm."""
 
     def update(updates, state, params=None):
         del params
 
         def clip(g):
-            norm = jnp.linalg.norm(g)
-            return g * jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-6))
+            scale = max_norm / (jnp.linalg.norm(g.astype(jnp.float32)) + 1e-6)
+            return (g * jnp.minimum(scale, 1.0)).astype(g.dtype)
 
         return jax.tree.map(clip, updates), state
 
@@ -275,6 +379,10 @@ def default_config(**overrides) -> ConfigDict:
             "fixed_lr_modules": (),
             # (module, scale) pairs: those top-level modules' steps scaled.
             "module_lr_scales": (),
+            # (parameter path, fraction of the run) pairs: the parameters
+            # under that path ("head/prototypes") are frozen for that first
+            # part of the run: no update, no optimizer-state advance.
+            "freeze": (),
         }
     )
     config.update(overrides)

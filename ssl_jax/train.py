@@ -50,12 +50,50 @@ _TRAIN_STREAM = 1
 
 
 @dataclasses.dataclass(frozen=True)
+class OpenInterval:
+    """The metric sums of the log interval a checkpoint fell inside (steps
+    after the last log line, up to and including the checkpoint's step).
+    They travel with the checkpoint, so a run stopped (or killed) mid-interval
+    and resumed writes the same next log line, averaged over the same steps,
+    as the run that never stopped: the sums come back as the same float32
+    values the device held (JSON keeps a double exactly, and a float32
+    widened to a double and narrowed back is unchanged)."""
+
+    count: int
+    sums: dict[str, float]
+    dtypes: dict[str, str]
+
+    @classmethod
+    def of(cls, totals: Mapping | None, count: int) -> OpenInterval | None:
+        if totals is None or not count:
+            return None
+        host = jax.device_get(dict(totals))
+        sums = {k: float(v) for k, v in host.items()}
+        return cls(count, sums, {k: str(v.dtype) for k, v in host.items()})
+
+    def to_json(self) -> dict:
+        return {"count": self.count, "sums": self.sums, "dtypes": self.dtypes}
+
+    @classmethod
+    def from_json(cls, saved: Mapping | None) -> OpenInterval | None:
+        """None for a checkpoint without one (on the log grid, or written
+        before the sums were saved: that run's next line averages fewer steps)."""
+        if not saved:
+            return None
+        return cls(int(saved["count"]), dict(saved["sums"]), dict(saved["dtypes"]))
+
+    def totals(self) -> dict:
+        return {k: jnp.asarray(v, self.dtypes[k]) for k, v in self.sums.items()}
+
+
+@dataclasses.dataclass(frozen=True)
 class _Start:
     """Where the loop starts: step 0, or the step and counters of a checkpoint."""
 
     step: int = 0
     skipped_steps: int = 0
     skipped_examples: int = 0
+    interval: OpenInterval | None = None  # the log interval the checkpoint fell inside
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,7 +322,12 @@ def _resume(config, workdir, checkpointer, state, allow_config_change) -> tuple[
     start = _Start()
     if restored:
         step, state, counters = restored
-        start = _Start(step, counters.get("skipped_steps", 0), counters.get("skipped_examples", 0))
+        start = _Start(
+            step,
+            counters.get("skipped_steps", 0),
+            counters.get("skipped_examples", 0),
+            OpenInterval.from_json(counters.get("open_interval")),
+        )
         log.info("Resumed from the checkpoint of step %d in %s", step, workdir)
     if jax.process_index() == 0:
         workdir_lib.save_config(workdir, config, changes=changes, from_step=start.step)
@@ -309,7 +352,10 @@ def _loop(
     steps are found at the next log line or checkpoint, whichever is first,
     and a state that one has touched is never saved. A SIGTERM/SIGINT stops
     the loop at the next step boundary (several processes: the next log
-    step), after a log line and a checkpoint of that step.
+    step), after a checkpoint of that step. Log lines stay on the
+    `log_every` grid: a checkpoint between two of them carries the open
+    interval's sums (`OpenInterval`), so the resumed run's `metrics.jsonl`
+    is row for row the uninterrupted run's.
     """
     collapse_watch = collapse.CollapseWatch(**config.collapse_warning, warn=log.warning)
     guard = nonfinite.Guard(
@@ -319,7 +365,11 @@ def _loop(
         skipped_steps=start.skipped_steps,
         skipped_examples=start.skipped_examples,
     )
-    totals, count = None, 0  # metric sums since the last log line, on the device
+    # Metric sums since the last log line, on the device; a resumed run
+    # starts with those its checkpoint carried.
+    totals, count = None, 0
+    if start.interval is not None:
+        totals, count = start.interval.totals(), start.interval.count
     last_loss = math.nan
     with preemption.deferred():
         for step in range(start.step + 1, config.train_steps + 1):
@@ -332,7 +382,6 @@ def _loop(
             is_last = step == config.train_steps
             is_log = step % config.log_every == 0 or is_last
             stop = preemption.should_stop(sync_point=is_log)
-            is_log = is_log or stop
             is_checkpoint = step % config.checkpoint_every == 0 or is_last or stop
             if is_checkpoint or is_log:
                 guard.check()
@@ -350,7 +399,7 @@ def _loop(
                 totals, count = None, 0
                 throughput.restart()
             if is_checkpoint:
-                guard.save(step, state)
+                guard.save(step, state, open_interval=OpenInterval.of(totals, count))
                 if outputs.visualize:
                     outputs.visualize(state, step)
             if stop:

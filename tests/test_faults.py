@@ -14,6 +14,16 @@ import pytest
 
 from tests.test_main import QUICK, ROOT, losses, run_main
 
+# Wall-clock figures of a log line: the only fields a resumed run's
+# metrics.jsonl may differ in from the uninterrupted run's.
+WALL_TIME = ("images_per_sec", "mfu")
+
+
+def _rows(workdir):
+    """metrics.jsonl's rows without their wall-clock fields."""
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in WALL_TIME} for row in rows]
+
 
 def _start(workdir, *overrides, preexec_fn=None):
     command = [
@@ -96,11 +106,12 @@ def test_a_changed_config_is_refused_and_touches_nothing(finished_run):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_checkpoints_the_step_and_the_rerun_is_exact(tmp_path, signum):
     args = (*QUICK, "--config.train_steps=40", "--config.checkpoint_every=10")
+    args += ("--config.log_every=5",)  # a stop between two log lines, mostly
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     run_main(straight, *args)
 
     process = _start(stopped, *args)
-    _wait_for_steps(stopped, process, 13)
+    _wait_for_steps(stopped, process, 3)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signum, stderr[-2000:]
@@ -108,7 +119,7 @@ def test_a_signal_checkpoints_the_step_and_the_rerun_is_exact(tmp_path, signum):
     (line,) = [line for line in stderr.splitlines() if line.startswith("ssl_jax:")]
     assert line.startswith(f"ssl_jax: stopped by {name} at step ") and "Rerun" in line
     step = int(line.split(" at step ")[1].split(";")[0])
-    assert 13 <= step < 40 and f"checkpoints/{step}" in line
+    assert 15 <= step < 40 and f"checkpoints/{step}" in line
     assert (stopped / "checkpoints" / str(step)).is_dir()
     assert not (stopped / "results.json").exists()
 
@@ -117,7 +128,10 @@ def test_a_signal_checkpoints_the_step_and_the_rerun_is_exact(tmp_path, signum):
     a = json.loads((straight / "results.json").read_text())
     b = json.loads((stopped / "results.json").read_text())
     assert a["state_fingerprint"] == b["state_fingerprint"]
-    assert list(losses(stopped)) == list(range(1, 41))  # every step logged once
+    # The log as the uninterrupted run's: the same rows (no row at the stop
+    # step), the same averages, bit for bit.
+    assert [row["step"] for row in _rows(stopped)] == list(range(5, 41, 5))
+    assert _rows(stopped) == _rows(straight)
 
 
 def _file_size_limit(limit_bytes):
@@ -159,6 +173,38 @@ def test_a_full_disk_is_one_line_and_the_rerun_resumes(tmp_path, overrides, mess
     result = run_main(workdir, *QUICK, *overrides)
     assert (workdir / "results.json").exists(), result.stderr[-2000:]
     assert list(losses(workdir)) == list(range(1, steps + 1))
+
+
+def test_a_run_stopped_mid_interval_resumes_to_the_same_log_row_for_row(tmp_path, monkeypatch):
+    """A stop at step 6 of a log interval 5-8: no row at 6, and the resumed
+    run's row 8 averages steps 5-8 bit for bit as the run that never stopped."""
+    from ssl_jax import preemption, train
+    from tests.test_train import _arrays, _config
+
+    config = _config(train_steps=8, log_every=4, checkpoint_every=8)
+    train.train(config, str(tmp_path / "straight"), _arrays())
+
+    boundaries, should_stop = iter(range(1, 9)), preemption.should_stop
+
+    def signal_at_step_6(*, sync_point):
+        if next(boundaries) == 6:
+            preemption._handle(signal.SIGTERM, None)  # as the installed handler would
+        return should_stop(sync_point=sync_point)
+
+    monkeypatch.setattr(preemption, "should_stop", signal_at_step_6)
+    try:
+        with pytest.raises(preemption.Interrupted, match="at step 6;"):
+            train.train(config, str(tmp_path / "stopped"), _arrays())
+    finally:
+        preemption.reset()
+    monkeypatch.undo()
+    assert [row["step"] for row in _rows(tmp_path / "stopped")] == [4]
+
+    _, summary = train.train(config, str(tmp_path / "stopped"), _arrays())
+    assert summary["resumed_from_step"] == 6
+    straight, resumed = _rows(tmp_path / "straight"), _rows(tmp_path / "stopped")
+    assert [row["step"] for row in resumed] == [4, 8]
+    assert resumed == straight  # every non-wall-clock field, bit for bit
 
 
 def test_a_truncated_metrics_line_does_not_block_the_resume(finished_run):

@@ -249,3 +249,95 @@ def test_fixed_lr_modules_on_a_real_task_state():
     updates, _ = tx.update(grads, tx.init(trained.params), trained.params)
     moved = lambda tree: any(float(jnp.abs(u).max()) > 0 for u in jax.tree.leaves(tree))
     assert moved(updates["predictor"]) and not moved(updates["encoder"])
+
+
+def test_per_tensor_clipping_is_dinos_clip_gradients():
+    """Against a float64 numpy transcription of the reference's
+    `clip_gradients`: coef = clip / (||g|| + 1e-6), applied where below 1."""
+    rng = np.random.default_rng(0)
+    grads = {
+        "big": rng.normal(size=(5, 7)) * 3.0,  # norm ~ 18
+        "small": rng.normal(size=(6,)) * 0.1,  # norm ~ 0.25
+        "edge": np.full((4,), 1.5),  # norm 3.0: coef just under 1
+    }
+    params = {k: jnp.zeros(v.shape) for k, v in grads.items()}
+    opt = optim.default_config(
+        name="sgd", learning_rate=1.0, lr_scaling="none", weight_decay=0.0, momentum=0.0
+    )
+    opt.update(grad_clip_norm=3.0, grad_clip="per_tensor")
+    tx, _ = optim.make_optimizer(opt, batch_size=256, total_steps=10)
+    as_jax = {k: jnp.asarray(v, jnp.float32) for k, v in grads.items()}
+    updates, _ = tx.update(as_jax, tx.init(params), params)
+    for name, g in grads.items():
+        g = np.asarray(g, np.float64)
+        coef = 3.0 / (np.linalg.norm(g) + 1e-6)
+        expected = -(g * coef if coef < 1 else g)  # SGD at lr 1: the update is -g
+        np.testing.assert_allclose(np.asarray(updates[name]), expected, rtol=1e-6, atol=1e-7)
+
+
+def _adamw_freeze(freeze):
+    opt = optim.default_config(
+        name="adamw", learning_rate=0.01, lr_scaling="none", weight_decay=0.05
+    )
+    opt.update(warmup_fraction=0.5, freeze=freeze)  # a warm-up: the schedule's step matters
+    return opt
+
+
+def test_a_frozen_parameter_keeps_its_adam_state_then_takes_a_fresh_first_step():
+    rng = np.random.default_rng(1)
+    params = {
+        "encoder": {"kernel": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)},
+        "head": {"prototypes": {"kernel": jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)}},
+    }
+    opt = _adamw_freeze((("head/prototypes", 0.3),))
+    tx, schedule = optim.make_optimizer(opt, batch_size=256, total_steps=10)
+    assert optim.frozen_steps(0.3, 10) == 3  # steps 0, 1, 2: progress 0, 0.1, 0.2 < 0.3
+    state = initial = tx.init(params)
+    held = lambda s: s.inner_states["frozen0"].inner_state
+    start = params
+    for _ in range(3):
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+        updates, state = tx.update(grads, state, params)
+        assert not np.any(np.asarray(updates["head"]["prototypes"]["kernel"]))
+        params = optax.apply_updates(params, updates)
+    assert np.any(params["encoder"]["kernel"] != start["encoder"]["kernel"])  # the rest trains
+    # The frozen group's AdamW state (moments, counts) is its initial state, bit for bit.
+    for now, then in zip(
+        jax.tree.leaves(held(state).inner), jax.tree.leaves(held(initial).inner), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(now), np.asarray(then))
+    assert int(held(state).count) == 3
+
+    # Step 3: AdamW's first step (float64 numpy) at the run's learning rate of step 3.
+    g = rng.normal(size=(4, 5))
+    grads = {
+        "encoder": {"kernel": jnp.zeros((3, 4))},
+        "head": {"prototypes": {"kernel": jnp.asarray(g, jnp.float32)}},
+    }
+    updates, state = tx.update(grads, state, params)
+    w = np.asarray(params["head"]["prototypes"]["kernel"], np.float64)
+    b1, b2, eps, lr = 0.9, 0.999, 1e-8, float(schedule(3))
+    assert lr > 0.005  # well into the warm-up, not its start
+    m_hat = (1 - b1) * g / (1 - b1)
+    v_hat = (1 - b2) * g**2 / (1 - b2)
+    expected = -lr * (m_hat / (np.sqrt(v_hat) + eps) + 0.05 * w)
+    got = np.asarray(updates["head"]["prototypes"]["kernel"])
+    np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-8)
+
+
+def test_freeze_names_a_path_the_task_has():
+    params = {"head": {"prototypes": {"kernel": jnp.ones((2, 2))}}}
+    tx, _ = optim.make_optimizer(
+        _adamw_freeze((("head/protos", 0.3),)), batch_size=256, total_steps=10
+    )
+    with pytest.raises(ValueError, match="optimizer.freeze names 'head/protos'.*head/prototypes"):
+        tx.init(params)
+    with pytest.raises(ValueError, match="optimizer.freeze holds"):
+        optim.make_optimizer(_adamw_freeze((("head", 2.0),)), batch_size=256, total_steps=10)
+    # No freeze (or a zero one): the optimizer state of a plain optimizer.
+    plain, _ = optim.make_optimizer(_adamw_freeze(()), batch_size=256, total_steps=10)
+    zero, _ = optim.make_optimizer(
+        _adamw_freeze((("head/prototypes", 0.0),)), batch_size=256, total_steps=10
+    )
+    same = jax.tree.structure(plain.init(params)) == jax.tree.structure(zero.init(params))
+    assert same

@@ -240,7 +240,7 @@ def test_dino_schedules_inside_the_loss_are_the_projects(folder):
         "task_kwargs.teacher_temperature_warmup=0.45",
         "task_kwargs.warmup_teacher_temperature=0.02",
         "task_kwargs.teacher_temperature=0.07",
-        "task_kwargs.freeze_prototypes=0.3",
+        "optimizer.freeze=(('head/prototypes', 0.3),)",
     )
     config = _config("dino", folder, *overrides)
     task = inference.build_task(config)
@@ -252,7 +252,8 @@ def test_dino_schedules_inside_the_loss_are_the_projects(folder):
         for p in peer.head.last_layer.parameters():
             p.grad = torch.ones_like(p)
         peer.before_step(step)
-        frozen = bool(task.progress[...] < task.freeze_prototypes)
+        # The peer's float32 progress rule freezes the steps ssl_jax's optimizer holds.
+        frozen = step < jax_optim.frozen_steps(0.3, config.train_steps)
         assert (peer.head.last_layer.weight_v.grad is None) == frozen
 
 
@@ -288,7 +289,7 @@ def test_swav_peer_freezes_normalises_and_queues_its_prototypes(folder):
         "train_steps=8",
         "batch_size=4",
         "task_kwargs.queue_length=8",
-        "task_kwargs.freeze_prototypes_fraction=0.25",
+        "optimizer.freeze=(('prototypes', 0.25),)",
         "task_kwargs.queue_start_fraction=0.25",
     )
     config = experiment.fill_from_dataset(

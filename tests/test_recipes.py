@@ -96,7 +96,7 @@ LIGHTLY_CIFAR = {
         "task_kwargs.projection_dim": 128,
         "task_kwargs.num_prototypes": 512,
         "task_kwargs.queue_length": 0,
-        "task_kwargs.freeze_prototypes_fraction": 0.0,
+        "optimizer.freeze": (),
         "task_kwargs.temperature": 0.1,
         "task_kwargs.epsilon": 0.05,
         "task_kwargs.sinkhorn_iterations": 3,
@@ -145,9 +145,9 @@ def test_small_recipe_views_match_their_source(method):
 
 
 def test_dino_cifar_recipe_has_no_blur_and_fractional_schedules():
-    kwargs = config_lib.get_config("dino", "dataset=tfds:cifar10").task_kwargs
-    assert [v["blur_probability"] for v in kwargs.global_views] == [0.0, 0.0]
-    assert kwargs.freeze_prototypes == 0.01
+    config = config_lib.get_config("dino", "dataset=tfds:cifar10")
+    assert [v["blur_probability"] for v in config.task_kwargs.global_views] == [0.0, 0.0]
+    assert config.optimizer.freeze == (("head/prototypes", 0.01),)
 
 
 @pytest.mark.parametrize("encoder", ["", ",encoder=vit_mini", ",encoder=vit", ",runlocal"])

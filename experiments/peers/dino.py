@@ -7,11 +7,12 @@ training mode (batch statistics), as ssl_jax's. The head is the reference's
 weight-normalised prototypes of norm 1); lightly initialises the MLP as
 ssl_jax's "dino" init (truncated normal, std 0.02), the prototypes are drawn
 as ssl_jax's (truncated normal, std 0.02). `teacher_temperature_warmup` and
-`freeze_prototypes` are fractions of the run, as in ssl_jax: the teacher
+the prototypes' freeze (`optimizer.freeze` on "head/prototypes") are
+fractions of the run, as in ssl_jax: the teacher
 temperature rises linearly from `warmup_teacher_temperature` over that part
 of the run, and the prototypes get no gradient while the run's progress
-(steps done / train_steps, float32 as ssl_jax keeps it) is below
-`freeze_prototypes` (lightly's `cancel_last_layer_gradients` with the
+(steps done / train_steps, float32 as ssl_jax keeps it) is below that
+fraction (lightly's `cancel_last_layer_gradients` with the
 progress as its "epoch"). The loss centres with momentum `center_momentum`
 after each loss. Features come from the teacher's encoder.
 """
@@ -28,7 +29,7 @@ from lightly.models.modules.heads import DINOProjectionHead
 from lightly.models.utils import deactivate_requires_grad
 
 from experiments.peers import models, views
-from experiments.peers.methods import Method
+from experiments.peers.methods import Method, frozen_fraction
 
 
 class DINO(Method):
@@ -42,6 +43,7 @@ class DINO(Method):
     def __init__(self, config, encoder, **kw):
         super().__init__("dino", config, encoder, **kw)
         k, self.total_steps = self.kw, config.train_steps
+        k["freeze_prototypes"] = frozen_fraction(config, "head/prototypes")
         self.head = self._head(encoder.feature_dim)
         # weight_norm's computed weight cannot be deep-copied: a new head, same values.
         teacher_head = self._head(encoder.feature_dim)

@@ -67,6 +67,12 @@ def task_kwargs(task: str, config_kwargs, implemented: set[str]) -> dict:
     return kwargs
 
 
+def frozen_fraction(config, path: str) -> float:
+    """The fraction of the run for which `config.optimizer.freeze` freezes
+    the parameters under `path` (0 if it names none)."""
+    return dict((p, float(f)) for p, f in config.optimizer.get("freeze", ())).get(path, 0.0)
+
+
 def momentum(base: float, step: int, total_steps: int) -> float:
     """ssl_jax's `teacher.momentum_schedule(base, step, total_steps)`, step
     from 1: 1 - (1 - base)(cos(pi step / total) + 1) / 2, via lightly's

@@ -14,9 +14,9 @@ update.
 Written here, from the task's docstring and the reference
 (facebookresearch/swav, main_swav.py):
 - the freeze: while the run's progress (steps done / train_steps, float32 as
-  ssl_jax keeps it) is below `freeze_prototypes_fraction`, the prototypes'
-  gradient is dropped (`grad = None`, so the optimizer skips them, as the
-  reference) and they keep their initial values;
+  ssl_jax keeps it) is below the fraction `optimizer.freeze` gives
+  "prototypes", the prototypes' gradient is dropped (`grad = None`, so the
+  optimizer skips them, as the reference) and they keep their initial values;
 - the queue: the last `queue_length` embeddings of each global crop, filled
   from `queue_start_fraction` of the run and used once full (scored with the
   current prototypes and given to lightly's loss, which drops their codes).
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from lightly.loss import SwaVLoss
 
 from experiments.peers import models, views
-from experiments.peers.methods import Method, lecun_linear
+from experiments.peers.methods import Method, frozen_fraction, lecun_linear
 
 
 class SwAV(Method):
@@ -42,6 +42,7 @@ class SwAV(Method):
 
     def __init__(self, config, encoder, **kw):
         super().__init__("swav", config, encoder, **kw)
+        self.kw["freeze_prototypes_fraction"] = frozen_fraction(config, "prototypes")
         k, self.total_steps = self.kw, config.train_steps
         hidden = [k["projection_hidden_dim"]] if k["projection_hidden_dim"] else []
         self.projector = models.mlp([encoder.feature_dim, *hidden, k["projection_dim"]])

@@ -63,7 +63,6 @@ _SMALL = {
         "base_momentum": 0.996,
         "teacher_temperature": 0.04,
         "warmup_teacher_temperature": 0.04,
-        "freeze_prototypes": 0.01,
     },
     "batch_size": 128,
     "train_steps": 78_000,  # 200 epochs of 50,000 images
@@ -73,6 +72,7 @@ _SMALL = {
         "momentum": 0.9,
         "weight_decay": 5e-4,
         "warmup_fraction": config_lib.SMALL_WARMUP,
+        "freeze": (("head/prototypes", 0.01),),
     },
 }
 
@@ -139,11 +139,15 @@ RECIPES = {
             "teacher_temperature": 0.07,
             "teacher_temperature_warmup": 0.1,  # 30 of 300 epochs
             "base_momentum": 0.996,
-            "freeze_prototypes": 1 / 300,  # the reference's first epoch
         },
         "batch_size": 1024,
         "train_steps": 375_300,
-        "optimizer": {"learning_rate": 5e-4, "warmup_fraction": 10 / 300},
+        "optimizer": {
+            "learning_rate": 5e-4,
+            "warmup_fraction": 10 / 300,
+            # The reference's freeze_last_layer: its first epoch.
+            "freeze": (("head/prototypes", 1 / 300),),
+        },
     },
 }
 
@@ -162,7 +166,6 @@ def get_config(arg: str | None = None):
                 "warmup_teacher_temperature": 0.04,
                 "teacher_temperature_warmup": 0.0,
                 "center_momentum": 0.9,
-                "freeze_prototypes": 0.0,
                 "head_batch_norm": False,
             },
             "optimizer": {
@@ -183,6 +186,8 @@ def get_config(arg: str | None = None):
                 "bottleneck_dim": 8,
                 "head_init": "lecun",
                 **_views(16, 8, global_scale=(0.4, 1.0), local_scale=(0.1, 0.4)),
-            }
+            },
+            # Steps 1-2 of 6 frozen: the kill/resume and device-count tests cover the freeze.
+            "optimizer": {"freeze": (("head/prototypes", 1 / 3),)},
         },
     )

@@ -133,7 +133,6 @@ RECIPES = {
             "out_dim": 8192,
             "teacher_temperature": 0.07,
             "teacher_temperature_warmup": 30 / 800,
-            "freeze_prototypes": 1 / 800,  # the reference's first epoch
         },
         "batch_size": 1024,
         "train_steps": 1_000_800,
@@ -141,6 +140,9 @@ RECIPES = {
             "learning_rate": 5e-4,
             "warmup_fraction": 10 / 800,
             "end_lr_fraction": 5e-4,  # 1e-6 of 5e-4 x 1024 / 256
+            # The reference's freeze_last_layer (its first epoch); with
+            # shared_head=False add ("head/patch_prototypes", 1 / 800).
+            "freeze": (("head/prototypes", 1 / 800),),
         },
     },
 }
@@ -168,7 +170,6 @@ def get_config(arg: str | None = None):
                 "teacher_temperature_warmup": 0.0,
                 "center_momentum": 0.9,
                 "base_momentum": 0.996,
-                "freeze_prototypes": 0.0,
                 "head_batch_norm": False,
                 # iBOT's part (tasks/ibot.py).
                 "shared_head": True,

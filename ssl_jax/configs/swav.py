@@ -108,12 +108,15 @@ RECIPES = {
             "projection_hidden_dim": 256,
             "projection_dim": 64,
             "num_prototypes": 64,
-            "freeze_prototypes_fraction": 0.02,
         },
         "baselines": {"supervised_task_kwargs": {"flip": False}},
         "batch_size": 256,
         "train_steps": 300,
-        "optimizer": {"learning_rate": 0.6, "warmup_fraction": 0.1},
+        "optimizer": {
+            "learning_rate": 0.6,
+            "warmup_fraction": 0.1,
+            "freeze": (("prototypes", 0.02),),
+        },
     },
     "small": _SMALL,
     "medium": _MEDIUM,
@@ -127,7 +130,6 @@ RECIPES = {
             **_views(224, 96, global_scale=(0.14, 1.0), local_scale=(0.05, 0.14)),
             "num_local": 6,
             "num_prototypes": 3000,
-            "freeze_prototypes_fraction": 1 / 800,
         },
         "batch_size": 4096,
         "train_steps": 250_400,  # 800 epochs of 313 steps
@@ -135,6 +137,8 @@ RECIPES = {
             "learning_rate": 0.3,
             "end_lr_fraction": 0.001,
             "warmup_fraction": 10 / 800,
+            # The reference's freeze_prototypes_niters: its first epoch.
+            "freeze": (("prototypes", 1 / 800),),
         },
     },
 }
@@ -154,7 +158,6 @@ def get_config(arg: str | None = None):
                 "sinkhorn_iterations": 3,
                 "queue_length": 0,
                 "queue_start_fraction": 0.0,
-                "freeze_prototypes_fraction": 0.0,
                 # The online linear probe's classes: None = the dataset's.
                 "num_classes": None,
             },
@@ -178,7 +181,7 @@ def get_config(arg: str | None = None):
                 "num_prototypes": 12,
                 "queue_length": 32,
                 "queue_start_fraction": 0.0,
-                "freeze_prototypes_fraction": 1 / 3,
-            }
+            },
+            "optimizer": {"freeze": (("prototypes", 1 / 3),)},
         },
     )

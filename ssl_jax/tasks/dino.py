@@ -28,11 +28,14 @@ Details that matter:
   reference's 300 epochs is 0.1), read from the run's progress that
   `after_update` keeps.
 - The probe uses the TEACHER's encoder, as the paper evaluates it.
-- The prototypes are frozen for the first `freeze_prototypes` of the run (a
-  fraction; the reference freezes them for its first epoch). Left out: the
-  cosine schedule of the weight decay (0.04 -> 0.4). Gradients are clipped
-  per tensor at 3.0, as the reference does, by the configs' optimizer
-  (`optimizer.grad_clip = "per_tensor"`).
+- The prototypes are frozen for the start of the run by the optimizer, as
+  the reference's `freeze_last_layer` (its first epoch): the configs set
+  `optimizer.freeze = (("head/prototypes", fraction),)`, which holds their
+  update and their optimizer state (`optim.hold`), so their first step after
+  the freeze is a fresh AdamW step. Gradients are clipped per tensor at 3.0,
+  as the reference does, by the configs' optimizer (`optimizer.grad_clip =
+  "per_tensor"`). Left out: the cosine schedule of the weight decay
+  (0.04 -> 0.4).
 """
 
 from __future__ import annotations
@@ -93,23 +96,14 @@ class DINOHead(nnx.Module):
         return losses.l2_normalize(self.mlp(x, train=train).astype(jnp.float32))
 
     @staticmethod
-    def logits(z: jax.Array, prototypes: nnx.Linear, frozen=False) -> jax.Array:
+    def logits(z: jax.Array, prototypes: nnx.Linear) -> jax.Array:
         """Cosines of the bottleneck `z` to the unit-norm `prototypes`."""
         kernel = prototypes.kernel[...].astype(jnp.float32)
-        # The reference freezes the prototypes during the first epoch: it
-        # stabilises the start (its `freeze_last_layer`). A stop-gradient is
-        # not the reference's skip: the optimizer still applies weight decay
-        # and (AdamW) advances its moments and count for them. Under the
-        # CIFAR recipe's SGD that is weight decay (5e-4) on the frozen
-        # prototypes for 1% of the run and momentum that starts at zero;
-        # under the ImageNet recipe's AdamW the first steps after unfreezing
-        # are about 2.7x the reference's.
-        kernel = jnp.where(frozen, jax.lax.stop_gradient(kernel), kernel)
         kernel = kernel / jnp.linalg.norm(kernel, axis=0, keepdims=True)  # weight norm, g = 1
         return z @ kernel
 
-    def __call__(self, x: jax.Array, *, train: bool, frozen=False) -> jax.Array:
-        return self.logits(self.embed(x, train=train), self.prototypes, frozen)
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        return self.logits(self.embed(x, train=train), self.prototypes)
 
 
 def warmed_up(start: float, end: float, warmup: float, done: jax.Array) -> jax.Array:
@@ -140,14 +134,19 @@ class DINOTask(Task):
         teacher_temperature_warmup: float = 0.0,
         center_momentum: float = 0.9,
         base_momentum: float = 0.996,
-        freeze_prototypes: float = 0.0,
+        freeze_prototypes: float | None = None,
         head_init: str = "dino",
         head_batch_norm: bool = False,
     ):
-        if not (0 <= teacher_temperature_warmup <= 1 and 0 <= freeze_prototypes <= 1):
+        if freeze_prototypes is not None:
             raise ValueError(
-                "DINO's teacher_temperature_warmup and freeze_prototypes are fractions of the "
-                f"run in [0, 1], got {teacher_temperature_warmup} and {freeze_prototypes}."
+                f"DINO's task_kwargs.freeze_prototypes={freeze_prototypes} moved to the optimizer: "
+                f"set optimizer.freeze=(('head/prototypes', {freeze_prototypes}),) instead."
+            )
+        if not 0 <= teacher_temperature_warmup <= 1:
+            raise ValueError(
+                "DINO's teacher_temperature_warmup is a fraction of the run in [0, 1], got "
+                f"{teacher_temperature_warmup}."
             )
         if len(global_views) != 2 or num_local < 0:
             raise ValueError(f"DINO needs 2 global views and num_local >= 0, got {global_views}.")
@@ -176,7 +175,6 @@ class DINOTask(Task):
         )
         self.center_momentum = float(center_momentum)
         self.base_momentum = float(base_momentum)
-        self.freeze_prototypes = float(freeze_prototypes)
 
     def host_crops(self, image_size):
         crops = {"image": view_crops(self.global_views, image_size)["image"]}
@@ -208,11 +206,10 @@ class DINOTask(Task):
         n = batch["image"].shape[0]
         views = self.augment(batch, rng, train=train)
         features = self.encoder(views["image"], train=train)
-        frozen = self.progress[...] < self.freeze_prototypes
-        student = [self.head(features, train=train, frozen=frozen)]
+        student = [self.head(features, train=train)]
         if "local" in views:
             local = self.encoder(views["local"], train=train)
-            student.append(self.head(local, train=train, frozen=frozen))
+            student.append(self.head(local, train=train))
         student = jnp.concatenate(student).reshape(-1, n, self.center.shape[-1])
         target = self.teacher.head(self.teacher.encoder(views["image"], train=train), train=train)
         target = jax.lax.stop_gradient(target.reshape(2, n, -1))

@@ -124,14 +124,12 @@ class IBOTHead(DINOHead):
             else prototype_layer(self.prototypes.in_features, patch_out_dim, rngs=kwargs["rngs"])
         )
 
-    def tokens(self, tokens: jax.Array, *, train: bool, frozen=False):
+    def tokens(self, tokens: jax.Array, *, train: bool):
         """Encoder tokens [B, 1 + N, D] ([CLS] first) -> ([CLS] logits [B, K],
         patch logits [B, N, K_patch])."""
         z = self.embed(tokens, train=train)
         patch_layer = self.prototypes if self.patch_prototypes is None else self.patch_prototypes
-        return self.logits(z[:, 0], self.prototypes, frozen), self.logits(
-            z[:, 1:], patch_layer, frozen
-        )
+        return self.logits(z[:, 0], self.prototypes), self.logits(z[:, 1:], patch_layer)
 
 
 # ----------------------------------------------------------------------------- task
@@ -241,16 +239,15 @@ class IBOTTask(DINOTask):
         grid = self.encoder.grid(views["image"])
         patches = patchify(views["image"], self.encoder.patch_size)
         hidden = self.hidden_patches(mask_rng, n, grid)
-        frozen = self.progress[...] < self.freeze_prototypes
 
         tokens = self.encoder.encode_tokens(
             patches, None, grid, hidden=hidden, mask_token=self.mask_token[...]
         )
-        student_cls, student_patch = self.head.tokens(tokens, train=train, frozen=frozen)
+        student_cls, student_patch = self.head.tokens(tokens, train=train)
         student_cls = [student_cls]
         if "local" in views:  # unmasked, [CLS] only
             local = self.encoder(views["local"], train=train)
-            student_cls.append(self.head(local, train=train, frozen=frozen))
+            student_cls.append(self.head(local, train=train))
         student_cls = jnp.concatenate(student_cls).reshape(-1, n, self.center.shape[-1])
 
         teacher_tokens = self.teacher.encoder.encode_tokens(patches, None, grid)

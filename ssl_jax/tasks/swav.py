@@ -20,15 +20,13 @@ Details that matter (checked against facebookresearch/swav, main_swav.py):
 - The prototypes' weights are projected back to unit norm after every update
   in `after_update` (the reference normalises them before each step); the
   gradient flows through the plain linear layer, not through a weight norm.
-- Prototype freeze (`freeze_prototypes_fraction` of the run; the reference's
-  `freeze_prototypes_niters`, one epoch, in which it drops their gradient):
-  no gradient reaches them, and `after_update` puts back their initial values
-  while frozen, so they do not change at all, whatever the optimizer's weight
-  decay does. What stays: the optimizer state of the prototypes advances
-  (the reference's skipped parameters keep none). With SGD or LARS that is a
-  weight-decay term along w in the momentum, which the unit-norm projection
-  removes; under AdamW the step count advances too, so the first steps after
-  the freeze are larger than the reference's. The recipes use LARS.
+- Prototype freeze (the reference's `freeze_prototypes_niters`, one epoch,
+  in which it drops their gradient): the configs set `optimizer.freeze =
+  (("prototypes", fraction),)`, and the optimizer gives them no update and
+  keeps their optimizer state (momentum, weight decay, a step count) as it
+  was until the freeze ends (`optim.hold`), as the reference's optimizer
+  skips a parameter without a gradient. Only the unit-norm projection
+  touches them meanwhile, as the reference normalises them every step.
 - Optional queue (`queue_length` > 0, for small batches): the last L global
   embeddings of each assigned crop, model state, are scored with the current
   prototypes and put before the batch in the Sinkhorn problem; only the
@@ -60,11 +58,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 class Progress(nnx.Variable):
     """The fraction of the run done (steps taken / train_steps): model state
-    kept by `after_update` for the freeze and the queue's start."""
-
-
-class InitialPrototypes(nnx.Variable):
-    """The prototypes as initialised: what they are held at while frozen."""
+    kept by `after_update` for the queue's start."""
 
 
 class Queue(nnx.Variable):
@@ -98,17 +92,22 @@ class SwAVTask(JointEmbeddingTask):
         temperature: float = 0.1,
         epsilon: float = 0.05,
         sinkhorn_iterations: int = 3,
-        freeze_prototypes_fraction: float = 0.0,
+        freeze_prototypes_fraction: float | None = None,
         queue_length: int = 0,
         queue_start_fraction: float = 0.0,
         head_init: str = "torch",
         num_classes: int = 0,
     ):
-        fractions = (freeze_prototypes_fraction, queue_start_fraction)
-        if not all(0.0 <= f <= 1.0 for f in fractions):
+        if freeze_prototypes_fraction is not None:
             raise ValueError(
-                "SwAV's freeze_prototypes_fraction and queue_start_fraction are fractions of "
-                f"the run in [0, 1], got {fractions}."
+                f"SwAV's task_kwargs.freeze_prototypes_fraction={freeze_prototypes_fraction} moved "
+                f"to the optimizer: set optimizer.freeze=(('prototypes', "
+                f"{freeze_prototypes_fraction}),) instead."
+            )
+        if not 0.0 <= queue_start_fraction <= 1.0:
+            raise ValueError(
+                "SwAV's queue_start_fraction is a fraction of the run in [0, 1], got "
+                f"{queue_start_fraction}."
             )
         if temperature <= 0 or epsilon <= 0 or sinkhorn_iterations < 1:
             raise ValueError(
@@ -126,12 +125,6 @@ class SwAVTask(JointEmbeddingTask):
         )
         self.prototypes = nnx.Linear(projection_dim, num_prototypes, use_bias=False, rngs=rngs)
         self.prototypes.kernel[...] = unit_columns(self.prototypes.kernel[...])
-        # An own buffer: the loop donates the state, and one buffer twice is an error.
-        self.initial_prototypes = (
-            InitialPrototypes(jnp.array(self.prototypes.kernel[...], copy=True))
-            if freeze_prototypes_fraction > 0
-            else None
-        )
         self.init_views(encoder, global_views, rngs=rngs, num_classes=num_classes)
         self.local_views = view_recipes([local_view] * num_local) if num_local else ()
         self.progress = Progress(jnp.zeros((), jnp.float32))
@@ -144,7 +137,6 @@ class SwAVTask(JointEmbeddingTask):
         self.temperature = float(temperature)
         self.epsilon = float(epsilon)
         self.sinkhorn_iterations = int(sinkhorn_iterations)
-        self.freeze_prototypes_fraction = float(freeze_prototypes_fraction)
         self.queue_start_fraction = float(queue_start_fraction)
 
     def host_crops(self, image_size):
@@ -173,13 +165,11 @@ class SwAVTask(JointEmbeddingTask):
             crops.append(self.encoder(views["local"], train=train))
         head = self.projector(jnp.concatenate(crops), train=train)
         z = losses.l2_normalize(head.astype(jnp.float32))
-        frozen = self.progress[...] < self.freeze_prototypes_fraction
         kernel = self.prototypes.kernel[...].astype(jnp.float32)
-        kernel = jnp.where(frozen, jax.lax.stop_gradient(kernel), kernel)
         scores = jnp.matmul(z, kernel, precision=_HIGHEST).reshape(-1, n, kernel.shape[1])
         codes, metrics = self.codes(z[: 2 * n].reshape(2, n, -1), scores[:2], kernel, train=train)
         loss = losses.swav_loss(scores, codes, self.temperature)
-        metrics = {**metrics, "swav_loss": loss, "prototypes_frozen": frozen.astype(jnp.float32)}
+        metrics = {**metrics, "swav_loss": loss}
         return self.finish(loss, metrics, features, batch)
 
     def sinkhorn(self, scores: jax.Array) -> jax.Array:
@@ -216,13 +206,8 @@ class SwAVTask(JointEmbeddingTask):
         return codes, {"queue_in_use": in_use.astype(jnp.float32)}
 
     def after_update(self, step, total_steps):
-        # The update just made was frozen iff the loss saw frozen prototypes.
-        was_frozen = self.progress[...] < self.freeze_prototypes_fraction
         self.progress[...] = jnp.asarray(step / max(total_steps, 1), jnp.float32)
-        kernel = unit_columns(self.prototypes.kernel[...])
-        if self.initial_prototypes is not None:
-            kernel = jnp.where(was_frozen, self.initial_prototypes[...], kernel)
-        self.prototypes.kernel[...] = kernel
+        self.prototypes.kernel[...] = unit_columns(self.prototypes.kernel[...])
 
 
 @TASKS.register("swav")

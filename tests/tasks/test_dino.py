@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
-from ssl_jax import inference, losses, train
+from ssl_jax import inference, losses, optim, train
 from ssl_jax.data import decode
 
 ROOT = pathlib.Path(__file__).parents[2]
@@ -25,8 +26,8 @@ def _config(**task_overrides):
     return config
 
 
-def _batch(n=8, size=16):
-    images = jax.random.randint(jax.random.key(0), (n, size, size, 3), 0, 256, jnp.int32)
+def _batch(n=8, size=16, seed=0):
+    images = jax.random.randint(jax.random.key(seed), (n, size, size, 3), 0, 256, jnp.int32)
     return {"image": images.astype(jnp.uint8)}
 
 
@@ -139,3 +140,47 @@ def test_head_batch_norm_separates_images_that_share_a_large_common_part():
         cosines[batch_norm] = _mean_cosine(np.asarray(head(head_in, train=True)))
     assert cosines[False] > 0.99
     assert cosines[True] < 0.5
+
+
+@pytest.mark.slow  # 30 s on 2 busy cores: the step and the gradient compile
+def test_frozen_prototypes_keep_adams_state_then_take_a_fresh_first_step():
+    """The runlocal recipe's optimizer.freeze holds the prototypes for steps
+    1-2 of 6: no update, AdamW's moments and count untouched (the reference's
+    cancelled gradient, which its optimizer skips); step 3 is then AdamW's
+    first step (float64 numpy) on the per-tensor-clipped gradient, at the
+    run's learning rate of step 3."""
+    config = _config()
+    assert tuple(config.optimizer.freeze) == (("head/prototypes", 1 / 3),)
+    opt, total = config.optimizer, config.train_steps
+    trained = inference.split_task(inference.build_task(config))
+    tx, schedule = optim.make_optimizer(opt, batch_size=config.batch_size, total_steps=total)
+    step = train.make_train_step(trained.graphdef, tx, schedule, config.seed, total_steps=total)
+    state = train.init_state(trained, tx)
+    copy = lambda tree: jax.tree.map(np.array, tree)  # the step donates its input
+    held = lambda s: s["opt_state"][1].inner_states["frozen0"].inner_state  # after the clip
+    start, initial = copy(state["params"]["head"]["prototypes"]), copy(held(state).inner)
+    for i in range(2):
+        state, _ = step(state, _batch(seed=i))
+    kernel = lambda s: np.asarray(s["params"]["head"]["prototypes"]["kernel"], np.float64)
+    np.testing.assert_array_equal(kernel(state), start["kernel"])
+    for now, then in zip(jax.tree.leaves(held(state).inner), jax.tree.leaves(initial), strict=True):
+        np.testing.assert_array_equal(np.asarray(now), then)  # moments 0, count 0
+
+    # Step 3's gradient, as the step computes it (same key, same batch).
+    on_device = lambda tree: jax.tree.map(jnp.array, tree)  # copies, not donated
+    params, model_state = on_device(state["params"]), on_device(state["model_state"])
+    batch = _batch(seed=2)
+    rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), 1), 2)
+
+    def loss(p):
+        return nnx.merge(trained.graphdef, p, model_state).loss(batch, rng, train=True)[0]
+
+    g = np.asarray(jax.jit(jax.grad(loss))(params)["head"]["prototypes"]["kernel"], np.float64)
+    before = kernel(state)
+    state, _ = step(state, batch)
+    g = g * min(1.0, opt.grad_clip_norm / (np.linalg.norm(g) + 1e-6))  # clip_gradients
+    m_hat, v_hat = g, g**2  # (1 - b) g^k / (1 - b^1): the first step's bias correction
+    lr = float(schedule(2))
+    fresh = -lr * (m_hat / (np.sqrt(v_hat) + 1e-8) + opt.weight_decay * before)
+    np.testing.assert_allclose(kernel(state) - before, fresh, rtol=1e-3, atol=1e-9)
+    assert int(held(state).inner[0].count) == 1

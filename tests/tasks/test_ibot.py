@@ -359,7 +359,8 @@ def test_configs_refuse_a_convolutional_encoder_and_follow_the_run():
         assert config.optimizer.warmup_steps == 0
         assert optim.warmup_steps(config.optimizer, 500) < 250
         kwargs = config.task_kwargs
-        assert 0 <= kwargs.teacher_temperature_warmup <= 0.5 and kwargs.freeze_prototypes < 0.05
+        assert 0 <= kwargs.teacher_temperature_warmup <= 0.5
+        assert all(fraction < 0.05 for _, fraction in config.optimizer.freeze)
         assert kwargs.mask_ratio == (0.1, 0.5) and kwargs.mask_probability == 0.5
 
 
