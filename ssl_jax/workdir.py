@@ -401,13 +401,28 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+# A field that one side lacks and the other holds empty: a field added to the
+# base config later whose empty default turns nothing on (optimizer.freeze),
+# so a workdir written before it resumes without --allow_config_change.
+_MISSING = object()
+
+
+def _absent_or_empty(value: Any) -> bool:
+    return value is _MISSING or value is None or (isinstance(value, list | dict) and not value)
+
+
 def identity_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, list[Any]]:
     """{field: [old, new]} for every field outside `RESULT_NEUTRAL_FIELDS` that
-    differs (a field present on one side only counts, as `None` on the other)."""
+    differs (a field present on one side only counts, as `None` on the other,
+    unless the other side holds it empty)."""
     old_flat, new_flat = _flatten(old), _flatten(new)
     changes = {}
     for field in sorted(old_flat.keys() | new_flat.keys()):
-        before, after = old_flat.get(field), new_flat.get(field)
+        before, after = old_flat.get(field, _MISSING), new_flat.get(field, _MISSING)
+        if _absent_or_empty(before) and _absent_or_empty(after):
+            continue
+        before = None if before is _MISSING else before
+        after = None if after is _MISSING else after
         if not _is_neutral(field) and not _same(before, after):
             changes[field] = [before, after]
     return changes

@@ -94,6 +94,19 @@ def test_cadence_and_evaluation_fields_may_change(tmp_path):
     assert workdir.config_changes(str(tmp_path), neutral, resuming=True) == {}
 
 
+def test_a_field_added_later_at_its_empty_default_is_no_change():
+    # A workdir written before optimizer.freeze existed resumes as it was.
+    old = {"optimizer": {"name": "adamw"}, "train_steps": 10}
+    assert (
+        workdir.identity_changes(old, {**old, "optimizer": {"name": "adamw", "freeze": []}}) == {}
+    )
+    frozen = {"optimizer": {"name": "adamw", "freeze": [["head/prototypes", 0.1]]}}
+    assert workdir.identity_changes(old, {**old, **frozen}) == {
+        "optimizer.freeze": [None, [["head/prototypes", 0.1]]]
+    }
+    assert workdir.identity_changes({**old, "extra": 0}, old) == {"extra": [0, None]}
+
+
 def test_an_allowed_change_is_recorded_with_its_step(tmp_path):
     workdir.save_config(str(tmp_path), _config(), changes={}, from_step=0)
     longer = _config(train_steps=2000)
