@@ -159,10 +159,12 @@ def test_prepare_to_an_object_store_uploads_the_info_file_last(bucket, tmp_path,
         storage, "_copy_up", lambda s, t: (uploaded.append(os.path.basename(t)), copy_up(s, t))
     )
     info = prepare.prepare(f"imagefolder:{tmp_path / 'photos'}", "fakestore://recs")
-    assert uploaded[-1] == records.INFO_FILE and len(uploaded) == 3  # two shards, then the info
+    # Two shards and two labels files, then the info file that names them.
+    assert uploaded[-1] == records.INFO_FILE and len(uploaded) == 5
     stored = json.loads((bucket / "recs" / records.INFO_FILE).read_text())
     assert stored == json.loads(json.dumps(info))
     source = records.open_source(f"arrayrecord:{bucket / 'recs'}", "train")
     assert len(source) == 3
+    assert source.stored_labels().tolist() == [0] * 3  # the labels file came up too
     with pytest.raises(Exception, match="already holds a dataset"):
         prepare.prepare(f"imagefolder:{tmp_path / 'photos'}", "fakestore://recs")
