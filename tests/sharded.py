@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import textwrap
+
+from tests import forkserver
 
 ROOT = pathlib.Path(__file__).parents[1]
 
@@ -98,7 +99,7 @@ def run_script(script: str, *argv: str) -> dict:
     """The JSON object on the last line that `script` prints, run in a fresh
     CPU process from the repository root (scripts that set their own device
     count before importing JAX)."""
-    result = subprocess.run(
+    result = forkserver.run(
         [sys.executable, "-c", script, *argv],
         cwd=ROOT,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},

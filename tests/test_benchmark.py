@@ -4,10 +4,11 @@ import csv
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import pytest
+
+from tests import forkserver
 
 ROOT = pathlib.Path(__file__).parents[1]
 
@@ -15,7 +16,7 @@ ROOT = pathlib.Path(__file__).parents[1]
 def _benchmark(*args, tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     command = [sys.executable, "experiments/benchmark.py", "--steps=2", *args]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = forkserver.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
@@ -68,7 +69,7 @@ def test_benchmark_sweeps_mae_mask_ratio_and_refuses_it_for_other_tasks(tmp_path
     assert rows[0]["peak_source"] == "measured matmul" and rows[0]["mfu"] > 0
 
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
+    result = forkserver.run(
         [
             sys.executable,
             "experiments/benchmark.py",

@@ -3,11 +3,11 @@ selection of real trials end to end."""
 
 import importlib.util
 import json
-import subprocess
 import sys
 
 import pytest
 
+from tests import forkserver
 from tests.test_main import ROOT
 
 _spec = importlib.util.spec_from_file_location(
@@ -86,7 +86,7 @@ def test_the_script_runs_trials_and_prints_their_table(tmp_path):
         f"--out={out}",
         "--trials=lock/concurrent,config/seed",
     ]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = forkserver.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert [row.split(" | ")[0] for row in rows] == [

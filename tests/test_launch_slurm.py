@@ -7,12 +7,12 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 
 import pytest
 
 from ssl_jax import launch
+from tests import forkserver
 from tests.test_main import ROOT
 
 # An argument a shell would mangle if the launcher quoted it carelessly.
@@ -66,7 +66,7 @@ def test_script_has_one_task_per_run_and_only_the_options_given(tmp_path):
 
 def _task(script_path, index, cwd):
     env = {**os.environ, "SLURM_ARRAY_TASK_ID": str(index)}
-    return subprocess.run(
+    return forkserver.run(
         ["bash", str(script_path)], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
     )
 
@@ -123,7 +123,7 @@ def sbatch(tmp_path, monkeypatch):
 def _experiment(script, *flags):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     command = [sys.executable, f"experiments/{script}", *flags]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return forkserver.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _sweep_flags(workdir):

@@ -4,11 +4,12 @@ so that each run starts JAX fresh (device count, flags), as a user's would."""
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+from tests import forkserver
 
 ROOT = pathlib.Path(__file__).parents[1]
 
@@ -44,7 +45,7 @@ def run_main(
         f"--workdir={workdir}",
         *overrides,
     ]
-    result = subprocess.run(
+    result = forkserver.run(
         command, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     if check and result.returncode != 0:

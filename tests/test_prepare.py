@@ -13,12 +13,13 @@ from PIL import Image
 from ssl_jax import prepare
 from ssl_jax.data import image_folder, records
 from ssl_jax.data.datasets import DatasetError, load_dataset
+from tests import forkserver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return forkserver.run(
         [sys.executable, "-m", "ssl_jax.prepare", *args],
         cwd=ROOT,
         capture_output=True,

@@ -41,6 +41,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests import forkserver
+
 ROOT = pathlib.Path(__file__).parents[1]
 README = ROOT / "README.md"
 RESULTS = ROOT / "docs" / "results.md"
@@ -197,7 +199,7 @@ class Sandbox:
         return argv
 
     def run(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run(
+        return forkserver.run(
             argv,
             cwd=self.root,
             env=self.env,

@@ -16,6 +16,7 @@ import pytest
 
 from ssl_jax.data import augment, decode
 from ssl_jax.tasks.base import augmented_views, view_crops, view_recipes
+from tests import forkserver
 from tests.test_main import ROOT, _photo_folder, losses, run_main
 
 QUICK = (
@@ -32,7 +33,7 @@ def _records(tmp_path, *, broken=False):
     if broken:
         (photos / "train" / "china" / "zz_broken.jpg").write_bytes(b"not a jpeg at all")
     out = tmp_path / "records"
-    result = subprocess.run(
+    result = forkserver.run(
         [sys.executable, "-m", "ssl_jax.prepare", f"--source=imagefolder:{photos}", f"--out={out}"],
         cwd=ROOT,
         capture_output=True,

@@ -1,10 +1,10 @@
 import os
-import subprocess
 import sys
 
 import pytest
 
 from ssl_jax import sweeps
+from tests import forkserver
 from tests.test_main import ROOT
 
 
@@ -41,7 +41,7 @@ def _sweep(workdir, *extra):
         *extra,
     ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = forkserver.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -78,7 +78,7 @@ def test_compare_writes_table_bar_chart_and_label_efficiency(tmp_path):
         "--set=probe.few_label_draws=1",
     ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = forkserver.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "comparison.csv").read_text().splitlines()
     assert table[0].startswith("encoder,top1,top5,knn_top1")

@@ -7,7 +7,6 @@ random op."""
 
 import os
 import re
-import subprocess
 import sys
 
 import jax
@@ -18,6 +17,7 @@ import pytest
 from ssl_jax.data import augment
 from ssl_jax.data.augment import recipes
 from ssl_jax.data.augment import views as augment_views
+from tests import forkserver
 from tests.data.augment_references import assert_uniform_range, image, np_jitter, np_view, row
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -190,7 +190,7 @@ def test_views_of_a_batch_sharded_over_8_devices(tmp_path):
     # The CPU loop cuts the batch along its shards: no device gathers the batch.
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
-    result = subprocess.run(
+    result = forkserver.run(
         [sys.executable, "-c", SHARDED_VIEWS], env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]

@@ -7,7 +7,6 @@ method's reference initialises them."""
 import math
 import os
 import pathlib
-import subprocess
 import sys
 
 import jax
@@ -20,6 +19,7 @@ from ssl_jax import inference
 from ssl_jax.data import augment, decode
 from ssl_jax.models import heads
 from ssl_jax.tasks.base import JointEmbeddingTask
+from tests import forkserver
 from tests.tasks.test_methods import METHODS, _batch, _config
 
 # The methods whose reference normalises both views together (one encoder
@@ -120,7 +120,7 @@ def test_views_of_a_batch_sharded_over_8_devices_are_made_where_they_lie():
     root = pathlib.Path(__file__).parents[2]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    result = subprocess.run(
+    result = forkserver.run(
         [sys.executable, "-c", _SHARDED_VIEWS], env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]

@@ -2,7 +2,6 @@ import functools
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import jax
@@ -14,7 +13,7 @@ from flax import nnx
 from ssl_jax import config_lib, inference
 from ssl_jax.data.augment import recipes
 from ssl_jax.registry import MODELS, TASKS
-from tests import sharded
+from tests import forkserver, sharded
 
 ROOT = pathlib.Path(__file__).parents[2]
 TASK_KWARGS = {
@@ -144,7 +143,7 @@ def test_main_runs_simclr_end_to_end(tmp_path):
         f"--workdir={workdir}",
         "--config.baselines.random_init=false",  # covered by tests/test_main.py
     ]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = forkserver.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
     assert results["task"] == "simclr" and results["train_steps"] == 6
