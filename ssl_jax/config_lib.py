@@ -380,6 +380,10 @@ def finish(
         quarter = config.train_steps // 4 // config.log_every * config.log_every
         config.checkpoint_every = config.eval_every = max(config.log_every, quarter)
     config.compute_dtype = "float32" if profile == "tiny" or options.runlocal else "bfloat16"
+    if options.segmentation:
+        # The scenes' 8 px digits at twice the run's size: the size the
+        # pretraining saw the 8 px digits at (upsampled to image_size).
+        config.evals.segmentation_probe.image_size = 2 * config.image_size
     return config
 
 

@@ -87,7 +87,9 @@ def test_segmentation_probe_runs_from_a_config_with_its_random_init_and_pictures
     results = json.loads((workdir / "results.json").read_text())
     for entry in (results["segmentation_probe"], results["random_init"]["segmentation_probe"]):
         assert 0 <= entry["miou"] <= 1 and 0 <= entry["pixel_accuracy"] <= 1
-        assert entry["feature_grid"] == [8, 8] and len(entry["class_iou"]) == 11
+        # Scenes at twice the run's 16 px (the :segmentation option), convnet_tiny at stride 2.
+        assert entry["image_size"] == 32 and entry["feature_grid"] == [16, 16]
+        assert len(entry["class_iou"]) == 11
     assert (workdir / "segmentation_segmentation_probe.png").exists()
     assert (workdir / "segmentation_segmentation_probe_random_init.png").exists()
     scalars, images, _ = read_events(workdir)

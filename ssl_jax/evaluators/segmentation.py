@@ -8,7 +8,9 @@ mean IoU and pixel accuracy on the dataset's test split.
     config.evals.seg_photos = {"type": "segmentation_probe", "dataset": "segfolder:/data/seg"}
 
 Data: `data/segmentation.py` (`digit_scenes`, the default, or an image
-folder with a masks folder), at the run's image size. With
+folder with a masks folder), at the run's image size or the entry's
+`image_size` (encoders take other sizes: convolutions, and ViTs' sin-cos
+position embeddings made for the grid they get). With
 `baselines.random_init`, the random-init evaluator runs the same probe on
 the encoder at its initialisation (`baseline`), under
 `random_init/<entry name>`. A picture of test scenes, their true masks and
@@ -74,13 +76,23 @@ class SegmentationProbe(Evaluator):
     learning_rate: float = 0.01
     l2: float = 1e-4  # on the head's weights, features standardised
     examples: int = 8  # test scenes in the picture
+    # The size the encoder sees the scenes at; 0: the run's image_size.
+    # The `:segmentation` option sets twice it, so that the 8 px digits of
+    # the 16 px scenes reach the size pretraining saw them at (see config_lib).
+    image_size: int = 0
 
     def check(self, config: ConfigDict, num_devices: int) -> None:
         where = f"config.evals.{self.name}"
-        for field in ("steps", "batch_size", "examples"):
+        for field in ("steps", "batch_size", "examples", "image_size"):
             value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or value < (0 if field == "image_size" else 1):
                 raise ValueError(f"{where}.{field} must be a positive int, got {value!r}.")
+        patch = config.model_kwargs.get("patch_size")
+        if patch and self.size(config) % patch:
+            raise ValueError(
+                f"{where}.image_size {self.size(config)} is not a multiple of the patch size "
+                f"{patch}: choose a multiple."
+            )
         if not self.learning_rate > 0 or not self.l2 >= 0:
             raise ValueError(f"{where} needs learning_rate > 0 and l2 >= 0.")
         kind = self.dataset.partition(":")[0]
@@ -98,7 +110,10 @@ class SegmentationProbe(Evaluator):
 
     def check_data(self, config: ConfigDict, splits) -> None:
         # Loads (and caches) the data before pretraining: a bad folder fails now.
-        _splits(self.dataset, config.image_size, config.data_dir or None)
+        _splits(self.dataset, self.size(config), config.data_dir or None)
+
+    def size(self, config: ConfigDict) -> int:
+        return self.image_size or config.image_size
 
     def run(self, context: Context) -> dict[str, Any]:
         return self.evaluate(context, context.trained, suffix="")
@@ -117,7 +132,7 @@ class SegmentationProbe(Evaluator):
 
     def evaluate(self, context: Context, trained, *, suffix: str) -> dict[str, Any]:
         config = context.config
-        train, test = _splits(self.dataset, config.image_size, config.data_dir or None)
+        train, test = _splits(self.dataset, self.size(config), config.data_dir or None)
         batch = config.probe.batch_size
         train_maps = feature_maps(trained, train.images, batch, context.mesh)
         predict, final_loss = seg_eval.fit_head(
@@ -149,6 +164,7 @@ class SegmentationProbe(Evaluator):
             "final_loss": final_loss,
             "feature_grid": list(train_maps.shape[1:3]),
             "dataset": train.name,
+            "image_size": self.size(config),
         }
 
     def _save_picture(self, workdir: str, suffix: str, test, predicted) -> None:

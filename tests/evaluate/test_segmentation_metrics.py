@@ -82,3 +82,29 @@ def test_head_recovers_masks_from_coarse_one_hot_features():
         seed=0,
     )
     assert np.mean(predict(features) == masks) > 0.99 and loss < 0.5
+
+
+def reference_bilinear(x, size):
+    """[h, w, K] -> [H, W, K]: half-pixel centres, edges clamped (PyTorch's
+    align_corners=False), separable, float64."""
+
+    def weights(n_out, n_in):
+        src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, n_in - 1)
+        m = np.zeros((n_out, n_in))
+        np.add.at(m, (np.arange(n_out), lo), 1 - (src - lo))
+        np.add.at(m, (np.arange(n_out), hi), src - lo)
+        return m
+
+    rows, cols = weights(size[0], x.shape[0]), weights(size[1], x.shape[1])
+    return np.einsum("Hh,hwk,Ww->HWk", rows, x.astype(np.float64), cols)
+
+
+def test_scores_are_upsampled_bilinearly_after_the_head():
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(1, 3, 4, 2)).astype(np.float32)
+    params = {"w": rng.normal(size=(2, 3)).astype(np.float32), "b": np.zeros(3, np.float32)}
+    got = seg.upsampled_logits(params, features, (12, 8))
+    expected = reference_bilinear(features[0].astype(np.float64) @ params["w"], (12, 8))
+    np.testing.assert_allclose(np.asarray(got[0]), expected, atol=1e-5)
