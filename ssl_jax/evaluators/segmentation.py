@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Any
 
 import jax
@@ -30,7 +29,7 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
-from ssl_jax import inference, nonfinite
+from ssl_jax import inference, nonfinite, storage
 from ssl_jax.data import segmentation as seg_data
 from ssl_jax.data.base import padded_batches
 from ssl_jax.evaluate import segmentation as seg_eval
@@ -128,7 +127,7 @@ class SegmentationProbe(Evaluator):
         }
 
     def picture_path(self, workdir: str, suffix: str) -> str:
-        return os.path.join(workdir, f"segmentation_{self.name}{suffix}.png")
+        return storage.join(workdir, f"segmentation_{self.name}{suffix}.png")
 
     def evaluate(self, context: Context, trained, *, suffix: str) -> dict[str, Any]:
         config = context.config
@@ -176,5 +175,6 @@ class SegmentationProbe(Evaluator):
         )
         zoom = max(1, _PICTURE_SIDE // min(picture.shape[:2]))
         picture = np.repeat(np.repeat(picture, zoom, axis=0), zoom, axis=1)
-        os.makedirs(workdir, exist_ok=True)
-        Image.fromarray(picture).save(self.picture_path(workdir, suffix))
+        # Written locally and copied up: the workdir may be a bucket.
+        with storage.staged(self.picture_path(workdir, suffix)) as path:
+            Image.fromarray(picture).save(path, format="PNG")
