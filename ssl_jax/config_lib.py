@@ -173,7 +173,13 @@ COMMON_OPTIONS = {
     "encoder": "",
     "finetune": False,  # add the fine-tuning evaluator (evals.fine_tune)
     "transfer": "",  # add a linear probe on this dataset (evals.transfer)
+    # add the segmentation probe on the digit scenes (evals.segmentation_probe)
+    "segmentation": False,
 }
+
+# The segmentation probe's entry (`:segmentation`); its other arguments keep
+# the evaluator's defaults (`evaluators/segmentation.py`).
+SEGMENTATION = {"type": "segmentation_probe", "dataset": "digit_scenes"}
 
 # The fine-tuning evaluator's defaults (`:finetune`): the SimCLR paper's
 # semi-supervised budgets (1% and 10% of the labels) and all labels, a
@@ -211,11 +217,17 @@ def options(arg: str | None, **extra) -> ConfigDict:
 def image_only_options(options: ConfigDict, task: str, family: str) -> None:
     """A config of another modality than images refuses the options that
     need an image task or encoder (the supervised baselines and fine-tuning
-    train the image `supervised` task) with a one-line error."""
-    for flag in ("supervised", "finetune"):
+    train the image `supervised` task; the segmentation probe reads an image
+    encoder's spatial map) with a one-line error."""
+    needs = {
+        "supervised": "trains the image classifier task",
+        "finetune": "trains the image classifier task",
+        "segmentation": "probes an image encoder's spatial features",
+    }
+    for flag, need in needs.items():
         if options[flag]:
             raise ValueError(
-                f"The {flag} option trains the image classifier task; {task} has no "
+                f"The {flag} option {need}; {task} has no "
                 "counterpart yet: leave it out (the linear probe and kNN still run)."
             )
     if options.encoder and options.encoder != family:
@@ -350,6 +362,8 @@ def finish(
         config.evals.fine_tune = ConfigDict(FINE_TUNE)
     if options.transfer:
         config.evals.transfer = ConfigDict({"type": "linear_probe", "dataset": options.transfer})
+    if options.segmentation:
+        config.evals.segmentation_probe = ConfigDict(SEGMENTATION)
     if options.runlocal:
         apply_runlocal(config)
     family = options.encoder or encoder
@@ -366,6 +380,10 @@ def finish(
         quarter = config.train_steps // 4 // config.log_every * config.log_every
         config.checkpoint_every = config.eval_every = max(config.log_every, quarter)
     config.compute_dtype = "float32" if profile == "tiny" or options.runlocal else "bfloat16"
+    if options.segmentation:
+        # The scenes' 8 px digits at twice the run's size: the size the
+        # pretraining saw the 8 px digits at (upsampled to image_size).
+        config.evals.segmentation_probe.image_size = 2 * config.image_size
     return config
 
 
@@ -387,6 +405,10 @@ def apply_runlocal(config: ConfigDict) -> None:
     if "fine_tune" in config.evals:
         config.evals.fine_tune.update(steps=4, batch_size=16, label_fractions=(0.1,))
         config.evals.fine_tune.optimizer.update(warmup_fraction=0.25, warmup_steps=0)
+    if "segmentation_probe" in config.evals:
+        config.evals.segmentation_probe.update(
+            dataset="digit_scenes:train_size=64,test_size=32", steps=20, examples=4
+        )
 
 
 def set_encoder(config: ConfigDict, family: str, *, runlocal: bool = False) -> None:

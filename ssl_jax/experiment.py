@@ -203,6 +203,9 @@ def _run(config: ConfigDict, workdir: str, allow_config_change: bool) -> dict[st
             # workdir are not this one's pictures.
             if config.save_plots
         }
+        if config.save_plots:
+            for evaluator in chosen:
+                pictures.update(evaluator.pictures(workdir))
         # TensorBoard: the run's facts under run/ (not train/: the loop's
         # per-interval rows are there, and skipped_steps would mean two
         # things), each evaluator's under its own prefix (eval/<name>/).
@@ -262,6 +265,16 @@ def format_table(results: dict[str, Any]) -> str:
                 if baseline:
                     line += f" (random init {baseline['top1']:.3f})"
                 lines.append(line)
+    for name, entry in results.items():
+        if isinstance(entry, dict) and "miou" in entry:  # a segmentation probe
+            line = (
+                f"{name} ({entry['dataset']}): mIoU {entry['miou']:.3f}, "
+                f"pixel accuracy {entry['pixel_accuracy']:.3f}"
+            )
+            baseline = results.get("random_init", {}).get(name)
+            if baseline:
+                line += f" (random init {baseline['miou']:.3f} / {baseline['pixel_accuracy']:.3f})"
+            lines.append(line)
     if "fine_tune" in results:
         lines.append(_format_fine_tune(results["fine_tune"]))
     return "\n".join(lines)

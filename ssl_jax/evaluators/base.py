@@ -10,7 +10,11 @@ this order:
 2. `check_data(config, splits)`: what it needs of its data (memory, kind of
    inputs), before pretraining;
 3. `run(context)`: after pretraining, its results.json entry (a dict; the
-   from-scratch curve is a list of points).
+   from-scratch curve is a list of points);
+4. optional: `baseline(context, trained)`, the entry's figures for another
+   encoder (the `random_init` evaluator passes the random initialisation;
+   None, the default, means the entry has no such baseline), and
+   `pictures(workdir)`, the PNG files it wrote, logged to TensorBoard.
 
 Its figures go to TensorBoard under `log_prefix` (`eval/<name>/...`, as
 big_vision's evaluators do). This module imports no evaluator: each kind's
@@ -70,6 +74,16 @@ class Evaluator:
     def run(self, context: Context) -> Any:
         """Evaluates `context.trained` and returns its results.json entry."""
         raise TypeError(f"{type(self).__name__} must define run(context).")
+
+    def baseline(self, context: Context, trained: inference.TrainedModel) -> Any:
+        """This entry's figures for `trained` instead of the pretrained
+        encoder (the random init), or None when it has none."""
+        return None
+
+    def pictures(self, workdir: str) -> dict[str, str]:
+        """{TensorBoard tag: PNG path} of the pictures `run` wrote (missing
+        files are skipped)."""
+        return {}
 
 
 def register(type_name: str):

@@ -24,7 +24,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from ssl_jax import inference, metrics, optim, train
-from ssl_jax.evaluators.base import Context, Evaluator, evaluated_dataset, register
+from ssl_jax.evaluators.base import Context, Evaluator, build, evaluated_dataset, register
 from ssl_jax.evaluators.probes import classifier_top1, knn_evaluator, label_budgets, probe
 from ssl_jax.evaluators.supervised import supervised_config, train_on_labels
 
@@ -72,8 +72,9 @@ def _check_supervised_warmup(config: ConfigDict) -> None:
 @dataclasses.dataclass(kw_only=True)
 class RandomInit(Evaluator):
     """The probes on the encoder at its random initialisation: the default
-    probe under `linear_probe`, and every other `linear_probe` entry (a
-    transfer, another label of the same data) under its own name."""
+    probe under `linear_probe`, every other `linear_probe` entry (a
+    transfer, another label of the same data) under its own name, and every
+    other entry with a `baseline` (the segmentation probe) under its name."""
 
     def run(self, context: Context) -> dict[str, Any]:
         config, workdir = context.config, context.workdir
@@ -99,6 +100,10 @@ class RandomInit(Evaluator):
                     map_path=os.path.join(workdir, f"embedding_pca_random_init_{name}.png"),
                     title=f"random init ({config.model}) on {dataset}",
                 )
+            elif args.type != "linear_probe":  # e.g. the segmentation probe
+                figures = build(name, args).baseline(context, initial)
+                if figures is not None:
+                    results[name] = figures
         return results
 
 

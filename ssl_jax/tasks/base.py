@@ -31,6 +31,13 @@ Provided (override when the default is wrong for the task)
   normalised image, batch norm in inference mode. Tasks of other modalities
   override it. It reads no variable outside `feature_encoder()`: an export
   holds only that encoder.
+- `feature_maps(inputs) -> [B, h, w, D] float32`: the spatial counterpart
+  of `features`, for dense evaluators (the segmentation probe): the same
+  inputs, the same `feature_encoder()`, its `feature_map` instead of its
+  pooled output. The default reads uint8 images as `features` does; a task
+  whose `features` prepares images otherwise (colorization's lightness,
+  jigsaw's standardisation) overrides both alike. Encoders without a spatial
+  map (text, clips) have none: a TypeError.
 - `feature_input`: a `FeatureInput`, what `features` takes (its batch key,
   dtype, axes and value convention); exports write it into their header and a
   loaded encoder refuses other input. Default `IMAGES`; a task of another
@@ -168,6 +175,10 @@ class Task(nnx.Module):
         features = encoder(augment.normalize(augment.to_float(images)), train=False)
         return features.astype(jnp.float32)  # bfloat16 compute still hands evaluators float32
 
+    def feature_maps(self, images: jax.Array) -> jax.Array:
+        """The encoder's spatial map of un-augmented images, batch-norm in inference mode."""
+        return spatial_features(self.feature_encoder(), augment.normalize(augment.to_float(images)))
+
     # Optional hooks: the loop and the evaluators call them only when a task
     # overrides them (`implements`).
 
@@ -249,6 +260,14 @@ class JointEmbeddingTask(Task):
             metrics["online_probe_accuracy"] = probe["accuracy"]
             loss = loss + probe_loss
         return loss, metrics
+
+
+def spatial_features(encoder: nnx.Module, x: jax.Array) -> jax.Array:
+    """`encoder.feature_map(x, train=False)` in float32; a TypeError naming
+    the encoder when it has no spatial map."""
+    if not hasattr(encoder, "feature_map"):
+        raise TypeError(f"{type(encoder).__name__} has no feature_map: no spatial features.")
+    return encoder.feature_map(x, train=False).astype(jnp.float32)
 
 
 def implements(task: nnx.Module | type, hook: str) -> bool:

@@ -55,7 +55,7 @@ from ssl_jax.data import augment
 from ssl_jax.data.augment.lab import D65_WHITE, RGB_TO_XYZ
 from ssl_jax.models.layers import global_avg_pool
 from ssl_jax.registry import TASKS
-from ssl_jax.tasks.base import IMAGES, Task, collapse_metrics
+from ssl_jax.tasks.base import IMAGES, Task, collapse_metrics, spatial_features
 
 LIGHTNESS = dataclasses.replace(
     IMAGES, values="RGB 0-255, of which the encoder sees only CIE L* (D65), as (L - 50) / 50"
@@ -313,6 +313,10 @@ class ColorizationTask(Task):
         """The encoder's pooled features of the L channel of uint8 RGB images."""
         x = lightness_input(augment.to_float(images))
         return self.encoder(x, train=False).astype(jnp.float32)
+
+    def feature_maps(self, images):
+        """The encoder's spatial map of the L channel, as `features` reads it."""
+        return spatial_features(self.encoder, lightness_input(augment.to_float(images)))
 
     def colourise(self, images: jax.Array) -> jax.Array:
         """uint8 RGB -> uint8 RGB with the predicted colour on the true L: the

@@ -48,7 +48,13 @@ from flax import nnx
 from ssl_jax.data import augment
 from ssl_jax.models.heads import MLPHead
 from ssl_jax.registry import TASKS
-from ssl_jax.tasks.base import FeatureInput, Task, classification_loss, collapse_metrics
+from ssl_jax.tasks.base import (
+    FeatureInput,
+    Task,
+    classification_loss,
+    collapse_metrics,
+    spatial_features,
+)
 
 GRID = 3  # 3x3 tiles: 9! = 362,880 candidate permutations, enumerable in numpy
 NUM_TILES = GRID * GRID
@@ -300,6 +306,10 @@ class JigsawTask(Task):
         """The encoder on whole images, standardised per image (see above)."""
         x = standardise(augment.to_float(images), axes=(1, 2, 3))
         return self.encoder(x, train=False).astype(jnp.float32)
+
+    def feature_maps(self, images):
+        """The encoder's spatial map of whole images, standardised as in `features`."""
+        return spatial_features(self.encoder, standardise(augment.to_float(images), axes=(1, 2, 3)))
 
 
 @TASKS.register("jigsaw")
