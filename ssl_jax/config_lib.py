@@ -100,9 +100,16 @@ def base_config() -> ConfigDict:
     # "always" / "never" force it. Streamed images are decoded and cropped on
     # `workers` processes (-1: the CPU cores but two, 0: in the training
     # process); an unreadable record stops the run ("stop") or is replaced and
-    # counted as skipped_examples ("skip").
+    # counted as skipped_examples ("skip"); a run that replaces more than
+    # max_bad_record_fraction of its planned draws fails.
     config.input = ConfigDict(
-        {"streaming": "auto", "workers": -1, "on_bad_record": "stop", "memory_limit_gb": 16.0}
+        {
+            "streaming": "auto",
+            "workers": -1,
+            "on_bad_record": "stop",
+            "max_bad_record_fraction": 0.01,
+            "memory_limit_gb": 16.0,
+        }
     )
 
     # "bfloat16": layers compute in bfloat16, parameters and optimizer state
@@ -486,6 +493,11 @@ def validate(config: ConfigDict) -> None:
         )
     if config.input.workers < -1:
         raise ValueError(f"config.input.workers must be >= -1, got {config.input.workers}.")
+    if not 0 <= config.input.max_bad_record_fraction <= 1:
+        raise ValueError(
+            "config.input.max_bad_record_fraction must be in [0, 1], got "
+            f"{config.input.max_bad_record_fraction}."
+        )
     if not 0 <= config.max_skipped_fraction <= 1:
         raise ValueError(
             f"config.max_skipped_fraction must be in [0, 1], got {config.max_skipped_fraction}."

@@ -50,6 +50,10 @@ class Guard:
         self._stop = config.nonfinite == "stop"
         self._max_fraction = config.max_skipped_fraction
         self._train_steps = config.train_steps
+        self._max_replaced = config.input.max_bad_record_fraction * (
+            config.train_steps * config.batch_size
+        )
+        self._draws_per_step = config.batch_size
         self._checkpointer = checkpointer
         self.skipped_steps = skipped_steps
         # Unreadable records replaced under input.on_bad_record=skip: not a
@@ -91,8 +95,9 @@ class Guard:
 
     def count_replaced(self, replaced: int, first_step: int, step: int) -> None:
         """Adds a log interval's replaced (unreadable, skipped) records, with a
-        warning that says so: a run that replaced many still succeeds, but
-        not silently."""
+        warning that says so. A run that replaced more than
+        `input.max_bad_record_fraction` of its planned draws has failed: its
+        data is not the dataset it names."""
         if not replaced:
             return
         self.skipped_examples += replaced
@@ -104,6 +109,17 @@ class Guard:
             step,
             self.skipped_examples,
         )
+        if self.skipped_examples > self._max_replaced:
+            from ssl_jax.data.datasets import DatasetError
+
+            raise DatasetError(
+                f"{self.skipped_examples} of the first {step * self._draws_per_step} records "
+                "drawn were unreadable and replaced (input.on_bad_record=skip; the limit is "
+                f"config.input.max_bad_record_fraction of the run's "
+                f"{self._train_steps * self._draws_per_step} draws): the run failed; "
+                f"{self._last_good()}. Repair or remove the unreadable files "
+                "(ssl_jax.prepare --verify names them), or raise the limit."
+            )
 
     def save(self, step: int, state, *, open_interval=None) -> None:
         """Checkpoints `state` with the skip counts (and the open log

@@ -70,6 +70,7 @@ RESULT_NEUTRAL_FIELDS = (
     # Skipping instead of stopping on a bad record changes nothing before the
     # first bad record, where a run that stopped on it ended.
     "input.on_bad_record",
+    "input.max_bad_record_fraction",
     "knn",
     "probe",
     "evals",

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ssl_jax import checkpoint, config_lib, inference, nonfinite, optim, train
+from ssl_jax.data.datasets import DatasetError
 from ssl_jax.registry import TASKS
 from ssl_jax.tasks.rotation import RotationTask
 
@@ -221,12 +222,28 @@ def test_a_resumed_run_carries_its_skip_counts_from_the_checkpoint(tmp_path):
 def test_a_skipped_step_still_counts_the_records_its_batch_replaced(tmp_path):
     arrays = {**_arrays(poisoned_steps=(2,)), "skipped": np.ones(32, np.int32)}
     config = _config(nonfinite="skip", train_steps=4, max_skipped_fraction=0.5)
+    config.input.max_bad_record_fraction = 1.0
     _, summary = train.train(config, str(tmp_path), arrays)
     records = _metrics(tmp_path)
     assert [r["skipped_steps"] for r in records] == [0, 1, 0, 0]
     # Every batch of 4 replaced 4 records, the skipped step's too.
     assert [r["skipped_examples"] for r in records] == [4, 4, 4, 4]
     assert summary["skipped_examples"] == 16
+
+
+def test_replacing_more_records_than_the_limit_fails_the_run_in_one_line(tmp_path):
+    # Every draw replaced, against a limit of half the run's 8 x 4 planned
+    # draws: 20 > 16 at step 5, after checkpoint 4.
+    arrays = {**_arrays(), "skipped": np.ones(32, np.int32)}
+    config = _config(train_steps=8)
+    config.input.max_bad_record_fraction = 0.5
+    with pytest.raises(DatasetError) as error:
+        train.train(config, str(tmp_path), arrays)
+    message = str(error.value)
+    assert message.startswith("20 of the first 20 records drawn were unreadable")
+    assert "max_bad_record_fraction of the run's 32 draws" in message
+    assert "last good checkpoint is step 4" in message and "\n" not in message
+    assert [r["step"] for r in _metrics(tmp_path)] == [1, 2, 3, 4]
 
 
 def _restorable(config):
