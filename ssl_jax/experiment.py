@@ -118,6 +118,16 @@ def _warn_if_another_profile(config: ConfigDict) -> None:
     it); `--config.dataset=` afterwards keeps that recipe: say so."""
     if not config.data_profile:
         return
+    from ssl_jax.data.datasets import native_size
+
+    kind = config.dataset.partition(":")[0]
+    if (
+        kind not in ("synthetic", "tfds")
+        and native_size(config.dataset, config.data_dir or None) is None
+    ):
+        # No image to measure (an empty or missing folder): loading the data
+        # says what is wrong; a guessed profile here would only mislead.
+        return
     profile = config_lib.data_profile(config.dataset, config.data_dir)
     if profile != config.data_profile:
         logging.getLogger(__name__).warning(

@@ -121,6 +121,8 @@ def test_image_folder_problems(tmp_path, monkeypatch, layout, message):
         _image_folder(root, garbage=layout == "garbage", empty=layout == "empty")
     result = run_main(tmp_path / "run", f"--config.dataset=imagefolder:{root}", check=False)
     _assert_one_clear_line(result, message)
+    # No guess about the recipe of a folder with no image to measure.
+    assert "recipe" not in result.stderr, result.stderr
 
 
 def test_another_model_on_a_workdir_is_refused_and_nothing_is_touched(finished_run):
