@@ -25,7 +25,7 @@ warm-up then cosine, mean-pooled patch tokens as features. Departs, to run
 on a CPU in minutes: 1 s clips at 64 mel bands (the paper: 10 s at 128,
 1,024 frames, 512 patches; here 96 frames, 24 patches), a width-128 depth-4
 encoder (ViT-B) with a 64-wide 2-block vanilla decoder (a 16-block one with
-local attention), batch 128 for 1,500 steps (512 for 32 epochs of AudioSet),
+local attention), batch 128 for 600 steps (512 for 32 epochs of AudioSet),
 and a rate of 1e-3 per 256 clips (2e-4 x 512 / 256 in the paper: at this
 size and length the larger step is what moves the ViT, as for MAE on digits).
 """
@@ -58,7 +58,7 @@ def get_config(arg: str | None = None):
                 "decoder_heads": 4,
             },
             "batch_size": 128,
-            "train_steps": 1500,
+            "train_steps": 600,
             "log_every": 50,
             "optimizer": {
                 "name": "adamw",

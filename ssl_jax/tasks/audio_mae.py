@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ssl_jax.data import audio as audio_data
 from ssl_jax.losses import mae_loss
 from ssl_jax.models.audio import MelSpec, log_mel
 from ssl_jax.models.vit import unpatchify
@@ -43,12 +44,14 @@ from ssl_jax.registry import TASKS
 from ssl_jax.tasks.base import FeatureInput, collapse_metrics
 from ssl_jax.tasks.mae import MAETask
 
+# One second at 16 kHz, what every audio source delivers (`data/audio.py`):
+# the length is part of what the features were measured on.
 AUDIO = FeatureInput(
-    "audio",
+    audio_data.INPUT_KEY,
     "int16",
-    ("N", "S"),
-    "mono 16-bit PCM (16 kHz for the default front end), scaled x / 32768, then the "
-    "task's log-mel spectrogram (task_kwargs)",
+    ("N", audio_data.SAMPLES),
+    "mono 16-bit PCM at 16 kHz, scaled x / 32768, then the task's log-mel spectrogram "
+    "(task_kwargs)",
 )
 # The embedded tones' log-mel statistics under the default front end (measured).
 NORM_MEAN = -1.9

@@ -50,7 +50,7 @@ def _folder(root):
     """Two classes; 16 kHz mono, 8 kHz stereo (resampled, averaged), 8-bit, too long
     and too short files; a text file that is ignored."""
     t = lambda seconds, rate: np.arange(int(seconds * rate)) / rate
-    tone = lambda f, seconds, rate: (0.5 * np.sin(2 * np.pi * f * t(seconds, rate)) * 32767)
+    tone = lambda f, seconds, rate: 0.5 * np.sin(2 * np.pi * f * t(seconds, rate)) * 32767
     for split in ("train", "test"):
         for c, f in (("high", 1000.0), ("low", 200.0)):
             (root / split / c).mkdir(parents=True)
