@@ -47,17 +47,20 @@ def test_glides_move_their_pitch_the_labelled_way():
 
 
 def _folder(root):
-    """Two classes; 16 kHz mono, 8 kHz stereo (resampled, averaged), 8-bit, too long
-    and too short files; a text file that is ignored."""
+    """Two classes; 16 kHz mono, 8 kHz stereo (resampled, averaged), 8-bit, too
+    long and too short files; a text file that is ignored."""
     t = lambda seconds, rate: np.arange(int(seconds * rate)) / rate
     tone = lambda f, seconds, rate: 0.5 * np.sin(2 * np.pi * f * t(seconds, rate)) * 32767
     for split in ("train", "test"):
         for c, f in (("high", 1000.0), ("low", 200.0)):
             (root / split / c).mkdir(parents=True)
             audio.write_wav(str(root / split / c / "a.wav"), tone(f, 1.0, RATE))
-            stereo = np.stack([tone(f, 0.5, 8000), tone(f, 0.5, 8000)], axis=1)
+            # Stereo with a silent right channel: the mono mix is half the left.
+            stereo = np.stack([tone(f, 0.5, 8000), np.zeros(4000)], axis=1)
             audio.write_wav(str(root / split / c / "b.wav"), stereo, sample_rate=8000)
-            audio.write_wav(str(root / split / c / "c.WAV"), tone(f, 2.5, RATE))
+            # 2.5 s, sounding only in its middle second.
+            middle = (t(2.5, RATE) >= 0.75) & (t(2.5, RATE) < 1.75)
+            audio.write_wav(str(root / split / c / "c.WAV"), tone(f, 2.5, RATE) * middle)
             (root / split / c / "notes.txt").write_text("not audio")
     with wave.open(str(root / "train" / "low" / "d.wav"), "wb") as w:
         w.setnchannels(1), w.setsampwidth(1), w.setframerate(RATE)
@@ -73,8 +76,8 @@ def test_a_wav_folder_is_read_resampled_and_cut_to_one_second(tmp_path):
     a, b, c, d = train.inputs[3:]  # the low (200 Hz) tones
     expected = np.round(0.5 * np.sin(2 * np.pi * 200 * np.arange(RATE) / RATE) * 32767)
     np.testing.assert_allclose(a, expected, atol=1)
-    # 8 kHz stereo, half a second: resampled to 16 kHz, then silence.
-    np.testing.assert_allclose(b[: RATE // 2 - 2], expected[: RATE // 2 - 2], atol=300)
+    # 8 kHz stereo, half a second: mixed to mono, resampled to 16 kHz, then silence.
+    np.testing.assert_allclose(b[: RATE // 2 - 2], 0.5 * expected[: RATE // 2 - 2], atol=300)
     assert not np.any(b[RATE // 2 :])
     # 2.5 s: the middle second (starting 0.75 s in, a whole number of 200 Hz periods).
     np.testing.assert_allclose(c, expected, atol=1)
