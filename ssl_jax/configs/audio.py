@@ -30,7 +30,11 @@ and a rate of 1e-3 per 256 clips (2e-4 x 512 / 256 in the paper: at this
 size and length the larger step is what moves the ViT, as for MAE on digits).
 """
 
+import dataclasses
+
 from ssl_jax import config_lib
+from ssl_jax.models.audio import MelSpec
+from ssl_jax.tasks.audio_mae import NORM_MEAN, NORM_STD
 
 MODALITY = "audio"  # batches hold `audio`; the image-only tests skip this config
 _FAMILY = "audio_vit"
@@ -56,6 +60,13 @@ def get_config(arg: str | None = None):
                 "decoder_dim": 64,
                 "decoder_depth": 2,
                 "decoder_heads": 4,
+                # The front end, spelt out so it can be changed from the
+                # command line (--config.task_kwargs.mel.n_mels=32) and is
+                # written into exports: 25 ms frames every 10 ms, 64 mel bands.
+                "mel": dataclasses.asdict(MelSpec()),
+                # The spectrogram's standardisation (Audio-MAE: AudioSet's).
+                "norm_mean": NORM_MEAN,
+                "norm_std": NORM_STD,
             },
             "batch_size": 128,
             "train_steps": 600,
