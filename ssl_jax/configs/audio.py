@@ -7,7 +7,9 @@ same encoder at random initialisation. On the embedded `tones` default
 (synthesised one-second clips at 16 kHz, ten classes of sound at random
 pitch, loudness and envelope; ssl_jax/data/audio.py) it takes a few minutes
 on 2 CPU cores and the probe of the pretrained encoder should beat the
-random encoder's (see README for the figures).
+random encoder's: measured 0.583 and 0.575 top-1 (seeds 0 and 1) against
+0.273 and 0.268 at random init and 0.312 for a probe of the clips' log-mel
+statistics with no network (chance 0.100; docs/runs/audio/).
 
 Variants, picked by the argument after the colon (comma-separated):
   configs/audio.py:runlocal                         tiny ViT, a handful of steps (tests)
