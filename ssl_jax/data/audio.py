@@ -53,18 +53,6 @@ SAMPLES = SAMPLE_RATE  # one second per clip
 INPUT_KEY = "audio"
 WAV_EXTENSIONS = (".wav", ".wave")
 
-CLASS_NAMES = (
-    "sine",
-    "harmonic",
-    "odd_harmonic",
-    "major_triad",
-    "minor_triad",
-    "glide_up",
-    "glide_down",
-    "vibrato",
-    "tremolo",
-    "noise_band",
-)
 _TONES_DEFAULTS = {"train_per_class": 160, "test_per_class": 40, "seed": 0}
 # The test split's draws come from another stream of the same seed.
 _SPLIT_STREAM = {"train": 0, "test": 1}
@@ -73,54 +61,72 @@ _PEAK = 0.9  # of int16 full scale: nothing clips
 
 
 # ----------------------------------------------------------------------------- synthesis
-def _partials(kind: str, f0: float, t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One second of the sound `kind` at pitch `f0`, before its envelope."""
-    nyquist = SAMPLE_RATE / 2
+# Each class is one function (f0, t, rng) -> one second of its sound before
+# the envelope; the draws inside are part of the data (the order matters).
+_RICH = np.arange(1, 9)  # the first 8 harmonics
+_FOUR = _RICH[:4]
 
-    def harmonics(freq, ks, weights, phase_t=None):
-        """Sum of sines at k * freq (k in ks, below Nyquist) with `weights`;
-        `phase_t` is the running phase of the fundamental when it moves."""
-        phase = 2 * np.pi * freq * t if phase_t is None else phase_t
-        out = np.zeros_like(t)
-        for k, w in zip(ks, weights, strict=True):
-            if k * np.max(freq) < nyquist:
-                out += w * np.sin(k * phase + rng.uniform(0, 2 * np.pi))
-        return out
 
-    rich = np.arange(1, 9)
-    if kind == "sine":
-        return np.sin(2 * np.pi * f0 * t + rng.uniform(0, 2 * np.pi))
-    if kind == "harmonic":
-        return harmonics(f0, rich, 1.0 / rich)
-    if kind == "odd_harmonic":
-        odd = np.arange(1, 16, 2)
-        return harmonics(f0, odd, 1.0 / odd)
-    if kind in ("major_triad", "minor_triad"):
-        third = 5 / 4 if kind == "major_triad" else 6 / 5  # just intonation
+def _harmonics(freq, t, rng, ks, weights, phase=None) -> np.ndarray:
+    """Sum of sines at k * freq (k in ks, only those below Nyquist) with
+    `weights` and random phases; `phase`: the running phase of a moving
+    fundamental (then `freq` is its instantaneous frequency)."""
+    phase = 2 * np.pi * freq * t if phase is None else phase
+    out = np.zeros_like(t)
+    for k, w in zip(ks, weights, strict=True):
+        if k * np.max(freq) < SAMPLE_RATE / 2:
+            out += w * np.sin(k * phase + rng.uniform(0, 2 * np.pi))
+    return out
+
+
+def _moving(freq, t, rng) -> np.ndarray:
+    """Four harmonics of a fundamental whose frequency follows `freq` [t]."""
+    return _harmonics(freq, t, rng, _FOUR, 1.0 / _FOUR, 2 * np.pi * np.cumsum(freq) / SAMPLE_RATE)
+
+
+def _triad(third: float):
+    """Root, third and fifth (just intonation), three harmonics each."""
+
+    def sound(f0, t, rng):
         three = np.arange(1, 4)
-        return sum(harmonics(f0 * r, three, 1.0 / three) for r in (1.0, third, 3 / 2))
-    if kind in ("glide_up", "glide_down"):
-        # An octave over the second, exponential in frequency.
-        freq = f0 * 2.0 ** (t if kind == "glide_up" else 1.0 - t)
-        phase = 2 * np.pi * np.cumsum(freq) / SAMPLE_RATE
-        return harmonics(freq, rich[:4], 1.0 / rich[:4], phase)
-    if kind == "vibrato":
-        rate, depth = rng.uniform(5, 8), rng.uniform(0.03, 0.06)
-        freq = f0 * (1 + depth * np.sin(2 * np.pi * rate * t))
-        phase = 2 * np.pi * np.cumsum(freq) / SAMPLE_RATE
-        return harmonics(freq, rich[:4], 1.0 / rich[:4], phase)
-    if kind == "tremolo":
-        rate = rng.uniform(8, 14)
-        return harmonics(f0, rich[:4], 1.0 / rich[:4]) * (
-            0.55 + 0.45 * np.sin(2 * np.pi * rate * t)
-        )
-    if kind == "noise_band":
-        # White noise kept within a band around f0 (a fifth either side).
-        spectrum = np.fft.rfft(rng.standard_normal(len(t)))
-        freqs = np.fft.rfftfreq(len(t), 1 / SAMPLE_RATE)
-        spectrum[(freqs < f0 / 1.5) | (freqs > f0 * 1.5)] = 0
-        return np.fft.irfft(spectrum, len(t))
-    raise ValueError(kind)
+        return sum(_harmonics(f0 * r, t, rng, three, 1.0 / three) for r in (1.0, third, 1.5))
+
+    return sound
+
+
+def _vibrato(f0, t, rng):
+    rate, depth = rng.uniform(5, 8), rng.uniform(0.03, 0.06)
+    return _moving(f0 * (1 + depth * np.sin(2 * np.pi * rate * t)), t, rng)
+
+
+def _tremolo(f0, t, rng):
+    rate = rng.uniform(8, 14)
+    return _harmonics(f0, t, rng, _FOUR, 1.0 / _FOUR) * (0.55 + 0.45 * np.sin(2 * np.pi * rate * t))
+
+
+def _noise_band(f0, t, rng):
+    """White noise kept within a fifth either side of f0."""
+    spectrum = np.fft.rfft(rng.standard_normal(len(t)))
+    freqs = np.fft.rfftfreq(len(t), 1 / SAMPLE_RATE)
+    spectrum[(freqs < f0 / 1.5) | (freqs > f0 * 1.5)] = 0
+    return np.fft.irfft(spectrum, len(t))
+
+
+_ODD = np.arange(1, 16, 2)
+SOUNDS = {
+    "sine": lambda f0, t, rng: np.sin(2 * np.pi * f0 * t + rng.uniform(0, 2 * np.pi)),
+    "harmonic": lambda f0, t, rng: _harmonics(f0, t, rng, _RICH, 1.0 / _RICH),
+    "odd_harmonic": lambda f0, t, rng: _harmonics(f0, t, rng, _ODD, 1.0 / _ODD),
+    "major_triad": _triad(5 / 4),
+    "minor_triad": _triad(6 / 5),
+    # An octave over the second, exponential in frequency.
+    "glide_up": lambda f0, t, rng: _moving(f0 * 2.0**t, t, rng),
+    "glide_down": lambda f0, t, rng: _moving(f0 * 2.0 ** (1.0 - t), t, rng),
+    "vibrato": _vibrato,
+    "tremolo": _tremolo,
+    "noise_band": _noise_band,
+}
+CLASS_NAMES = tuple(SOUNDS)
 
 
 def _envelope(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -143,7 +149,7 @@ def synthesise(label: int, rng: np.random.Generator) -> np.ndarray:
     """One clip of class `label` (float64 [SAMPLES], peak at most `_PEAK`)."""
     t = np.arange(SAMPLES) / SAMPLE_RATE
     f0 = float(np.exp(rng.uniform(*np.log(_PITCH_RANGE))))
-    sound = _partials(CLASS_NAMES[label], f0, t, rng) * _envelope(t, rng)
+    sound = SOUNDS[CLASS_NAMES[label]](f0, t, rng) * _envelope(t, rng)
     sound /= np.max(np.abs(sound)) + 1e-12
     noise = rng.standard_normal(SAMPLES) * 10 ** rng.uniform(-2.5, -1.2)  # -50 to -24 dB
     clip = sound * 10 ** rng.uniform(-1.0, 0.0) + noise  # a 20 dB range of loudness
