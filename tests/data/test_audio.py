@@ -107,3 +107,14 @@ def test_bad_audio_folders_are_one_line_errors_naming_the_problem(tmp_path):
         prepare.prepare(f"audiofolder:{root}", str(tmp_path / "out"), verify=True)
     with pytest.raises(DatasetError, match="no train/ folder"):
         load_dataset(f"audiofolder:{tmp_path}", "train", image_size=16)
+
+
+@pytest.mark.parametrize("kind", ["audiofolder", "audiorecords"])
+def test_a_bucket_path_is_refused_before_anything_runs(tmp_path, kind):
+    """The WAV readers open local files only: a URL is one line up front."""
+    from ssl_jax import config_lib, experiment
+    from ssl_jax.workdir import WorkdirError
+
+    config = config_lib.get_config("audio", f"runlocal,dataset={kind}:memory://bucket/sounds")
+    with pytest.raises(WorkdirError, match=f"{kind} data is read from local files only"):
+        experiment.check_paths(config, str(tmp_path / "run"))
