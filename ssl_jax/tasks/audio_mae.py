@@ -53,7 +53,8 @@ AUDIO = FeatureInput(
     "mono 16-bit PCM at 16 kHz, scaled x / 32768, then the task's log-mel spectrogram "
     "(task_kwargs)",
 )
-# The embedded tones' log-mel statistics under the default front end (measured).
+# The embedded tones' log-mel mean and std under the default front end, measured
+# on `tones:train_per_class=20` (200 clips, every frame and band): -1.88, 2.40.
 NORM_MEAN = -1.9
 NORM_STD = 2.4
 
