@@ -88,7 +88,7 @@ def run(config: ConfigDict, workdir: str, *, allow_config_change: bool = False) 
 
 
 # Datasets named by a path whose readers open local files only.
-_LOCAL_ONLY_DATASETS = ("imagefolder", "arrayrecord")
+_LOCAL_ONLY_DATASETS = ("imagefolder", "arrayrecord", "audiofolder", "audiorecords")
 
 
 def check_paths(config: ConfigDict, workdir: str) -> None:

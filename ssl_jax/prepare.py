@@ -8,7 +8,9 @@ An image folder is `root/train/<class>/<image>` plus `root/test/<class>/...`
 (or `root/val/...`), with the classes (and their label order) taken from
 train/, checked by the in-memory loader's own function
 (`ssl_jax.data.image_folder.list_image_folder`); its test split is written
-under its folder's name ("test" or "val"). A tfds source (prepared in ArrayRecord
+under its folder's name ("test" or "val"). An audio folder (the same layout
+of .wav files, `ssl_jax.data.audio`) is written the same way, each WAV file
+as it is, and read back as `audiorecords:<out>`. A tfds source (prepared in ArrayRecord
 format) is copied split by split ("train" and "test", or "validation").
 
 Files are copied byte for byte (fast; memory bounded: examples stream through
@@ -38,10 +40,12 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from ssl_jax import cli, storage
-from ssl_jax.data import decode, image_folder, records
+from ssl_jax.data import audio, decode, image_folder, records
 from ssl_jax.data.base import DatasetError
 
-_SOURCE = flags.DEFINE_string("source", None, "imagefolder:/path/to/root or tfds:NAME.")
+_SOURCE = flags.DEFINE_string(
+    "source", None, "imagefolder:/path/to/root, audiofolder:/path/to/root or tfds:NAME."
+)
 _OUT = flags.DEFINE_string("out", None, "Directory to write the shards and dataset_info.json into.")
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "tfds data_dir; or the base of a relative image-folder path."
@@ -115,7 +119,13 @@ def _tfds_splits(spec: str, data_dir: str | None, verify: bool, threads: int):
     return examples, list(sources[0].class_names)
 
 
-_SOURCES = {"imagefolder": _imagefolder_splits, "tfds": _tfds_splits}
+# audiofolder: WAV files stored as they are (`data/audio.py`); read them back
+# with --config.dataset=audiorecords:<out>.
+_SOURCES = {
+    "imagefolder": _imagefolder_splits,
+    "tfds": _tfds_splits,
+    "audiofolder": audio.folder_examples,
+}
 
 
 def prepare(
@@ -133,7 +143,9 @@ def prepare(
     dataset_info written."""
     kind, _, arg = source.partition(":")
     if kind not in _SOURCES or not arg:
-        raise DatasetError(f"Unknown source {source!r}: use imagefolder:/path or tfds:NAME.")
+        raise DatasetError(
+            f"Unknown source {source!r}: use imagefolder:/path, audiofolder:/path or tfds:NAME."
+        )
     if storage.is_url(out):
         return _prepare_to_url(
             source, out, data_dir, examples_per_shard, verify, overwrite, threads, staging_dir

@@ -22,13 +22,16 @@ under another batch key, `input_key`):
 - `moving_digits[:frames=8,label=digit|direction]`: clips of the digits
   moving across a canvas (`data/video.py`); TFDS video datasets with labels
   through the tfds reader.
+- `tones[:train_per_class=160,...]`: synthesised labelled sounds, int16
+  `audio` [N, 16000] at 16 kHz (`data/audio.py`); `audiofolder:/root` a
+  folder of WAV files, `audiorecords:/dir` the same written by `prepare`.
 
 Decoded tfds and image-folder splits are cached as `.npz` under `cache_dir`
 (default: `$SSL_JAX_CACHE_DIR` or `~/.cache/ssl_jax`), keyed by the source
 files' names, sizes and mtimes, so a changed source is decoded again.
 
 This module only dispatches: each source is one module (digits.py,
-synthetic.py, tfds_source.py, image_folder.py, text.py, video.py) that
+synthetic.py, tfds_source.py, image_folder.py, text.py, video.py, audio.py) that
 registers its loader in `registry.DATASETS` under the part of the name
 before the first colon.
 """
@@ -41,7 +44,15 @@ from collections.abc import Callable
 import numpy as np
 
 # Each source module registers its loader in DATASETS when imported.
-from ssl_jax.data import digits, image_folder, synthetic, text, tfds_source, video  # noqa: F401
+from ssl_jax.data import (  # noqa: F401
+    audio,
+    digits,
+    image_folder,
+    synthetic,
+    text,
+    tfds_source,
+    video,
+)
 from ssl_jax.data.base import (  # noqa: F401  (the types are this module's API too)
     IMAGE_EXTENSIONS,
     SPLITS,
@@ -66,6 +77,9 @@ def dataset_names() -> list[str]:
         "imagefolder:/path/to/root",
         "pydoc[:length=128,min_chunks=20]",
         "moving_digits[:frames=8,clips=2,label=digit|direction]",
+        "tones[:train_per_class=160,test_per_class=40,seed=0]",
+        "audiofolder:/path/to/root",
+        "audiorecords:/path/to/records",
     ]
 
 

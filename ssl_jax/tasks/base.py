@@ -17,7 +17,8 @@ Required
   `augment` first. `batch` is a dict of global arrays: the dataset's inputs
   under its `input_key` (image tasks: `image` uint8 [B, H, W, C]; masked
   words: `tokens` int32 [B, T]; missing frames: `video` uint8
-  [B, T, H, W, C]), and `label` int32 [B] when the dataset has labels;
+  [B, T, H, W, C]; masked spectrograms: `audio` int16 [B, S]), and `label`
+  int32 [B] when the dataset has labels;
   `rng` is derived by the loop from (seed, step), and per-example keys from it
   with `augment.example_keys`, so draws survive a resume and do not depend on
   the device count. The loop knows nothing else about the task. Losses and

@@ -53,7 +53,10 @@ def test_all_models_are_registered():
 INPUT_SIZE = {"resnet18": 224, "resnet34": 224, "resnet50": 224}
 TOKENS = jax.ShapeDtypeStruct((2, 16), jnp.int32)
 CLIPS = jax.ShapeDtypeStruct((2, 4, 16, 16, 3), jnp.float32)  # the default 16 px frames
+SPECTROGRAMS = jax.ShapeDtypeStruct((2, 96, 64, 1), jnp.float32)  # 1 s of log-mel, 64 bands
 INPUTS = {
+    "audio_vit": SPECTROGRAMS,
+    "audio_vit_test": SPECTROGRAMS,
     "token_transformer": TOKENS,
     "token_transformer_test": TOKENS,
     "clip_transformer": CLIPS,
