@@ -72,6 +72,10 @@ CASES = {
         "config.max_skipped_fraction must be in [0, 1]",
     ),
     "image folder without a path": (["--config.dataset=imagefolder:"], "needs the folder's path"),
+    "an audio folder that does not exist": (
+        ["--config=configs/audio.py:runlocal", "--config.dataset=audiofolder:/nonexistent"],
+        "Audio folder /nonexistent has no train/ folder",
+    ),
     "an unknown evaluator type": (
         ["--config.evals.linear_probe.type=probe"],
         "config.evals.linear_probe.type='probe' is not one of",
