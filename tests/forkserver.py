@@ -32,9 +32,9 @@ import threading
 
 OFF = os.environ.get("SSL_JAX_TEST_FORKSERVER", "1") == "0"
 
-# What `python -m ssl_jax.main` imports before it does any work. Modules that
-# define absl flags (ssl_jax.main, ssl_jax.prepare, the experiments) are left
-# out: the child runs them as __main__ and would define their flags twice.
+# What `python -m ssl_jax.main` imports before it does any work; the server
+# keeps the third-party modules they pull in (jax, flax, optax, orbax, ...)
+# and forgets ssl_jax's own (see _serve).
 _WARM = (
     "absl.app",
     "ml_collections.config_flags",
@@ -182,6 +182,11 @@ def _serve() -> None:
 
     for name in _WARM:
         importlib.import_module(name)
+    # Keep what ssl_jax imports warm, but not ssl_jax itself: its import sets
+    # XLA flags (cpu_flags) from the environment of that moment, so each
+    # command imports it afresh, when and where a fresh interpreter would.
+    for name in [m for m in sys.modules if m == "ssl_jax" or m.startswith("ssl_jax.")]:
+        del sys.modules[name]
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stray prints cannot reach the protocol
     for line in sys.stdin:
@@ -215,9 +220,6 @@ def _become(request: dict) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    from ssl_jax import cpu_flags
-
-    cpu_flags.apply()  # `import ssl_jax` did this for the server's environment only
     # Python puts PYTHONPATH's entries right after sys.path[0].
     sys.path[1:1] = [p for p in _python_path(os.environ) if p not in sys.path]
     target, args = request["target"], request["args"]

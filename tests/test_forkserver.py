@@ -46,6 +46,20 @@ def test_a_forked_command_is_a_fresh_interpreter(tmp_path):
     assert forked.returncode == 0 and forked.stdout.split()[2] == "1"
 
 
+def test_ssl_jax_sets_its_xla_flags_when_the_command_imports_it(tmp_path):
+    # A script that sets XLA_FLAGS, then imports ssl_jax (the sharded tests'
+    # scripts), and one that never imports it: the flags as a fresh python has them.
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    set_then_import = (
+        "import os; os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'\n"
+        "import ssl_jax; print(os.environ['XLA_FLAGS'])"
+    )
+    for code in (set_then_import, "import os; print(os.environ['XLA_FLAGS'])"):
+        forked, fresh = _both([sys.executable, "-c", code], cwd=tmp_path, env=env)
+        assert forked.returncode == fresh.returncode == 0, forked.stderr
+        assert forked.stdout == fresh.stdout
+
+
 def test_an_uncaught_error_and_a_module_run_end_as_in_python(tmp_path):
     forked, fresh = _both([sys.executable, "-c", "raise ValueError('boom')"], cwd=tmp_path)
     assert forked.returncode == fresh.returncode == 1
