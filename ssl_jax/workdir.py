@@ -402,28 +402,46 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-# A field that one side lacks and the other holds empty: a field added to the
-# base config later whose empty default turns nothing on (optimizer.freeze),
-# so a workdir written before it resumes without --allow_config_change.
-_MISSING = object()
+# Fields added to the base config after workdirs were written, with the value
+# that computes what those runs computed: a stored config that lacks one
+# compares as if it held that value.
+ADDED_FIELDS = {"optimizer.freeze": []}
+# Fields that left the configs, with the value at which they did nothing and
+# where they went: a stored config that holds one at that value compares as if
+# it lacked it; at another value the workdir's optimizer state no longer fits.
+RETIRED_FIELDS = {
+    "task_kwargs.freeze_prototypes": (0.0, "optimizer.freeze"),
+    "task_kwargs.freeze_prototypes_fraction": (0.0, "optimizer.freeze"),
+}
 
 
-def _absent_or_empty(value: Any) -> bool:
-    return value is _MISSING or value is None or (isinstance(value, list | dict) and not value)
+def _as_current(old_flat: dict[str, Any], new_flat: dict[str, Any]) -> dict[str, Any]:
+    """The stored config's fields as today's configs spell them."""
+    current = dict(old_flat)
+    for field, value in ADDED_FIELDS.items():
+        if field not in current and field in new_flat:
+            current[field] = value
+    for field, (no_op, _) in RETIRED_FIELDS.items():
+        if field in current and field not in new_flat and current[field] in (no_op, None):
+            del current[field]
+    return current
+
+
+def retired_fields_in_use(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """{field: value} for the stored config's retired fields that did something."""
+    old_flat, new_flat = _flatten(old), _as_current(_flatten(old), _flatten(new))
+    return {f: old_flat[f] for f in RETIRED_FIELDS if f in old_flat and f in new_flat}
 
 
 def identity_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, list[Any]]:
     """{field: [old, new]} for every field outside `RESULT_NEUTRAL_FIELDS` that
-    differs (a field present on one side only counts, as `None` on the other,
-    unless the other side holds it empty)."""
-    old_flat, new_flat = _flatten(old), _flatten(new)
+    differs (a field present on one side only counts, as `None` on the other),
+    after `ADDED_FIELDS` and `RETIRED_FIELDS` bring the stored config up to date."""
+    new_flat = _flatten(new)
+    old_flat = _as_current(_flatten(old), new_flat)
     changes = {}
     for field in sorted(old_flat.keys() | new_flat.keys()):
-        before, after = old_flat.get(field, _MISSING), new_flat.get(field, _MISSING)
-        if _absent_or_empty(before) and _absent_or_empty(after):
-            continue
-        before = None if before is _MISSING else before
-        after = None if after is _MISSING else after
+        before, after = old_flat.get(field), new_flat.get(field)
         if not _is_neutral(field) and not _same(before, after):
             changes[field] = [before, after]
     return changes
@@ -462,6 +480,14 @@ def config_changes(
     config goes). A change is refused in one line naming the fields unless
     `allow_change`. Writes nothing: `save_config` does, after the restore."""
     old = read_config(workdir) if resuming else None
+    retired = retired_fields_in_use(old, _as_json(config)) if old is not None else {}
+    if retired:
+        field, value = next(iter(retired.items()))
+        raise WorkdirError(
+            f"{storage.join(workdir, CONFIG_FILE)} was written with {field}={value!r}, now "
+            f"{RETIRED_FIELDS[field][1]}, which lays out the optimizer state differently: "
+            "this workdir cannot resume; start the run in a new --workdir."
+        )
     changes = identity_changes(old, _as_json(config)) if old is not None else {}
     if changes and not allow_change:
         raise WorkdirError(

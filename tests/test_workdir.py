@@ -94,17 +94,29 @@ def test_cadence_and_evaluation_fields_may_change(tmp_path):
     assert workdir.config_changes(str(tmp_path), neutral, resuming=True) == {}
 
 
-def test_a_field_added_later_at_its_empty_default_is_no_change():
-    # A workdir written before optimizer.freeze existed resumes as it was.
+def test_fields_added_or_retired_since_a_workdir_was_written(tmp_path):
+    # A config stored before optimizer.freeze existed resumes as it was...
     old = {"optimizer": {"name": "adamw"}, "train_steps": 10}
     assert (
         workdir.identity_changes(old, {**old, "optimizer": {"name": "adamw", "freeze": []}}) == {}
     )
-    frozen = {"optimizer": {"name": "adamw", "freeze": [["head/prototypes", 0.1]]}}
-    assert workdir.identity_changes(old, {**old, **frozen}) == {
-        "optimizer.freeze": [None, [["head/prototypes", 0.1]]]
+    frozen = {**old, "optimizer": {"name": "adamw", "freeze": [["head/prototypes", 0.1]]}}
+    assert workdir.identity_changes(old, frozen) == {
+        "optimizer.freeze": [[], [["head/prototypes", 0.1]]]
     }
+    # ...a retired field at the value where it did nothing is no change...
+    idle = {**old, "task_kwargs": {"freeze_prototypes_fraction": 0.0}}
+    assert workdir.identity_changes(idle, old) == {}
+    # ...any other field a side lacks still is, and a retired field in use
+    # cannot resume at all, with or without --allow_config_change.
     assert workdir.identity_changes({**old, "extra": 0}, old) == {"extra": [0, None]}
+    assert workdir.identity_changes({**old, "extra": []}, old) == {"extra": [[], None]}
+    used = {**old, "task_kwargs": {"freeze_prototypes": 0.01}}
+    (tmp_path / workdir.CONFIG_FILE).write_text(json.dumps(used))
+    config = config_lib.ConfigDict(old)
+    for allow in (False, True):
+        with pytest.raises(WorkdirError, match=r"freeze_prototypes=0.01, now optimizer.freeze"):
+            workdir.config_changes(str(tmp_path), config, resuming=True, allow_change=allow)
 
 
 def test_an_allowed_change_is_recorded_with_its_step(tmp_path):
