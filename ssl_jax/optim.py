@@ -16,6 +16,7 @@ optimizer's first step, at the run's learning rate of that step.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -169,7 +170,7 @@ def validate(opt: ConfigDict) -> None:
                 f"(('encoder', 0.1),); got {tuple(opt.module_lr_scales)}."
             )
     for pair in opt.freeze:
-        if len(pair) != 2 or not isinstance(pair[0], str) or not 0 <= float(pair[1]) <= 1:
+        if not _is_freeze_pair(pair):
             raise ValueError(
                 "optimizer.freeze holds (parameter path, fraction of the run in [0, 1]) "
                 f"pairs, e.g. (('head/prototypes', 0.01),); got {tuple(opt.freeze)}."
@@ -178,6 +179,14 @@ def validate(opt: ConfigDict) -> None:
         raise ValueError(f"optimizer.grad_clip={opt.grad_clip!r} is not one of {sorted(CLIPPING)}.")
     if not 0 <= opt.end_lr_fraction <= 1:
         raise ValueError(f"optimizer.end_lr_fraction must be in [0, 1], got {opt.end_lr_fraction}.")
+
+
+def _is_freeze_pair(pair) -> bool:
+    try:
+        path, fraction = pair
+        return isinstance(path, str) and 0 <= float(fraction) <= 1
+    except (TypeError, ValueError):
+        return False
 
 
 def make_optimizer(
@@ -198,8 +207,21 @@ def make_optimizer(
         mask = _in_modules((module,), "module_lr_scales")
         tx = optax.chain(tx, optax.masked(optax.scale(float(scale)), mask))
     if opt.grad_clip_norm:
-        tx = optax.chain(CLIPPING[opt.grad_clip](opt.grad_clip_norm), tx)
+        clip = CLIPPING[opt.grad_clip](opt.grad_clip_norm)
+        if frozen and opt.grad_clip == "global_norm":
+            # A frozen parameter's gradient takes no part in the others'
+            # clipping (the references drop it): zeroed first, while frozen.
+            clip = optax.chain(_held_gradients(frozen), clip)
+        tx = optax.chain(clip, tx)
     return tx, schedule
+
+
+def _held_gradients(frozen: list[tuple[str, int]]) -> optax.GradientTransformation:
+    """The gradients with each `frozen` (path, steps) group zeroed for its steps."""
+    transforms = {"free": optax.identity()}
+    for i, (_, steps) in enumerate(frozen):
+        transforms[f"frozen{i}"] = hold(optax.identity(), steps)
+    return optax.multi_transform(transforms, _freeze_labels([path for path, _ in frozen]))
 
 
 def _updates(opt: ConfigDict, schedule: optax.Schedule, batch_size: int):
@@ -268,15 +290,24 @@ def _path_names(path) -> tuple[str, ...]:
     return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
+def _under(names: tuple[str, ...], prefix: tuple[str, ...]) -> bool:
+    """Whether a parameter's path starts with `prefix`, each name of which may
+    be a shell pattern ("head/*prototypes": iBOT's one or two prototype layers)."""
+    return len(names) >= len(prefix) and all(
+        fnmatch.fnmatchcase(name, pattern) for name, pattern in zip(names, prefix, strict=False)
+    )
+
+
 def _freeze_labels(paths: list[str]) -> Callable:
     """params -> "frozen<i>" for the parameters under `paths[i]` (slash-separated
-    attribute names from the task, e.g. "head/prototypes"), "free" elsewhere."""
+    attribute names from the task, e.g. "head/prototypes", each name possibly a
+    shell pattern), "free" elsewhere."""
     prefixes = [tuple(p.strip("/").split("/")) for p in paths]
 
     def labels(params):
         names = [_path_names(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
         for path, prefix in zip(paths, prefixes, strict=True):
-            if not any(n[: len(prefix)] == prefix for n in names):
+            if not any(_under(n, prefix) for n in names):
                 tops = sorted({"/".join(n[:2]) for n in names})
                 raise ValueError(
                     f"optimizer.freeze names {path!r}, which holds no parameter of the task; "
@@ -286,7 +317,7 @@ def _freeze_labels(paths: list[str]) -> Callable:
         def label(path, _):
             names = _path_names(path)
             for i, prefix in enumerate(prefixes):
-                if names[: len(prefix)] == prefix:
+                if _under(names, prefix):
                     return f"frozen{i}"
             return "free"
 

@@ -332,8 +332,9 @@ def test_freeze_names_a_path_the_task_has():
     )
     with pytest.raises(ValueError, match="optimizer.freeze names 'head/protos'.*head/prototypes"):
         tx.init(params)
-    with pytest.raises(ValueError, match="optimizer.freeze holds"):
-        optim.make_optimizer(_adamw_freeze((("head", 2.0),)), batch_size=256, total_steps=10)
+    for bad in ((("head", 2.0),), (("head", "x"),), (0.1,), (("head",),)):
+        with pytest.raises(ValueError, match="optimizer.freeze holds"):
+            optim.make_optimizer(_adamw_freeze(bad), batch_size=256, total_steps=10)
     # No freeze (or a zero one): the optimizer state of a plain optimizer.
     plain, _ = optim.make_optimizer(_adamw_freeze(()), batch_size=256, total_steps=10)
     zero, _ = optim.make_optimizer(
@@ -341,3 +342,32 @@ def test_freeze_names_a_path_the_task_has():
     )
     same = jax.tree.structure(plain.init(params)) == jax.tree.structure(zero.init(params))
     assert same
+
+
+def test_a_pattern_freezes_ibots_two_prototype_layers_and_nothing_else():
+    params = {
+        "head": {
+            "prototypes": {"kernel": jnp.ones((2, 2))},
+            "patch_prototypes": {"kernel": jnp.ones((2, 2))},
+            "mlp": {"kernel": jnp.ones((2, 2))},
+        }
+    }
+    opt = optim.default_config(name="sgd", learning_rate=1.0, lr_scaling="none", momentum=0.0)
+    opt.update(freeze=(("head/*prototypes", 0.3),), weight_decay=0.0)
+    tx, _ = optim.make_optimizer(opt, batch_size=256, total_steps=10)
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    moved = {name: bool(np.any(np.asarray(u["kernel"]))) for name, u in updates["head"].items()}
+    assert moved == {"prototypes": False, "patch_prototypes": False, "mlp": True}
+
+
+def test_a_frozen_gradient_takes_no_part_in_the_global_clip():
+    # Clipped to norm 1 by one global norm: with the huge frozen gradient
+    # counted, the free parameter's step would shrink 1000-fold.
+    params = {"free": jnp.zeros((2,)), "head": {"prototypes": jnp.zeros((2,))}}
+    grads = {"free": jnp.array([0.6, 0.8]), "head": {"prototypes": jnp.array([600.0, 800.0])}}
+    opt = optim.default_config(name="sgd", learning_rate=1.0, lr_scaling="none", momentum=0.0)
+    opt.update(freeze=(("head/prototypes", 0.5),), grad_clip_norm=1.0, weight_decay=0.0)
+    tx, _ = optim.make_optimizer(opt, batch_size=256, total_steps=4)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["free"], [-0.6, -0.8], rtol=1e-6)
+    assert not np.any(np.asarray(updates["head"]["prototypes"]))

@@ -140,9 +140,9 @@ RECIPES = {
             "learning_rate": 5e-4,
             "warmup_fraction": 10 / 800,
             "end_lr_fraction": 5e-4,  # 1e-6 of 5e-4 x 1024 / 256
-            # The reference's freeze_last_layer (its first epoch); with
-            # shared_head=False add ("head/patch_prototypes", 1 / 800).
-            "freeze": (("head/prototypes", 1 / 800),),
+            # The reference's freeze_last_layer (its first epoch), which
+            # covers the patch head's last layer too (shared_head=False).
+            "freeze": (("head/*prototypes", 1 / 800),),
         },
     },
 }
