@@ -26,6 +26,7 @@ import posixpath
 import re
 import shutil
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -231,10 +232,18 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+def _on_this_disk(path: str) -> str:
+    """A `file://` URL as the local path it names (fsspec's local files are
+    written in place: the local branches keep writes atomic and appends
+    appends); anything else as it is."""
+    return urllib.parse.urlparse(path).path if scheme(path) == "file" else path
+
+
 def write_bytes(path: str, data: bytes) -> None:
     """Writes a whole file so that no reader sees half of it, even after a
     kill: locally a temporary file, fsynced and renamed over the target; on an
     object store one upload, which becomes visible only once complete."""
+    path = _on_this_disk(path)
     if is_url(path):
         makedirs(posixpath.dirname(path))  # no-op on a bucket; a disk-backed scheme needs it
         with open_file(path, "wb") as f:
@@ -256,6 +265,7 @@ def write_bytes(path: str, data: bytes) -> None:
 def append_line(path: str, line: str) -> None:
     """Adds a line to a text file: appended locally; on an object store
     (which cannot append) the whole file is read and written again."""
+    path = _on_this_disk(path)
     if not is_url(path):
         with open(path, "a") as f:
             f.write(line)

@@ -168,3 +168,17 @@ def test_prepare_to_an_object_store_uploads_the_info_file_last(bucket, tmp_path,
     assert source.stored_labels().tolist() == [0] * 3  # the labels file came up too
     with pytest.raises(Exception, match="already holds a dataset"):
         prepare.prepare(f"imagefolder:{tmp_path / 'photos'}", "fakestore://recs")
+
+
+def test_a_file_url_is_written_atomically_and_appended_as_a_local_path(tmp_path, monkeypatch):
+    # fsspec writes a file:// object in place: a kill mid-write would leave
+    # half of metrics.jsonl. It goes through the local branches instead.
+    replaced = []
+    replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (replaced.append(b), replace(a, b)))
+    url = f"file://{tmp_path}/run/metrics.jsonl"
+    os.makedirs(tmp_path / "run")
+    storage.write_bytes(url, b'{"step": 1}\n')
+    storage.append_line(url, '{"step": 2}\n')
+    assert replaced == [str(tmp_path / "run" / "metrics.jsonl")]
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1}\n{"step": 2}\n'
