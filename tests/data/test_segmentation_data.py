@@ -107,9 +107,10 @@ def test_prepare_writes_a_segfolder_that_segrecords_read_back_the_same(tmp_path)
     # still counts: the classes come from whole masks, whatever the size.
     Image.open(root / "train" / "images" / "b.png").save(root / "train" / "images" / "b.jpg")
     (root / "train" / "images" / "b.png").unlink()
-    edge = np.asarray(Image.open(root / "train" / "masks" / "a.png")).copy()
-    edge[4, 0] = 3
-    Image.fromarray(edge, "L").save(root / "train" / "masks" / "a.png")
+    # A mask of random pixels, so that any other geometry gives another array.
+    mask = np.random.default_rng(1).choice(np.uint8([0, 1, 2, 255]), size=(10, 12))
+    mask[4, 0] = 3
+    Image.fromarray(mask, "L").save(root / "train" / "masks" / "a.png")
     (root / "val").mkdir()
     (root / "test").rename(root / "val")  # written under the folder's name, read as "test"
     out = tmp_path / "records"
