@@ -148,6 +148,10 @@ def test_segrecords_refuse_records_without_masks_and_name_a_damaged_mask(tmp_pat
         seg.load_segmentation(f"segrecords:{damaged}", "train", image_size=4)
     assert str(error.value).startswith(f"The mask of record 1 of arrayrecord:{damaged} split train")
     assert "(b.png) cannot be decoded" in str(error.value) and "\n" not in str(error.value)
+    # The readers open local files: a bucket is one line (mount it).
+    for name, data_dir in (("segrecords:gs://b/seg", None), ("segfolder:seg", "gs://b")):
+        with pytest.raises(DatasetError, match="read from local files only; mount the bucket"):
+            seg.load_segmentation(name, "train", image_size=4, data_dir=data_dir)
     # A dataset's examples have masks all or none.
     with pytest.raises(DatasetError, match="Example b has no mask, unlike the first"):
         records.write_records(
