@@ -10,8 +10,13 @@ train/, checked by the in-memory loader's own function
 (`ssl_jax.data.image_folder.list_image_folder`); its test split is written
 under its folder's name ("test" or "val"). An audio folder (the same layout
 of .wav files, `ssl_jax.data.audio`) is written the same way, each WAV file
-as it is, and read back as `audiorecords:<out>`. A tfds source (prepared in ArrayRecord
-format) is copied split by split ("train" and "test", or "validation").
+as it is, and read back as `audiorecords:<out>`. A segmentation folder
+(`root/train/images/<name>` with `root/train/masks/<name>.png`,
+`ssl_jax.data.segmentation`) is written with each image and its mask PNG as
+they are, its class names in dataset_info.json, and read back by the
+segmentation probe as `segrecords:<out>`. A tfds source (prepared in
+ArrayRecord format) is copied split by split ("train" and "test", or
+"validation").
 
 Files are copied byte for byte (fast; memory bounded: examples stream through
 a small window). `--verify` decodes every image once on a thread pool and stops
@@ -40,11 +45,13 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from ssl_jax import cli, storage
-from ssl_jax.data import audio, decode, image_folder, records
+from ssl_jax.data import audio, decode, image_folder, records, segmentation
 from ssl_jax.data.base import DatasetError
 
 _SOURCE = flags.DEFINE_string(
-    "source", None, "imagefolder:/path/to/root, audiofolder:/path/to/root or tfds:NAME."
+    "source",
+    None,
+    "imagefolder:/path/to/root, audiofolder:/path/to/root, segfolder:/path/to/root or tfds:NAME.",
 )
 _OUT = flags.DEFINE_string("out", None, "Directory to write the shards and dataset_info.json into.")
 _DATA_DIR = flags.DEFINE_string(
@@ -119,12 +126,20 @@ def _tfds_splits(spec: str, data_dir: str | None, verify: bool, threads: int):
     return examples, list(sources[0].class_names)
 
 
+def _segfolder_splits(path: str, data_dir: str | None, verify: bool, threads: int):
+    root = segmentation.local_root(path, data_dir, "segfolder")
+    splits, classes, read = segmentation.folder_examples(root, verify)
+    return {split: _ordered_map(read, pairs, threads) for split, pairs in splits.items()}, classes
+
+
 # audiofolder: WAV files stored as they are (`data/audio.py`); read them back
-# with --config.dataset=audiorecords:<out>.
+# with --config.dataset=audiorecords:<out>. segfolder: images with their
+# masks, read back by the segmentation probe as segrecords:<out>.
 _SOURCES = {
     "imagefolder": _imagefolder_splits,
     "tfds": _tfds_splits,
     "audiofolder": audio.folder_examples,
+    "segfolder": _segfolder_splits,
 }
 
 
@@ -144,7 +159,8 @@ def prepare(
     kind, _, arg = source.partition(":")
     if kind not in _SOURCES or not arg:
         raise DatasetError(
-            f"Unknown source {source!r}: use imagefolder:/path, audiofolder:/path or tfds:NAME."
+            f"Unknown source {source!r}: use imagefolder:/path, audiofolder:/path, "
+            "segfolder:/path or tfds:NAME."
         )
     if storage.is_url(out):
         return _prepare_to_url(

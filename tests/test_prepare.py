@@ -183,3 +183,37 @@ def test_prepare_converts_a_tfds_dataset(tmp_path):
     theirs = records.open_source(f"tfds:{TFDS_NAME}", "test", data_dir=data_dir)
     assert ours.class_names == theirs.class_names and ours.split == "validation"
     assert [ours[i] for i in range(len(ours))] == [theirs[i] for i in range(len(theirs))]
+
+
+def _seg_mask(root, name="a", size=(12, 10), mode="L", value=0):
+    Image.new(mode, size, value).save(root / "train" / "masks" / f"{name}.png")
+
+
+# (how to break a segmentation folder, the split whose loading meets it, what the message says)
+BROKEN_SEGMENTATION_FOLDERS = [
+    (lambda r: _seg_mask(r, size=(10, 12)), "train", "a.png is 10x12 but its image is 12x10"),
+    (lambda r: _seg_mask(r, mode="RGB"), "train", "a.png is a RGB image"),
+    (lambda r: (r / "train/masks/b.png").write_bytes(b"\x89PNG broken"), "train", "decoded"),
+    (lambda r: (r / "train/masks/b.png").unlink(), "train", "b.png has no mask"),
+    (lambda r: (r / "classes.txt").write_text("sky\nroad\n"), "train", "beyond the 2 classes"),
+    (lambda r: (r / "test/images/c.png").unlink(), "test", "No images under"),
+]
+
+
+@pytest.mark.parametrize("build, split, says", BROKEN_SEGMENTATION_FOLDERS)
+def test_prepare_and_segfolder_refuse_a_broken_segmentation_folder_alike(
+    build, split, says, tmp_path
+):
+    from ssl_jax.data import segmentation
+    from tests.data.test_segmentation_data import _write_folder
+
+    root = tmp_path / "seg"
+    _write_folder(root)
+    build(root)
+    with pytest.raises(DatasetError) as loading:
+        segmentation.load_segmentation(f"segfolder:{root}", split, image_size=4)
+    with pytest.raises(DatasetError) as preparing:
+        prepare.prepare(f"segfolder:{root}", str(tmp_path / "out"), threads=2)
+    assert says in str(loading.value) and "\n" not in str(loading.value)
+    assert str(preparing.value) == str(loading.value)
+    assert not (tmp_path / "out" / records.INFO_FILE).exists()

@@ -47,7 +47,7 @@ from ssl_jax.data.base import DatasetError, square, to_rgb
 
 # What PIL raises for a broken file: unidentified format, truncated data, bad
 # headers, an image too large to be real (decompression bomb).
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 # torchvision's RandomResizedCrop and TF's sample_distorted_bounding_box both
 # give up after 10 rejected draws.
 _ATTEMPTS = 10
@@ -90,12 +90,16 @@ RECIPES: dict[str, tuple[CropSpec, ...]] = {
 # ----------------------------------------------------------------------------- decoding
 
 
-def image_error(key: str, error: BaseException) -> DatasetError:
-    """The one-line error of an image that cannot be read or decoded, naming it by `key`."""
+def error_reason(error: BaseException) -> str:
+    """What a failed read or decode says, on one line."""
     reason = " ".join(str(getattr(error, "strerror", None) or error).split())
     reason = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", reason)  # PIL names the BytesIO object.
-    reason = reason or type(error).__name__
-    return DatasetError(f"Cannot read image {key}: {reason}. Remove or replace it.")
+    return reason or type(error).__name__
+
+
+def image_error(key: str, error: BaseException) -> DatasetError:
+    """The one-line error of an image that cannot be read or decoded, naming it by `key`."""
+    return DatasetError(f"Cannot read image {key}: {error_reason(error)}. Remove or replace it.")
 
 
 def read_image_file(path: str) -> bytes:
@@ -112,7 +116,7 @@ def decode_image(encoded: bytes, key: str = "image") -> np.ndarray:
     try:
         with Image.open(io.BytesIO(encoded)) as image:
             return np.asarray(to_rgb(image), dtype=np.uint8)
-    except _DECODE_ERRORS as e:
+    except DECODE_ERRORS as e:
         raise image_error(key, e) from None
 
 
@@ -133,7 +137,7 @@ def decode_all(sources: Sequence[str | bytes], size: int, names: Sequence[str]) 
         encoded = read_image_file(source) if isinstance(source, str) else source
         try:
             return decode_square(encoded, size)
-        except _DECODE_ERRORS as e:
+        except DECODE_ERRORS as e:
             raise image_error(names[i], e) from e
 
     out = np.empty((len(sources), size, size, 3), np.uint8)
@@ -227,7 +231,7 @@ def crops(
             source = Image.open(io.BytesIO(image))
         with source:
             return _crops_of(source, specs, rng, flip_probability, draft)
-    except _DECODE_ERRORS as e:
+    except DECODE_ERRORS as e:
         raise image_error(key, e) from None
 
 

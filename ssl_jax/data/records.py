@@ -12,18 +12,23 @@ Our format, written by `write_records` (and `python -m ssl_jax.prepare`):
     <dir>/<split>-NNNNN-of-MMMMM.array_record   shards, "group_size:1" (one
         record per chunk, for random access), uncompressed (JPEG/PNG bytes do
         not compress); each record is a msgpack map
-        {"image": bytes (the encoded file as is), "label": int, "key": str}
+        {"image": bytes (the encoded file as is), "label": int, "key": str},
+        and for a segmentation dataset (`--source=segfolder:`) also
+        "mask": bytes (its encoded PNG mask as is; the label is then 0, its
+        classes being the masks')
     <dir>/<split>-labels.npy                    the split's labels, int32 in
         record order (numpy's .npy), so label statistics and few-label draws
         read no image bytes
     <dir>/dataset_info.json                     written last: format version,
-        num_classes, class_names, per split its shards and their example
-        counts, its labels file (with a version of its own) and class
-        counts, and what produced it
+        num_classes, class_names, whether the records hold masks, per split
+        its shards and their example counts, its labels file (with a version
+        of its own) and class counts, and what produced it
 
 Directories written before labels files existed (no "labels" entry in a
 split) still read; `RecordSource.stored_labels()` is then None and callers
-read the labels from the records.
+read the labels from the records. The optional "mask" field (and the info's
+"masks") came without a version change, as neither changes what an older
+reader reads: a directory whose info has no "masks" holds no masks.
 
 A directory without `dataset_info.json` is not a dataset: shards are written
 under temporary names, renamed when their split is complete, and the info file
@@ -69,7 +74,7 @@ _LABELS_RE = re.compile(r"^(?:\.tmp-)?\w+-labels\.npy$")
 LABELS_VERSION = 1
 # Where a split has no "test", evaluation uses these (the order is the preference).
 _TEST_FALLBACKS = ("test", "validation", "val")
-Record = dict[str, Any]  # {"image": bytes, "label": int, "key": str}
+Record = dict[str, Any]  # {"image": bytes, "label": int, "key": str[, "mask": bytes]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +84,7 @@ class Example:
     key: str
     image: bytes  # The encoded file (JPEG, PNG, ...), stored as is.
     label: int
+    mask: bytes | None = None  # A segmentation mask's encoded PNG, stored as is.
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -90,14 +96,15 @@ def labels_name(split: str) -> str:
 
 
 def encode_record(example: Example) -> bytes:
-    return msgpack.packb(
-        {"image": bytes(example.image), "label": int(example.label), "key": str(example.key)},
-        use_bin_type=True,
-    )
+    record = {"image": bytes(example.image), "label": int(example.label), "key": str(example.key)}
+    if example.mask is not None:
+        record["mask"] = bytes(example.mask)
+    return msgpack.packb(record, use_bin_type=True)
 
 
 def decode_record(data: bytes) -> Record:
-    """msgpack bytes -> {"image", "label", "key"}; ValueError saying what is malformed."""
+    """msgpack bytes -> {"image", "label", "key"[, "mask"]}; ValueError saying
+    what is malformed."""
     try:
         record = msgpack.unpackb(data, raw=False)
     except (ValueError, TypeError, msgpack.UnpackException) as e:
@@ -107,8 +114,9 @@ def decode_record(data: bytes) -> Record:
         and isinstance(record.get("image"), bytes)
         and isinstance(record.get("label"), int)
         and isinstance(record.get("key"), str)
+        and isinstance(record.get("mask", b""), bytes)
     ):
-        raise ValueError("not a {image: bytes, label: int, key: str} map")
+        raise ValueError("not a {image: bytes, label: int, key: str[, mask: bytes]} map")
     return record
 
 
@@ -131,7 +139,8 @@ def write_records(
     A dataset already in `out_dir`, or shards a killed writer left there, are
     an error unless `overwrite` (then they are removed first, the info file
     before the shards). Files that are not shards are never touched. If the
-    call fails, the shards it wrote are removed again.
+    call fails, the shards it wrote are removed again. Either every example
+    has a mask or none has.
     """
     if not isinstance(examples_per_shard, int) or examples_per_shard < 1:
         raise DatasetError(f"examples_per_shard must be a positive int, got {examples_per_shard}.")
@@ -157,9 +166,12 @@ def write_records(
         os.remove(os.path.join(out_dir, entry))
 
     written: list[str] = []  # Removed again if this call fails.
+    masks: list[bool] = []  # Whether the first example had a mask: all must agree.
     try:
         info_splits = {
-            split: _write_split(out_dir, split, examples, num_classes, examples_per_shard, written)
+            split: _write_split(
+                out_dir, split, examples, num_classes, examples_per_shard, written, masks
+            )
             for split, examples in splits.items()
         }
     except BaseException:
@@ -168,12 +180,15 @@ def write_records(
                 os.remove(path)
         raise
 
+    has_masks = bool(masks and masks[0])
     info = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "record": "msgpack map {image: bytes (encoded file), label: int, key: str}",
+        "record": "msgpack map {image: bytes (encoded file), label: int, key: str"
+        + (", mask: bytes (encoded PNG)}" if has_masks else "}"),
         "num_classes": num_classes,
         "class_names": list(class_names) if class_names is not None else None,
+        "masks": has_masks,
         "splits": info_splits,
         "producer": producer,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -189,9 +204,11 @@ def _write_split(
     num_classes: int,
     examples_per_shard: int,
     written: list[str],
+    masks: list[bool],
 ) -> dict:
     """Streams one split into temporary shards (and its labels into a compact
-    array), then renames them to their final names."""
+    array), then renames them to their final names. `masks` holds whether the
+    dataset's first example had a mask (set by it)."""
     from array_record.python import array_record_module
 
     if not re.fullmatch(r"\w+", split):
@@ -203,6 +220,13 @@ def _write_split(
             if not 0 <= example.label < num_classes:
                 raise DatasetError(
                     f"Label {example.label} of {example.key} is outside [0, {num_classes})."
+                )
+            if not masks:
+                masks.append(example.mask is not None)
+            elif masks[0] != (example.mask is not None):
+                raise DatasetError(
+                    f"Example {example.key} has {'a' if example.mask is not None else 'no'} "
+                    "mask, unlike the first: a dataset's examples all have masks or none has."
                 )
             if writer is None or counts[-1] == examples_per_shard:
                 if writer is not None:

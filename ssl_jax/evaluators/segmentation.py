@@ -7,8 +7,9 @@ mean IoU and pixel accuracy on the dataset's test split.
     config.evals.segmentation_probe = {"type": "segmentation_probe"}     # the embedded digit scenes
     config.evals.seg_photos = {"type": "segmentation_probe", "dataset": "segfolder:/data/seg"}
 
-Data: `data/segmentation.py` (`digit_scenes`, the default, or an image
-folder with a masks folder), at the run's image size or the entry's
+Data: `data/segmentation.py` (`digit_scenes`, the default, an image
+folder with a masks folder, or that folder's records written by
+`python -m ssl_jax.prepare --source=segfolder:`), at the run's image size or the entry's
 `image_size` (encoders take other sizes: convolutions, and ViTs' sin-cos
 position embeddings made for the grid they get). With
 `baselines.random_init`, the random-init evaluator runs the same probe on
@@ -95,10 +96,11 @@ class SegmentationProbe(Evaluator):
         if not self.learning_rate > 0 or not self.l2 >= 0:
             raise ValueError(f"{where} needs learning_rate > 0 and l2 >= 0.")
         kind = self.dataset.partition(":")[0]
-        if kind not in ("digit_scenes", "segfolder"):
+        if kind not in seg_data.SOURCE_KINDS:
             raise ValueError(
-                f"{where}.dataset={self.dataset!r}: use digit_scenes[:options] or "
-                "segfolder:/path/to/root (images/ and masks/ per split)."
+                f"{where}.dataset={self.dataset!r}: use digit_scenes[:options], "
+                "segfolder:/path/to/root (images/ and masks/ per split) or "
+                "segrecords:/path/to/records (written by prepare --source=segfolder:)."
             )
         task = nnx.eval_shape(lambda: inference.build_task(config))
         if task.feature_input.key != "image" or not hasattr(task.feature_encoder(), "feature_map"):
