@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -104,7 +105,9 @@ def check_paths(config: ConfigDict, workdir: str) -> None:
         raise workdir_lib.WorkdirError(str(error)) from None
     workdir_lib.check_path(config.data_dir, "--config.data_dir")
     kind, _, path = config.dataset.partition(":")
-    where = path if storage.is_url(path) else config.data_dir if path else ""
+    # An absolute local path ignores data_dir; a relative one lies under it.
+    relative = path and not os.path.isabs(path)
+    where = path if storage.is_url(path) else config.data_dir if relative else ""
     if kind in _LOCAL_ONLY_DATASETS and storage.is_url(where):
         raise workdir_lib.WorkdirError(
             f"--config.dataset={config.dataset} (data_dir {config.data_dir or 'unset'}): "

@@ -67,6 +67,13 @@ def test_a_cloud_workdir_is_checked_before_anything_runs(monkeypatch, tmp_path):
     with pytest.raises(WorkdirError, match="read from local files only"):
         experiment.run(config, str(tmp_path / "run"))
     assert sorted(os.listdir(tmp_path)) == []  # no stray `nosuch:` folder, no run
+    # A relative folder lies under a URL data_dir (refused); an absolute one does not.
+    config.data_dir = "memory://bucket"
+    config.dataset = "imagefolder:photos"
+    with pytest.raises(WorkdirError, match="read from local files only"):
+        experiment.check_paths(config, str(tmp_path / "run"))
+    config.dataset = f"imagefolder:{tmp_path / 'photos'}"
+    experiment.check_paths(config, str(tmp_path / "run"))
 
 
 def _lock_object(bucket, **holder):

@@ -85,8 +85,9 @@ class SegmentationProbe(Evaluator):
         where = f"config.evals.{self.name}"
         for field in ("steps", "batch_size", "examples", "image_size"):
             value = getattr(self, field)
-            if not isinstance(value, int) or value < (0 if field == "image_size" else 1):
-                raise ValueError(f"{where}.{field} must be a positive int, got {value!r}.")
+            least = 0 if field == "image_size" else 1  # image_size 0: the run's own
+            if not isinstance(value, int) or value < least:
+                raise ValueError(f"{where}.{field} must be an int >= {least}, got {value!r}.")
         patch = config.model_kwargs.get("patch_size")
         if patch and self.size(config) % patch:
             raise ValueError(
