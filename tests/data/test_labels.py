@@ -271,6 +271,12 @@ def test_unreadable_records_left_out_of_an_evaluation_are_said_and_limited(prepa
     np.testing.assert_array_equal(np.flatnonzero(~mask[:11]), [3, 4, 5])
     (line,) = [r.getMessage() for r in caplog.records if r.name == "ssl_jax.data.streaming"]
     assert line.startswith(f"3 of the 11 records of arrayrecord:{out}[train] are unreadable")
+    # A decoded subset (the supervised baselines' label budgets) says so too.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ssl_jax.data.streaming"):
+        assert len(split.subset([0, 3, 6, 9])) == 3
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "ssl_jax.data.streaming"]
+    assert line.startswith(f"1 of the 4 records of a subset of arrayrecord:{out}[train]")
 
 
 def test_a_share_of_only_padding_reads_no_record(prepared, monkeypatch):
