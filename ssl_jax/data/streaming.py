@@ -372,7 +372,9 @@ class StreamingDataset:
 
         Every batch has exactly `batch_size` rows (one compiled shape) and a bool
         `mask`: False for the zero rows padding the last batch and, with "skip",
-        for unreadable records (counted in `skipped`). Row i's transform gets
+        for unreadable records (counted in `skipped`; a batch whose every
+        record is unreadable fails). Padding rows are zeros of the transform's
+        output shapes (`record_transforms.blank_outputs`). Row i's transform gets
         `np.random.default_rng([seed, i])`. Process `p` of `P` reads and returns
         only rows `[p*B/P, (p+1)*B/P)` of each batch (its share of the split;
         every process gets the same number of batches).
