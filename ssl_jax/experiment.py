@@ -40,6 +40,7 @@ def load_splits(name: str, config: ConfigDict):
             "data_dir": data_dir,
             "num_workers": streaming.num_workers(config.input.workers),
             "on_bad_record": config.input.on_bad_record,
+            "max_bad_record_fraction": config.input.max_bad_record_fraction,
         }
         return tuple(streaming.StreamSplit(name, split, **kwargs) for split in ("train", "test"))
     kwargs = {"image_size": config.image_size, "data_dir": data_dir}

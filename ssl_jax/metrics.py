@@ -24,6 +24,7 @@ growing with the run (about 200 bytes a row: 1,000 rows are 200 kB).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ import time
 from collections.abc import Mapping
 
 import jax
+import jax.numpy as jnp
 from tqdm import tqdm
 
 from ssl_jax import storage
@@ -292,6 +294,62 @@ class MetricWriter:
                 self._events.close()
             except OSError as error:
                 raise _write_failed(self._events.path, error) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenInterval:
+    """The metric sums of the log interval a checkpoint fell inside (steps
+    after the last log line, up to and including the checkpoint's step).
+    They travel with the checkpoint, so a run stopped (or killed) mid-interval
+    and resumed writes the same next log line, averaged over the same steps,
+    as the run that never stopped: the sums come back as the same float32
+    values the device held (JSON keeps a double exactly, and a float32
+    widened to a double and narrowed back is unchanged)."""
+
+    count: int
+    sums: dict[str, float]
+    dtypes: dict[str, str]
+
+    @classmethod
+    def of(cls, totals: Mapping | None, count: int) -> OpenInterval | None:
+        if totals is None or not count:
+            return None
+        host = jax.device_get(dict(totals))
+        sums = {k: float(v) for k, v in host.items()}
+        return cls(count, sums, {k: str(v.dtype) for k, v in host.items()})
+
+    def to_json(self) -> dict:
+        return {"count": self.count, "sums": self.sums, "dtypes": self.dtypes}
+
+    @classmethod
+    def from_json(cls, saved: Mapping | None) -> OpenInterval | None:
+        """None for a checkpoint without one (on the log grid, or written
+        before the sums were saved: that run's next line averages fewer steps)."""
+        if not saved:
+            return None
+        return cls(int(saved["count"]), dict(saved["sums"]), dict(saved["dtypes"]))
+
+    def carried_into(self, metrics: Mapping) -> tuple[dict | None, int]:
+        """(device sums, step count) for the resumed run's first step to add
+        its `metrics` to; (None, 0), with one warning, when that step reports
+        other metrics than were summed (a resume with --allow_config_change
+        that added or removed one, e.g. the online probe's): the next log
+        line then averages only the steps since the resume."""
+        if set(metrics) != set(self.sums):
+            added, removed = (
+                sorted(set(metrics) - set(self.sums)),
+                sorted(set(self.sums) - set(metrics)),
+            )
+            log.warning(
+                "The checkpoint's open log interval (%d steps) summed other metrics than the "
+                "resumed run reports (added %s, removed %s): its sums are dropped, and the "
+                "next log line averages only the steps since the resume.",
+                self.count,
+                added or "none",
+                removed or "none",
+            )
+            return None, 0
+        return {k: jnp.asarray(v, self.dtypes[k]) for k, v in self.sums.items()}, self.count
 
 
 def interval_means(totals: Mapping, count: int) -> tuple[dict[str, float], int]:

@@ -123,7 +123,7 @@ class Guard:
 
     def save(self, step: int, state, *, open_interval=None) -> None:
         """Checkpoints `state` with the skip counts (and the open log
-        interval's sums, `train.OpenInterval`, if the step is off the log
+        interval's sums, `metrics.OpenInterval`, if the step is off the log
         grid), unless a leaf is NaN/Inf."""
         counters = {"skipped_steps": self.skipped_steps, "skipped_examples": self.skipped_examples}
         if open_interval is not None:

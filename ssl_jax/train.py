@@ -39,7 +39,7 @@ from ssl_jax.checkpoint import Checkpointer, state_fingerprint
 from ssl_jax.data import pipeline
 from ssl_jax.evaluate import collapse
 from ssl_jax.inference import PeriodicEval, TrainedModel, build_task, make_visualizer, split_task
-from ssl_jax.metrics import MetricWriter, interval_means
+from ssl_jax.metrics import MetricWriter, OpenInterval, interval_means
 from ssl_jax.tasks.base import implements
 
 log = logging.getLogger(__name__)
@@ -47,43 +47,6 @@ log = logging.getLogger(__name__)
 # The random stream of the training step; parameter init draws from stream 0
 # (`inference.build_task`), so init and training never share a key.
 _TRAIN_STREAM = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class OpenInterval:
-    """The metric sums of the log interval a checkpoint fell inside (steps
-    after the last log line, up to and including the checkpoint's step).
-    They travel with the checkpoint, so a run stopped (or killed) mid-interval
-    and resumed writes the same next log line, averaged over the same steps,
-    as the run that never stopped: the sums come back as the same float32
-    values the device held (JSON keeps a double exactly, and a float32
-    widened to a double and narrowed back is unchanged)."""
-
-    count: int
-    sums: dict[str, float]
-    dtypes: dict[str, str]
-
-    @classmethod
-    def of(cls, totals: Mapping | None, count: int) -> OpenInterval | None:
-        if totals is None or not count:
-            return None
-        host = jax.device_get(dict(totals))
-        sums = {k: float(v) for k, v in host.items()}
-        return cls(count, sums, {k: str(v.dtype) for k, v in host.items()})
-
-    def to_json(self) -> dict:
-        return {"count": self.count, "sums": self.sums, "dtypes": self.dtypes}
-
-    @classmethod
-    def from_json(cls, saved: Mapping | None) -> OpenInterval | None:
-        """None for a checkpoint without one (on the log grid, or written
-        before the sums were saved: that run's next line averages fewer steps)."""
-        if not saved:
-            return None
-        return cls(int(saved["count"]), dict(saved["sums"]), dict(saved["dtypes"]))
-
-    def totals(self) -> dict:
-        return {k: jnp.asarray(v, self.dtypes[k]) for k, v in self.sums.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,14 +329,17 @@ def _loop(
         skipped_examples=start.skipped_examples,
     )
     # Metric sums since the last log line, on the device; a resumed run
-    # starts with those its checkpoint carried.
+    # starts with those its checkpoint carried, if its step reports the same
+    # metrics (`OpenInterval.carried_into`).
     totals, count = None, 0
-    if start.interval is not None:
-        totals, count = start.interval.totals(), start.interval.count
+    carried = start.interval
     last_loss = math.nan
     with preemption.deferred():
         for step in range(start.step + 1, config.train_steps + 1):
             state, metrics = train_step(state, next(batches))
+            if carried is not None:
+                totals, count = carried.carried_into(metrics)
+                carried = None
             totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
             guard.observe(step, metrics)
             count += 1

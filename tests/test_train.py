@@ -250,3 +250,40 @@ def _restorable(config):
     trained = inference.split_task(inference.build_task(config))
     tx, _ = optim.make_optimizer(config.optimizer, batch_size=4, total_steps=config.train_steps)
     return train.init_state(trained, tx)
+
+
+def test_a_carried_interval_with_other_metrics_is_dropped_with_one_warning(tmp_path, caplog):
+    # Rows at steps 2 and 4; checkpoint 1 carries step 1's sums (an open interval).
+    from tests.test_faults import _rows  # metrics.jsonl without wall-clock fields
+
+    config = _config(train_steps=4, checkpoint_every=1, log_every=2, keep_checkpoints=4)
+
+    train.train(config, str(tmp_path), _arrays())
+    straight = _rows(tmp_path)
+    for name in ("2", "3", "4"):
+        shutil.rmtree(tmp_path / "checkpoints" / name)
+    # Checkpoint 1 rewritten as a run with another metric set leaves it: its
+    # interval also sums a metric this run's step lacks (as after a resume
+    # with --allow_config_change that drops, e.g., the online probe).
+    saved = checkpoint.Checkpointer(str(tmp_path), keep=4)
+    step, state, counters = saved.restore_latest(like=_restorable(config))
+    interval = counters["open_interval"]
+    assert step == 1 and interval["count"] == 1
+    interval["sums"]["probe_loss"], interval["dtypes"]["probe_loss"] = 1.0, "float32"
+    saved.close()
+    shutil.rmtree(tmp_path / "checkpoints" / "1")
+    rewritten = checkpoint.Checkpointer(str(tmp_path), keep=4)
+    rewritten.save(1, jax.tree.map(jnp.asarray, state), counters=counters)
+    rewritten.close()
+    with caplog.at_level("WARNING", logger="ssl_jax.metrics"):
+        _, summary = train.train(config, str(tmp_path), _arrays())
+    assert summary["resumed_from_step"] == 1
+    (line,) = [r.getMessage() for r in caplog.records if "open log interval" in r.getMessage()]
+    assert "added none, removed ['probe_loss']" in line and "\n" not in line
+    resumed = _rows(tmp_path)
+    assert [r["step"] for r in resumed] == [2, 4] and resumed[1] == straight[1]
+    # Row 2 is step 2 alone: with step 1's loss (the carried sum) it makes
+    # the uninterrupted run's mean over steps 1-2.
+    step_1, step_2 = interval["sums"]["loss"], resumed[0]["loss"]
+    assert resumed[0]["loss"] != straight[0]["loss"]
+    assert (step_1 + step_2) / 2 == pytest.approx(straight[0]["loss"], rel=1e-6)

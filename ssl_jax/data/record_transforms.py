@@ -72,3 +72,27 @@ def _view_record(groups, draft, record, rng) -> dict[str, np.ndarray]:
         )
         out[key] = np.concatenate(crops)
     return out
+
+
+def blank_outputs(transform: Transform) -> dict[str, np.ndarray] | None:
+    """Zeros shaped like what `transform` makes of one record, from its
+    arguments alone (no record is read): the padding rows of an evaluation
+    batch. None for a transform not made here (its shapes are unknown)."""
+    func, args = getattr(transform, "func", None), getattr(transform, "args", ())
+    if func is _center_record:
+        shapes = {"image": (args[0], args[0], 3)}
+    elif func is _crop_record:
+        shapes = {
+            "image" if i == 0 else f"image_{i}": (spec.size, spec.size, 3)
+            if spec.count == 1
+            else (spec.count, spec.size, spec.size, 3)
+            for i, spec in enumerate(args[0])
+        }
+    elif func is _view_record:  # One group's crops share a size (they are concatenated).
+        shapes = {
+            key: (sum(s.count for s in specs), specs[0].size, specs[0].size, 3)
+            for key, specs in args[0]
+        }
+    else:
+        return None
+    return {key: np.zeros(shape, np.uint8) for key, shape in shapes.items()}

@@ -61,7 +61,7 @@ import numpy as np
 
 from ssl_jax.data import pipeline, records
 from ssl_jax.data.base import DatasetError, ImageDataset
-from ssl_jax.data.record_transforms import Transform, center_transform
+from ssl_jax.data.record_transforms import Transform, blank_outputs, center_transform
 
 log = logging.getLogger(__name__)
 
@@ -196,11 +196,12 @@ def _stack(examples: list[tuple[dict, int, int]], mask: list[bool] | None = None
 
 def _eval_batch(number, *, source, transform, batch_size, seed, on_bad, rows=None):
     """Rows `rows` (default: all) of batch `number` of the split in order; rows
-    past the end (and skipped ones) are zeros with mask False."""
+    past the end (and skipped ones) are zeros with mask False. With "skip", a
+    batch (this process's rows of it) whose every record is unreadable fails."""
     rows = range(batch_size) if rows is None else rows
     start = number * batch_size
     indices = range(min(start + rows.start, len(source)), min(start + rows.stop, len(source)))
-    loaded = []
+    loaded, last = [], None
     for index in indices:
         try:
             out, label = _load(source, transform, index, [seed, index])
@@ -209,29 +210,27 @@ def _eval_batch(number, *, source, transform, batch_size, seed, on_bad, rows=Non
             if on_bad == "stop":
                 return _Failure(_skip_hint(error, "mask it out"))
             loaded.append(None)
-    good = next((example for example in loaded if example is not None), None)
-    if good is None:  # No row loaded (padding, or bad): zeros of another record's shape.
-        good = _template(source, transform, seed)
-        if isinstance(good, _Failure):
-            return good
-    blank = ({k: np.zeros_like(v) for k, v in good[0].items()}, 0, 0)
-    mask = [example is not None for example in loaded] + [False] * (len(rows) - len(loaded))
-    examples = [example or (blank[0], 0, 1) for example in loaded]
-    examples += [blank] * (len(rows) - len(loaded))
-    return _stack(examples, mask)
-
-
-def _template(source, transform, seed):
-    """(outputs, label, 0) of the first record that loads: the shape of padding rows."""
-    last = None
-    for index in range(min(len(source), MAX_CONSECUTIVE_BAD)):
-        try:
-            return (*_load(source, transform, index, [seed, index]), 0)
-        except DatasetError as error:
             last = error
-    return _Failure(
-        f"The first {MAX_CONSECUTIVE_BAD} records of {source.name} are unreadable, the last: {last}"
-    )
+    good = next((example for example in loaded if example is not None), None)
+    if indices and good is None:
+        return _Failure(
+            f"Every record of {source.name} in [{indices.start}, {indices.stop}) is "
+            f"unreadable, the last: {last}"
+        )
+    # Padding from the transform's output shapes, so a share of only padding
+    # rows reads no record (and cannot fail on one).
+    blank = blank_outputs(transform)
+    if blank is None:
+        if good is None:
+            return _Failure(
+                "Cannot pad an evaluation batch with no record in it: the transform is not "
+                "one of ssl_jax.data.record_transforms (its output shapes are unknown)."
+            )
+        blank = {k: np.zeros_like(v) for k, v in good[0].items()}
+    mask = [example is not None for example in loaded] + [False] * (len(rows) - len(loaded))
+    examples = [example or (blank, 0, 1) for example in loaded]
+    examples += [(blank, 0, 0)] * (len(rows) - len(loaded))
+    return _stack(examples, mask)
 
 
 # ----------------------------------------------------------------------------- iterators
@@ -373,7 +372,9 @@ class StreamingDataset:
 
         Every batch has exactly `batch_size` rows (one compiled shape) and a bool
         `mask`: False for the zero rows padding the last batch and, with "skip",
-        for unreadable records (counted in `skipped`). Row i's transform gets
+        for unreadable records (counted in `skipped`; a batch whose every
+        record is unreadable fails). Padding rows are zeros of the transform's
+        output shapes (`record_transforms.blank_outputs`). Row i's transform gets
         `np.random.default_rng([seed, i])`. Process `p` of `P` reads and returns
         only rows `[p*B/P, (p+1)*B/P)` of each batch (its share of the split;
         every process gets the same number of batches).
@@ -453,6 +454,16 @@ class StreamingSource:
         return {"image": batch["image"][keep], "label": batch["label"][keep]}
 
 
+def _share_size(num_examples: int, batch_size: int, process_index: int, process_count: int):
+    """How many real (not padding) rows process `p` of `P` reads in a pass over the split."""
+    per_process = batch_size // process_count
+    total = 0
+    for start in range(0, num_examples, batch_size):
+        first = start + process_index * per_process
+        total += max(0, min(first + per_process, num_examples) - first)
+    return total
+
+
 def _prepare_hint(spec: str) -> str:
     """How to store a dataset's labels beside its shards."""
     kind, _, arg = spec.partition(":")
@@ -475,6 +486,7 @@ class StreamSplit:
         data_dir: str | None = None,
         num_workers: int = 0,
         on_bad_record: str = "stop",
+        max_bad_record_fraction: float = 0.01,
     ):
         self.dataset = StreamingDataset(spec, split, data_dir)
         self.name = spec
@@ -483,6 +495,9 @@ class StreamSplit:
         self.image_size = image_size
         self.num_workers = num_workers
         self.on_bad_record = on_bad_record
+        # With "skip", a pass that leaves out more than this fraction of the
+        # records it reads fails: it would score a different split.
+        self.max_bad_record_fraction = max_bad_record_fraction
         self._labels: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -521,8 +536,16 @@ class StreamSplit:
 
     def process_batches(self, batch_size: int, process_index: int, process_count: int):
         """This process's rows `[p*B/P, (p+1)*B/P)` of each of `batches`: the
-        share of the split it reads, so P processes decode it once between them."""
+        share of the split it reads, so P processes decode it once between them.
+
+        Unreadable records left out (on_bad_record="skip") are counted: one
+        warning line at the end of the pass, and a DatasetError as soon as they
+        pass `max_bad_record_fraction` of the records this process reads (over
+        that fraction of the split means over it in some process's share)."""
         transform = center_transform(self.image_size)
+        share = _share_size(len(self), batch_size, process_index, process_count)
+        where = "this process's share of " if process_count > 1 else ""
+        skipped = 0
         with self.dataset.iterate(
             batch_size,
             transform,
@@ -532,22 +555,52 @@ class StreamSplit:
             process_count=process_count,
         ) as batches:
             for batch in batches:
+                skipped += int(batch["skipped"].sum())
+                self._check_unreadable(skipped, share, where)
                 yield batch["image"], batch["mask"], batch["label"]
+        self._warn_unreadable(skipped, share, where, "this evaluation")
+
+    def _check_unreadable(self, count: int, read: int, where: str) -> None:
+        if count > self.max_bad_record_fraction * read:
+            raise DatasetError(
+                f"{count} of the {read} records of {where}{self.name}[{self.dataset.split}] "
+                "are unreadable (input.on_bad_record=skip leaves them out; the limit is "
+                f"config.input.max_bad_record_fraction={self.max_bad_record_fraction} of them): "
+                "an evaluation without them would score a different split. Repair or remove "
+                "the unreadable files (python -m ssl_jax.prepare --verify names them), or "
+                "raise the limit."
+            )
+
+    def _warn_unreadable(self, count: int, read: int, where: str, what: str) -> None:
+        if count:
+            log.warning(
+                "%d of the %d records of %s%s[%s] are unreadable and left out of %s "
+                "(input.on_bad_record=skip).",
+                count,
+                read,
+                where,
+                self.name,
+                self.dataset.split,
+                what,
+            )
 
     def subset(self, indices):
         """The records at `indices`, decoded and centre-cropped into memory
         (with on_bad_record="skip", unreadable ones are left out)."""
         source, transform = self.dataset.source, center_transform(self.image_size)
-        images, labels = [], []
+        images, labels, skipped = [], [], 0
         for i in indices:
             try:
                 out, label = _load(source, transform, int(i), [0, int(i)])
             except DatasetError:
                 if self.on_bad_record == "stop":
                     raise
+                skipped += 1
+                self._check_unreadable(skipped, len(indices), "a subset of ")
                 continue
             images.append(out["image"])
             labels.append(label)
+        self._warn_unreadable(skipped, len(indices), "a subset of ", "it")
         return ImageDataset(
             np.stack(images),
             np.array(labels, np.int32),

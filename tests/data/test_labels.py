@@ -228,3 +228,89 @@ def test_shares_need_a_batch_that_divides(prepared):
         dataset.iterate(5, transform, process_index=0, process_count=2)
     with pytest.raises(ValueError, match="process_index=2"):
         dataset.iterate(4, transform, process_index=2, process_count=2)
+
+
+# ----------------------------------------------------------------------------- unreadable records
+
+
+def _zero_shard(out, name) -> None:
+    path = out / name
+    path.write_bytes(bytes(path.stat().st_size))
+
+
+def test_a_streamed_batch_of_only_unreadable_records_fails_under_skip(prepared):
+    out, _ = prepared
+    _zero_shard(out, "test-00001-of-00002.array_record")  # Records 3-5 of 6.
+    split = streaming.StreamSplit(
+        f"arrayrecord:{out}", "test", image_size=4, on_bad_record="skip", max_bad_record_fraction=1
+    )
+    # Batches of 3: the second is the zeroed shard. Masking it all out would
+    # score half the split with no word said.
+    message = _error(lambda: list(split.batches(3)))
+    assert message.startswith(f"Every record of arrayrecord:{out} in [3, 6) is unreadable")
+
+
+@pytest.mark.parametrize("limit", [0.5, 0.25])
+def test_unreadable_records_left_out_of_an_evaluation_are_said_and_limited(prepared, caplog, limit):
+    out, _ = prepared
+    _zero_shard(out, "train-00001-of-00004.array_record")  # Records 3-5 of 11.
+    split = streaming.StreamSplit(
+        f"arrayrecord:{out}",
+        "train",
+        image_size=4,
+        on_bad_record="skip",
+        max_bad_record_fraction=limit,
+    )
+    if limit < 3 / 11:
+        message = _error(lambda: list(split.batches(4)))
+        assert message.startswith(f"3 of the 11 records of arrayrecord:{out}[train] are unreadable")
+        assert "config.input.max_bad_record_fraction=0.25" in message
+        return
+    with caplog.at_level(logging.WARNING, logger="ssl_jax.data.streaming"):
+        mask = np.concatenate([m for _, m, _ in split.batches(4)])
+    np.testing.assert_array_equal(np.flatnonzero(~mask[:11]), [3, 4, 5])
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "ssl_jax.data.streaming"]
+    assert line.startswith(f"3 of the 11 records of arrayrecord:{out}[train] are unreadable")
+    # A decoded subset (the supervised baselines' label budgets) says so too.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ssl_jax.data.streaming"):
+        assert len(split.subset([0, 3, 6, 9])) == 3
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "ssl_jax.data.streaming"]
+    assert line.startswith(f"1 of the 4 records of a subset of arrayrecord:{out}[train]")
+
+
+def test_a_share_of_only_padding_reads_no_record(prepared, monkeypatch):
+    out, _ = prepared
+    dataset = streaming.StreamingDataset(f"arrayrecord:{out}", "train")
+    read = []
+    original = records.RecordSource.__getitem__
+    monkeypatch.setattr(
+        records.RecordSource, "__getitem__", lambda self, i: read.append(i) or original(self, i)
+    )
+    # 11 records in batches of 8: process 1 reads rows 4-7, then only padding.
+    share = list(
+        dataset.iterate(8, record_transforms.center_transform(3), process_index=1, process_count=2)
+    )
+    assert read == [4, 5, 6, 7]
+    assert share[1]["image"].shape == (4, 3, 3, 3) and share[1]["image"].dtype == np.uint8
+    assert not share[1]["image"].any() and not share[1]["mask"].any()
+
+
+def test_blank_outputs_match_each_transforms_outputs(prepared):
+    from ssl_jax.data import decode
+
+    record = records.open_source(f"arrayrecord:{prepared[0]}", "train")[0]
+    specs = (decode.CropSpec(3), decode.CropSpec(2, count=2))
+    transforms = [
+        record_transforms.center_transform(3),
+        record_transforms.crop_transform(specs),
+        record_transforms.view_transform({"image": specs[1:], "local": specs[:1] * 3}),
+    ]
+    for transform in transforms:
+        out = transform(record, np.random.default_rng(0))
+        blank = record_transforms.blank_outputs(transform)
+        assert {k: (v.shape, v.dtype) for k, v in blank.items()} == {
+            k: (v.shape, v.dtype) for k, v in out.items()
+        }
+        assert not any(v.any() for v in blank.values())
+    assert record_transforms.blank_outputs(lambda record, rng: {}) is None
