@@ -156,6 +156,8 @@ def main(argv: list[str]) -> None:
     }
     for name, section in sections.items():
         report[name] = section()
+        # Its own write-then-rename, not `ssl_jax.storage.write_json`: this driver
+        # imports no ssl_jax (on a device image the package may not be installed).
         with open(out + ".tmp", "w") as f:
             json.dump(report, f, indent=1, default=str)
         os.replace(out + ".tmp", out)  # a killed run keeps every finished section

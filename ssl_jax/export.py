@@ -242,7 +242,7 @@ def load_encoder(path: str) -> Encoder:
 def export_encoder(source: str | Encoder, path: str) -> dict[str, Any]:
     """Writes the encoder of a workdir (or a loaded `Encoder`) to `path` as
     safetensors with its rebuild information; returns that information."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     encoder = load_encoder(source) if isinstance(source, str) else source
     tensors = {
@@ -251,14 +251,7 @@ def export_encoder(source: str | Encoder, path: str) -> dict[str, Any]:
     }
     storage.check(path, "export path")
     metadata = {"ssl_jax": json.dumps(encoder.info, sort_keys=True)}
-    if storage.is_url(path):
-        with tempfile.TemporaryDirectory(prefix="ssl_jax_encoder_") as directory:
-            local = os.path.join(directory, "encoder.safetensors")
-            save_file(tensors, local, metadata=metadata)
-            with open(local, "rb") as f:
-                storage.write_bytes(path, f.read())
-        return encoder.info
-    tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    # The whole file in memory, as a URL's one upload needs anyway: the
+    # encoder's weights are already in memory, so this at most doubles them.
+    storage.write_bytes(path, save(tensors, metadata=metadata))
     return encoder.info

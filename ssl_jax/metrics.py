@@ -220,9 +220,7 @@ class MetricWriter:
         kept = [json.dumps(r) + "\n" for r in read_records(self.path) if r.get("step", 0) <= step]
         if len(kept) != len(lines):
             try:
-                with open(self.path + ".tmp", "w") as f:
-                    f.writelines(kept)
-                os.replace(self.path + ".tmp", self.path)
+                storage.write_bytes(self.path, "".join(kept).encode())
             except OSError as error:
                 raise _write_failed(self.path, error) from None
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import posixpath
 import re
@@ -260,6 +261,12 @@ def write_bytes(path: str, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def write_json(path: str, obj: Any, *, indent: int = 2, sort_keys: bool = True) -> None:
+    """`obj` as JSON, written whole by `write_bytes` (the package's one atomic
+    JSON writer; `indent` and `sort_keys` keep each file's existing layout)."""
+    write_bytes(path, json.dumps(obj, indent=indent, sort_keys=sort_keys).encode())
 
 
 def append_line(path: str, line: str) -> None:

@@ -520,29 +520,18 @@ def save_config(
 
 
 def write_json(path: str, payload: Any) -> None:
-    """Writes JSON atomically (a temporary file renamed over the target), so a
-    kill or a full disk never leaves half a file; a failure names the file.
-    On an object store: one upload, visible only once complete."""
-    if storage.is_url(path):
-        try:
-            storage.write_bytes(path, json.dumps(payload, indent=2, sort_keys=True).encode())
-        except OSError as error:
-            raise WorkdirError(
-                f"Cannot write {path}: {error.strerror or error}. Fix the storage (or its "
-                "permissions) and rerun the same command; what was saved before is intact."
-            ) from None
-        return
-    tmp = path + ".tmp"
+    """Writes JSON atomically (`storage.write_json`: a temporary file renamed
+    over the target, or one upload to an object store), so a kill or a full
+    disk never leaves half a file; a failure names the file."""
     try:
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        storage.write_json(path, payload)
     except OSError as error:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+        fix = (
+            "Fix the storage (or its permissions)"
+            if storage.is_url(path)
+            else "Free disk space (or fix permissions)"
+        )
         raise WorkdirError(
-            f"Cannot write {path}: {error.strerror}. Free disk space (or fix permissions) and "
-            "rerun the same command; what was saved before is intact."
+            f"Cannot write {path}: {error.strerror or error}. {fix} and rerun the same "
+            "command; what was saved before is intact."
         ) from None

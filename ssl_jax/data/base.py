@@ -216,6 +216,9 @@ def cached_arrays(
     try:
         os.makedirs(directory, exist_ok=True)
         # Write then rename, so a concurrent reader or a killed run never sees half a file.
+        # Not `storage.write_bytes`: several processes may build the same cache at
+        # once (a unique temporary each, not its shared `.tmp`), and np.savez streams
+        # a whole decoded dataset instead of holding a second copy in memory.
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:

@@ -46,17 +46,18 @@ import array
 import bisect
 import dataclasses
 import datetime
+import io
 import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgpack
 import numpy as np
 
+from ssl_jax import storage
 from ssl_jax.data.base import SPLITS, DatasetError, only_feature
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,10 @@ DEFAULT_EXAMPLES_PER_SHARD = 1024
 # already-compressed image bytes.
 _WRITER_OPTIONS = "group_size:1,uncompressed"
 _SHARD_RE = re.compile(r"^(?:\.tmp-)?[\w.-]+-\d{5}(?:-of-\d{5})?\.array_record$")
-# A split's labels file; its format has its own version (a split's "labels" entry).
-_LABELS_RE = re.compile(r"^(?:\.tmp-)?\w+-labels\.npy$")
+# A split's labels file (or a killed write's temporary: `storage.write_bytes`'s
+# `.tmp` suffix, an older version's `.tmp-` prefix); its format has its own
+# version (a split's "labels" entry).
+_LABELS_RE = re.compile(r"^(?:\.tmp-)?\w+-labels\.npy(?:\.tmp)?$")
 LABELS_VERSION = 1
 # Where a split has no "test", evaluation uses these (the order is the preference).
 _TEST_FALLBACKS = ("test", "validation", "val")
@@ -193,7 +196,7 @@ def write_records(
         "producer": producer,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    _write_json_atomically(info_path, info)
+    storage.write_json(info_path, info, indent=1, sort_keys=False)
     return info
 
 
@@ -249,6 +252,8 @@ def _write_split(
     shards = []
     for index, (temp, count) in enumerate(zip(temp_paths, counts, strict=True)):
         name = shard_name(split, index, len(counts))
+        # Shards stream through ArrayRecordWriter (never a whole shard in
+        # memory), so not `storage.write_bytes`: their own temporary, renamed.
         os.replace(temp, os.path.join(out_dir, name))
         written.append(os.path.join(out_dir, name))
         shards.append({"file": name, "num_examples": count})
@@ -266,32 +271,15 @@ def _write_labels(
 ) -> dict:
     """Writes a split's labels beside its shards; returns its info entry."""
     name = labels_name(split)
-    temp = os.path.join(out_dir, f".tmp-{name}")
-    written.append(temp)
-    with open(temp, "wb") as f:
-        np.save(f, labels.astype(np.int32), allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, os.path.join(out_dir, name))
+    data = io.BytesIO()  # 4 bytes a label: small beside the shards, which stream
+    np.save(data, labels.astype(np.int32), allow_pickle=False)
+    storage.write_bytes(os.path.join(out_dir, name), data.getvalue())
     written.append(os.path.join(out_dir, name))
     return {
         "file": name,
         "version": LABELS_VERSION,
         "class_counts": np.bincount(labels, minlength=num_classes).tolist(),
     }
-
-
-def _write_json_atomically(path: str, value: dict) -> None:
-    fd, temp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        os.remove(temp)
-        raise
 
 
 # ----------------------------------------------------------------------------- reading ours

@@ -177,6 +177,26 @@ def test_killed_write_does_not_look_complete(tmp_path):
     ]
 
 
+def test_a_labels_file_killed_before_its_rename_is_an_unfinished_write(tmp_path, monkeypatch):
+    # The temporary name the labels writer renames from, as a kill would leave it.
+    renamed = []
+    replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (renamed.append(a), replace(a, b)))
+    _write(tmp_path / "first", {"train": _examples(2)})
+    monkeypatch.undo()
+    (temp,) = [n for n in map(os.path.basename, renamed) if "labels" in n]
+    out = tmp_path / "second"
+    out.mkdir()
+    (out / temp).write_bytes(b"half a labels file")
+    assert "unfinished write" in _error(_write, out, {"train": _examples(2)})
+    _write(out, {"train": _examples(2)}, overwrite=True)
+    assert sorted(os.listdir(out)) == [
+        records.INFO_FILE,
+        "train-00000-of-00001.array_record",
+        "train-labels.npy",
+    ]
+
+
 def test_existing_dataset_needs_overwrite(tmp_path):
     _write(tmp_path, {"train": _examples(12)}, examples_per_shard=2)
     (tmp_path / "notes.txt").write_text("mine")
