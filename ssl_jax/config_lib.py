@@ -390,7 +390,7 @@ def finish(
     if options.segmentation:
         # The scenes' 8 px digits at twice the run's size: the size the
         # pretraining saw the 8 px digits at (upsampled to image_size).
-        config.evals.segmentation_probe.image_size = 2 * config.image_size
+        config.evals.segmentation_probe.image_scale = 2
     return config
 
 

@@ -74,6 +74,16 @@ def test_a_text_encoder_is_refused_before_pretraining():
         config_lib.image_only_options(config_lib.options("segmentation"), "mlm", "token")
 
 
+def test_the_option_scores_scenes_at_twice_the_image_size_the_run_ends_with():
+    from ssl_jax.evaluators import base
+
+    config = config_lib.get_config("rotation", "runlocal,segmentation")
+    probe = base.build("segmentation_probe", config.evals.segmentation_probe)
+    assert probe.size(config) == 2 * config.image_size
+    config.image_size = 24  # a later --config.image_size moves the scenes too
+    assert probe.size(config) == 48
+
+
 @pytest.mark.slow
 def test_segmentation_probe_runs_from_a_config_with_its_random_init_and_pictures(tmp_path):
     workdir = tmp_path / "run"

@@ -76,14 +76,17 @@ class SegmentationProbe(Evaluator):
     learning_rate: float = 0.01
     l2: float = 1e-4  # on the head's weights, features standardised
     examples: int = 8  # test scenes in the picture
-    # The size the encoder sees the scenes at; 0: the run's image_size.
-    # The `:segmentation` option sets twice it, so that the 8 px digits of
-    # the 16 px scenes reach the size pretraining saw them at (see config_lib).
+    # The size the encoder sees the scenes at; 0: the run's image_size times
+    # image_scale, read when the run starts (a later --config.image_size
+    # moves it too). The `:segmentation` option sets image_scale 2, so that
+    # the 8 px digits of the 16 px scenes reach the size pretraining saw them
+    # at (see config_lib).
     image_size: int = 0
+    image_scale: int = 1
 
     def check(self, config: ConfigDict, num_devices: int) -> None:
         where = f"config.evals.{self.name}"
-        for field in ("steps", "batch_size", "examples", "image_size"):
+        for field in ("steps", "batch_size", "examples", "image_size", "image_scale"):
             value = getattr(self, field)
             least = 0 if field == "image_size" else 1  # image_size 0: the run's own
             if not isinstance(value, int) or value < least:
@@ -115,7 +118,7 @@ class SegmentationProbe(Evaluator):
         _splits(self.dataset, self.size(config), config.data_dir or None)
 
     def size(self, config: ConfigDict) -> int:
-        return self.image_size or config.image_size
+        return self.image_size or config.image_size * self.image_scale
 
     def run(self, context: Context) -> dict[str, Any]:
         return self.evaluate(context, context.trained, suffix="")
