@@ -1,7 +1,9 @@
 """Optimizers and learning-rate schedules, built from `config.optimizer`.
 
 All optimizers share one schedule (linear warm-up, then cosine decay) and one
-rule for weight decay: it applies to kernels only. Biases and normalisation
+rule for weight decay: it applies to kernels only, at `weight_decay` or, with
+`weight_decay_end` set, on a cosine from the one to the other over the run
+(I-JEPA's 0.04 -> 0.4; `weight_decay_schedule`). Biases and normalisation
 scales/offsets (every parameter with fewer than two dimensions) are excluded,
 from decay and, for LARS, from trust-ratio adaptation, as SimCLR and most
 large-batch recipes do: decaying a BN scale fights the normalisation itself.
@@ -25,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 
 def decay_mask(params):
@@ -85,17 +87,34 @@ def make_schedule(opt: ConfigDict, *, batch_size: int, total_steps: int) -> opta
     )
 
 
-def _sgd(opt: ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+def weight_decay_schedule(opt: ConfigDict, total_steps: int) -> float | optax.Schedule:
+    """The weight decay of optimizer step t (from 0): `weight_decay` when
+    `weight_decay_end` is unset, else the cosine wd_end + (wd - wd_end) *
+    (1 + cos(pi * t / total_steps)) / 2, held at wd_end after the run. This is
+    the reference I-JEPA's `CosineWDSchedule` (facebookresearch/ijepa,
+    src/utils/schedulers.py), which ramps 0.04 -> 0.4 over the run; its
+    schedule steps once before the first update, so it is one step ahead."""
+    if opt.weight_decay_end is None:
+        return opt.weight_decay
+    start, end = float(opt.weight_decay), float(opt.weight_decay_end)
+    steps = max(total_steps, 1)
+
+    def schedule(count):
+        progress = jnp.minimum(count / steps, 1.0)
+        return end + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+
+    return schedule
+
+
+def _sgd(opt: ConfigDict, schedule: optax.Schedule, wd) -> optax.GradientTransformation:
     return optax.chain(
-        optax.add_decayed_weights(opt.weight_decay, mask=decay_mask),
+        optax.add_decayed_weights(wd, mask=decay_mask),
         optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov),
     )
 
 
-def _adamw(opt: ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
-    return optax.adamw(
-        schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=decay_mask
-    )
+def _adamw(opt: ConfigDict, schedule: optax.Schedule, wd) -> optax.GradientTransformation:
+    return optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=wd, mask=decay_mask)
 
 
 def _clipped_trust_ratio(
@@ -125,16 +144,16 @@ def _clipped_trust_ratio(
     return optax.GradientTransformation(init, update)
 
 
-def _lars(opt: ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+def _lars(opt: ConfigDict, schedule: optax.Schedule, wd) -> optax.GradientTransformation:
     if opt.lars_clip:
         return optax.chain(
-            optax.add_decayed_weights(opt.weight_decay, mask=decay_mask),
+            optax.add_decayed_weights(wd, mask=decay_mask),
             optax.masked(_clipped_trust_ratio(opt.trust_coefficient, schedule), decay_mask),
             optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov),
         )
     return optax.lars(
         schedule,
-        weight_decay=opt.weight_decay,
+        weight_decay=wd,
         weight_decay_mask=decay_mask,
         trust_coefficient=opt.trust_coefficient,
         trust_ratio_mask=decay_mask,
@@ -143,7 +162,8 @@ def _lars(opt: ConfigDict, schedule: optax.Schedule) -> optax.GradientTransforma
     )
 
 
-OPTIMIZERS: dict[str, Callable[[ConfigDict, optax.Schedule], optax.GradientTransformation]] = {
+# name -> (config, learning-rate schedule, weight decay or its schedule) -> optimizer.
+OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "sgd": _sgd,
     "adamw": _adamw,
     "lars": _lars,
@@ -157,6 +177,11 @@ def validate(opt: ConfigDict) -> None:
         raise ValueError(f"optimizer.learning_rate must be > 0, got {opt.learning_rate}.")
     if opt.weight_decay < 0:
         raise ValueError(f"optimizer.weight_decay must be >= 0, got {opt.weight_decay}.")
+    if opt.weight_decay_end is not None and not opt.weight_decay_end >= 0:
+        raise ValueError(
+            f"optimizer.weight_decay_end must be >= 0 (or unset: no schedule), "
+            f"got {opt.weight_decay_end}."
+        )
     if not opt.bias_lr_scale > 0:
         raise ValueError(f"optimizer.bias_lr_scale must be > 0, got {opt.bias_lr_scale}.")
     if opt.warmup_steps < 0:
@@ -198,9 +223,9 @@ def make_optimizer(
     frozen = [(path, frozen_steps(float(fraction), total_steps)) for path, fraction in opt.freeze]
     frozen = [(path, steps) for path, steps in frozen if steps > 0]
     if frozen:
-        tx = _with_freeze(opt, schedule, batch_size, frozen)
+        tx = _with_freeze(opt, schedule, batch_size, frozen, total_steps)
     else:  # no freeze: the layout of the optimizer state that has no groups
-        tx = _updates(opt, schedule, batch_size)
+        tx = _updates(opt, schedule, batch_size, weight_decay_schedule(opt, total_steps))
     for module, scale in opt.module_lr_scales:
         # A module's steps scaled, e.g. a pretrained encoder fine-tuned at a
         # tenth of its new head's rate.
@@ -224,14 +249,15 @@ def _held_gradients(frozen: list[tuple[str, int]]) -> optax.GradientTransformati
     return optax.multi_transform(transforms, _freeze_labels([path for path, _ in frozen]))
 
 
-def _updates(opt: ConfigDict, schedule: optax.Schedule, batch_size: int):
-    """The named optimizer on `schedule`, with the bias scale and the fixed-rate modules."""
-    tx = _with_bias_scale(opt, OPTIMIZERS[opt.name](opt, schedule))
+def _updates(opt: ConfigDict, schedule: optax.Schedule, batch_size: int, wd):
+    """The named optimizer on `schedule` with weight decay `wd` (a value or a
+    schedule), with the bias scale and the fixed-rate modules."""
+    tx = _with_bias_scale(opt, OPTIMIZERS[opt.name](opt, schedule, wd))
     if opt.fixed_lr_modules:
         # SimSiam's predictor at a constant learning rate (the paper's section
         # 4.4; solo-learn's `static_lr`): the same optimizer, another schedule.
         fixed = optax.constant_schedule(scaled_learning_rate(opt, batch_size))
-        fixed_tx = _with_bias_scale(opt, OPTIMIZERS[opt.name](opt, fixed))
+        fixed_tx = _with_bias_scale(opt, OPTIMIZERS[opt.name](opt, fixed, wd))
         in_fixed = _in_modules(tuple(opt.fixed_lr_modules), "fixed_lr_modules")
         labels = lambda params: jax.tree.map(
             lambda fixed: "fixed" if fixed else "scheduled", in_fixed(params)
@@ -273,16 +299,18 @@ def hold(inner: optax.GradientTransformation, steps: int) -> optax.GradientTrans
     return optax.GradientTransformation(init, update)
 
 
-def _with_freeze(opt, schedule, batch_size, frozen: list[tuple[str, int]]):
+def _with_freeze(opt, schedule, batch_size, frozen: list[tuple[str, int]], total_steps: int):
     """The optimizer with each `frozen` (path, steps) group held for its
     first steps. Every group has its own copy of the optimizer (so its own
-    step count); a held group's schedule is shifted by its steps, so that
-    after the freeze it reads the run's learning rate of the step, not the
-    warm-up's start."""
-    transforms = {"free": _updates(opt, schedule, batch_size)}
+    step count); a held group's schedules (learning rate and weight decay)
+    are shifted by its steps, so that after the freeze it reads the run's
+    values of the step, not the warm-up's start."""
+    wd = weight_decay_schedule(opt, total_steps)
+    transforms = {"free": _updates(opt, schedule, batch_size, wd)}
     for i, (_, steps) in enumerate(frozen):
         shifted = lambda count, steps=steps: schedule(count + steps)
-        transforms[f"frozen{i}"] = hold(_updates(opt, shifted, batch_size), steps)
+        shifted_wd = wd if not callable(wd) else (lambda count, steps=steps: wd(count + steps))
+        transforms[f"frozen{i}"] = hold(_updates(opt, shifted, batch_size, shifted_wd), steps)
     return optax.multi_transform(transforms, _freeze_labels([path for path, _ in frozen]))
 
 
@@ -394,6 +422,9 @@ def default_config(**overrides) -> ConfigDict:
             "warmup_steps": 0,
             "end_lr_fraction": 0.0,
             "weight_decay": 5e-4,
+            # Unset: the decay stays at weight_decay. Set: a cosine from
+            # weight_decay to this over the run (`weight_decay_schedule`).
+            "weight_decay_end": config_dict.placeholder(float),
             "momentum": 0.9,
             "nesterov": False,
             "b1": 0.9,

@@ -71,6 +71,42 @@ def test_lars_adapts_kernels_by_trust_ratio_but_not_biases():
     np.testing.assert_allclose(updates["bn"]["bias"], -2.0, rtol=1e-6)  # plain SGD step
 
 
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_weight_decay_end_is_a_cosine_over_the_run(name):
+    """With zero gradients a kernel shrinks by lr * wd(t) per step; wd(t) the
+    reference I-JEPA's cosine from weight_decay to weight_decay_end, in numpy
+    float64, for every step of the run and past its end. Biases never decay."""
+    total, lr, wd0, wd1 = 12, 0.1, 0.04, 0.4
+    opt = optim.default_config(
+        name=name,
+        learning_rate=lr,
+        lr_scaling="none",
+        end_lr_fraction=1.0,
+        momentum=0.0,
+        weight_decay=wd0,
+    )
+    opt.weight_decay_end = wd1
+    tx, _ = optim.make_optimizer(opt, batch_size=256, total_steps=total)
+    params, state = PARAMS, tx.init(PARAMS)
+    zeros = jax.tree.map(jnp.zeros_like, PARAMS)
+    kernel = 1.0
+    for t in range(total + 3):
+        wd = wd1 + (wd0 - wd1) * 0.5 * (1 + np.cos(np.pi * min(t / total, 1.0)))
+        kernel *= 1 - lr * wd
+        updates, state = tx.update(zeros, state, params)
+        params = optax.apply_updates(params, updates)
+        np.testing.assert_allclose(params["conv"]["kernel"], kernel, rtol=1e-5)
+    np.testing.assert_array_equal(params["bn"]["bias"], PARAMS["bn"]["bias"])
+
+
+def test_weight_decay_end_unset_keeps_the_decay_constant():
+    opt = optim.default_config(weight_decay=0.04)
+    assert optim.weight_decay_schedule(opt, 100) == 0.04
+    opt.weight_decay_end = -0.4
+    with pytest.raises(ValueError, match="weight_decay_end must be >= 0"):
+        optim.make_optimizer(opt, batch_size=256, total_steps=10)
+
+
 @pytest.mark.parametrize(
     "field, value, message",
     [
