@@ -194,6 +194,29 @@ class Masking:
         )
 
 
+def target_spread(tokens: jax.Array, eps: float = 1e-5) -> dict[str, jax.Array]:
+    """How much the loss's targets vary, and how much of that is position.
+
+    tokens [B, N, D] (the target encoder's patch tokens), layer-normed over D
+    as the loss normalises them (each token then has mean square 1 per
+    feature). `target_spread`: their variance over images and positions per
+    feature, 1 when tokens are uncorrelated, 0 when every token is the same
+    vector (full collapse). `target_position_share`: the part of that
+    variance explained by the position alone (the mean token of each
+    position over the batch), 1 when the tokens carry no image content: a
+    predictor given the target positions can then match them without
+    reading the context."""
+    z = jax.lax.stop_gradient(tokens).astype(jnp.float32)
+    z = (z - jnp.mean(z, -1, keepdims=True)) * jax.lax.rsqrt(jnp.var(z, -1, keepdims=True) + eps)
+    centred = z - jnp.mean(z, axis=(0, 1))
+    total = jnp.mean(jnp.sum(centred**2, -1))
+    positional = jnp.mean(jnp.sum(jnp.mean(centred, axis=0) ** 2, -1))
+    return {
+        "target_spread": total / z.shape[-1],
+        "target_position_share": positional / jnp.maximum(total, 1e-12),
+    }
+
+
 # ----------------------------------------------------------------------------- predictor
 class Predictor(nnx.Module):
     """Context tokens + mask tokens at the target positions -> predicted
@@ -322,7 +345,7 @@ class IJEPATask(Task):
     def predict(self, images: jax.Array, rng: jax.Array):
         """Model-range images -> (predictions [B, M, Kt, E], target-encoder
         outputs there [B, M, Kt, E], target_valid [B, M, Kt], context_valid
-        [B, Kc], the target encoder's pooled features [B, E])."""
+        [B, Kc], the target encoder's patch tokens [B, N, E])."""
         p = self.encoder.patch_size
         grid = self.encoder.grid(images)
         patches = patchify(images, p)
@@ -347,19 +370,20 @@ class IJEPATask(Task):
         pred = self.predictor(
             tokens, context_index, context_valid, target_index, target_valid, grid
         )
-        return pred, target, target_valid, context_valid, jnp.mean(full, axis=1)
+        return pred, target, target_valid, context_valid, full
 
     def loss(self, batch, rng, *, train):
         aug_rng, mask_rng = jax.random.split(rng)
         images = self.augment(batch, aug_rng, train=train)["image"]
-        pred, target, target_valid, context_valid, pooled = self.predict(images, mask_rng)
+        pred, target, target_valid, context_valid, full = self.predict(images, mask_rng)
         loss = losses.ijepa_loss(pred, target, target_valid, distance=self.distance)
         n = int(np.prod(self.encoder.grid(images)))
         metrics = {
             "context_fraction": jnp.mean(jnp.sum(context_valid, axis=-1)) / n,
             "target_fraction": jnp.mean(jnp.sum(target_valid, axis=-1)) / n,
         }
-        return loss, {**metrics, **collapse_metrics(pooled)}
+        metrics.update(target_spread(full))
+        return loss, {**metrics, **collapse_metrics(jnp.mean(full, axis=1))}
 
     def after_update(self, step, total_steps):
         # The reference's linear schedule (src/train.py's momentum_scheduler).
