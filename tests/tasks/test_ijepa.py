@@ -318,6 +318,28 @@ def test_i_jepa_needs_a_vit_and_valid_settings():
         nnx.eval_shape(lambda: _task(target_scale=(0.3, 0.2)))
 
 
+def test_target_spread_matches_numpy():
+    """The collapse diagnostics against float64 numpy: layer-norm each token,
+    then its variance over images and positions per feature and the share of
+    it in the per-position means; all tokens alike -> spread 0, tokens that
+    depend on the position only -> share 1."""
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(6, 5, 8)) + rng.normal(size=(1, 5, 8))  # a position part
+    z = (tokens - tokens.mean(-1, keepdims=True)) / np.sqrt(tokens.var(-1, keepdims=True) + 1e-5)
+    c = z - z.mean(axis=(0, 1))
+    total = np.mean(np.sum(c**2, -1))
+    got = ijepa.target_spread(jnp.asarray(tokens, jnp.float32))
+    np.testing.assert_allclose(got["target_spread"], total / 8, rtol=1e-5)
+    share = np.mean(np.sum(c.mean(0) ** 2, -1)) / total
+    np.testing.assert_allclose(got["target_position_share"], share, rtol=1e-5)
+    position_only = jnp.broadcast_to(jnp.asarray(tokens[:1]), (6, 5, 8))
+    np.testing.assert_allclose(
+        ijepa.target_spread(position_only)["target_position_share"], 1.0, rtol=1e-5
+    )
+    alike = jnp.broadcast_to(jnp.asarray(tokens[:1, :1]), (6, 5, 8))
+    np.testing.assert_allclose(ijepa.target_spread(alike)["target_spread"], 0.0, atol=1e-6)
+
+
 def test_same_loss_on_one_and_eight_devices():
     values = sharded.losses_on_one_and_eight_devices(
         config=str(ROOT / "configs" / "ijepa.py"), arg="runlocal", image_size=16
@@ -338,6 +360,9 @@ def test_config_recipes_keep_the_papers_masks():
             (0.75, 1.5),
         )
         assert kwargs.context_scale == (0.85, 1.0)
+        # The reference's schedules: weight decay 0.04 -> 0.4 (cosine), EMA 0.996 -> 1.
+        assert (config.optimizer.weight_decay, config.optimizer.weight_decay_end) == (0.04, 0.4)
+        assert kwargs.base_momentum == 0.996
     large = module.get_config("dataset=tfds:imagenet2012")
     assert large.model_kwargs.pool == "gap" and large.model_kwargs.patch_size == 16
     with pytest.raises(ValueError, match="must be a ViT"):
