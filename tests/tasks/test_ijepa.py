@@ -306,6 +306,10 @@ def test_features_are_the_target_encoders_mean_patch_token(pool):
     np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
     student = np.asarray(task.encoder.encode_tokens(patchify(x, 4), None, (4, 4)))
     assert not np.allclose(features, student[:, 1 if pool == "cls" else 0 :].mean(axis=1))
+    task.feature_source = "context"  # the trained encoder's instead
+    np.testing.assert_allclose(
+        task.features(images), student[:, 1 if pool == "cls" else 0 :].mean(axis=1), rtol=1e-5
+    )
 
 
 def test_i_jepa_needs_a_vit_and_valid_settings():
@@ -316,6 +320,8 @@ def test_i_jepa_needs_a_vit_and_valid_settings():
         nnx.eval_shape(lambda: _task(predictor_dim=18))
     with pytest.raises(ValueError, match="target_scale"):
         nnx.eval_shape(lambda: _task(target_scale=(0.3, 0.2)))
+    with pytest.raises(ValueError, match="feature_source"):
+        nnx.eval_shape(lambda: _task(feature_source="online"))
 
 
 def test_target_spread_matches_numpy():
