@@ -94,8 +94,8 @@ def weight_decay_schedule(opt: ConfigDict, total_steps: int) -> float | optax.Sc
     the reference I-JEPA's `CosineWDSchedule` (facebookresearch/ijepa,
     src/utils/schedulers.py), which ramps 0.04 -> 0.4 over the run; its
     schedule steps once before the first update, so it is one step ahead."""
-    if opt.weight_decay_end is None:
-        return opt.weight_decay
+    if opt.weight_decay_end is None or opt.weight_decay_end == opt.weight_decay:
+        return opt.weight_decay  # a constant: the optimizer state of a run without a schedule
     start, end = float(opt.weight_decay), float(opt.weight_decay_end)
     steps = max(total_steps, 1)
 

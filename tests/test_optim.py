@@ -99,8 +99,10 @@ def test_weight_decay_end_is_a_cosine_over_the_run(name):
     np.testing.assert_array_equal(params["bn"]["bias"], PARAMS["bn"]["bias"])
 
 
-def test_weight_decay_end_unset_keeps_the_decay_constant():
+def test_weight_decay_end_unset_or_equal_keeps_the_decay_constant():
     opt = optim.default_config(weight_decay=0.04)
+    assert optim.weight_decay_schedule(opt, 100) == 0.04
+    opt.weight_decay_end = 0.04  # no change: a constant, so the state of a run without one
     assert optim.weight_decay_schedule(opt, 100) == 0.04
     opt.weight_decay_end = -0.4
     with pytest.raises(ValueError, match="weight_decay_end must be >= 0"):

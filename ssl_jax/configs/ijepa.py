@@ -126,6 +126,7 @@ def get_config(arg: str | None = None):
                 "base_momentum": 0.996,
                 "distance": "l2",
                 "crop_scale": (0.3, 1.0),
+                "feature_source": "target",  # the paper's; "context": the trained encoder
             },
             # AdamW with PyTorch's betas, as the reference; lr per 256 images.
             "optimizer": {
