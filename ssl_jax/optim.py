@@ -92,8 +92,9 @@ def weight_decay_schedule(opt: ConfigDict, total_steps: int) -> float | optax.Sc
     `weight_decay_end` is unset, else the cosine wd_end + (wd - wd_end) *
     (1 + cos(pi * t / total_steps)) / 2, held at wd_end after the run. This is
     the reference I-JEPA's `CosineWDSchedule` (facebookresearch/ijepa,
-    src/utils/schedulers.py), which ramps 0.04 -> 0.4 over the run; its
-    schedule steps once before the first update, so it is one step ahead."""
+    src/utils/schedulers.py), which ramps 0.04 -> 0.4 over the run (whether
+    its first update reads progress 0 or 1 / T was not checked: at most a
+    one-step offset)."""
     if opt.weight_decay_end is None or opt.weight_decay_end == opt.weight_decay:
         return opt.weight_decay  # a constant: the optimizer state of a run without a schedule
     start, end = float(opt.weight_decay), float(opt.weight_decay_end)
