@@ -41,6 +41,7 @@ import csv
 import functools
 import itertools
 import json
+import math
 import os
 import time
 from typing import Any
@@ -121,7 +122,7 @@ def measure(config, arrays, mesh, peak: tuple[float, str]) -> dict[str, Any]:
     # The augmentation alone: the task's own `augment`, jitted by itself.
     augment = jax.jit(lambda batch, rng: task.augment(batch, rng, train=True))
     rngs = [jax.random.key(i) for i in range(steps)]
-    views = augment(batches[0], rngs[0])["image"].shape[0]
+    views = _views_made(augment(batches[0], rngs[0]))
     augment_seconds = _timed(lambda i: augment(batches[i % len(batches)], rngs[i]), steps)
 
     # The real loop's input path: a prefetch thread feeding the compiled step.
@@ -262,6 +263,14 @@ def _plot(rows: list[dict[str, Any]], variable: str, path: str) -> None:
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
+
+
+def _views_made(outputs) -> int:
+    """How many images a task's augmentation made: the leading dims (all but
+    [H, W, C]) of its largest output, whatever its key (views, tiles,
+    lightness)."""
+    largest = max((x for x in jax.tree.leaves(outputs) if x.ndim >= 4), key=lambda x: x.size)
+    return math.prod(largest.shape[:-3])
 
 
 def main(argv: list[str]) -> None:

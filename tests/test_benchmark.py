@@ -83,3 +83,13 @@ def test_benchmark_sweeps_mae_mask_ratio_and_refuses_it_for_other_tasks(tmp_path
         timeout=600,
     )
     assert result.returncode != 0 and "--mask_ratios needs an MAE config" in result.stderr
+
+
+@pytest.mark.slow  # 6 s: one more compiled step
+def test_benchmark_counts_the_images_of_a_task_whose_views_are_not_images(tmp_path):
+    # Jigsaw's augmentation makes 9 tiles of each image under "tiles".
+    (row,) = _benchmark(
+        "--config=configs/jigsaw.py:runlocal", "--warmup=0", "--peak_tflops=0.25", tmp_path=tmp_path
+    )
+    views_per_step = row["views_per_sec"] * row["augment_ms"] / 1e3
+    assert views_per_step == pytest.approx(9 * row["batch_size"], rel=5e-3)
