@@ -27,7 +27,6 @@ import posixpath
 import re
 import shutil
 import tempfile
-import urllib.parse
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -237,7 +236,7 @@ def _on_this_disk(path: str) -> str:
     """A `file://` URL as the local path it names (fsspec's local files are
     written in place: the local branches keep writes atomic and appends
     appends); anything else as it is."""
-    return urllib.parse.urlparse(path).path if scheme(path) == "file" else path
+    return (local_path(path) or path) if scheme(path) == "file" else path
 
 
 def write_bytes(path: str, data: bytes) -> None:

@@ -35,7 +35,7 @@ from ml_collections import ConfigDict
 
 from ssl_jax import nonfinite, optim, perf, preemption, storage
 from ssl_jax import workdir as workdir_lib
-from ssl_jax.checkpoint import Checkpointer, state_fingerprint
+from ssl_jax.checkpoint import Checkpointer, CheckpointError, state_fingerprint
 from ssl_jax.data import pipeline
 from ssl_jax.evaluate import collapse
 from ssl_jax.inference import PeriodicEval, TrainedModel, build_task, make_visualizer, split_task
@@ -281,7 +281,18 @@ def _resume(config, workdir, checkpointer, state, allow_config_change) -> tuple[
         resuming=checkpointer.latest_step() is not None,
         allow_change=allow_config_change,
     )
-    restored = checkpointer.restore_latest(like=state)
+    try:
+        restored = checkpointer.restore_latest(like=state)
+    except CheckpointError as error:
+        if not changes or "tree structure" not in str(error):
+            raise
+        # Not a corrupt checkpoint: an accepted change (an optimizer, a freeze,
+        # a weight-decay schedule) that lays the state out differently.
+        raise CheckpointError(
+            f"The checkpoints in {checkpointer.directory} do not fit this config's state: the "
+            f"change of {', '.join(changes)} lays it out differently. Revert the change, or "
+            "start this config in a new --workdir; nothing was changed."
+        ) from None
     start = _Start()
     if restored:
         step, state, counters = restored

@@ -405,7 +405,11 @@ def _same(a: Any, b: Any) -> bool:
 # Fields added to the base config after workdirs were written, with the value
 # that computes what those runs computed: a stored config that lacks one
 # compares as if it held that value.
-ADDED_FIELDS = {"optimizer.freeze": []}
+ADDED_FIELDS = {
+    "optimizer.freeze": [],
+    "optimizer.weight_decay_end": None,
+    "task_kwargs.feature_source": "target",  # I-JEPA's probe read the target encoder
+}
 # Fields that left the configs, with the value at which they did nothing and
 # where they went: a stored config that holds one at that value compares as if
 # it lacked it; at another value the workdir's optimizer state no longer fits.

@@ -189,3 +189,8 @@ def test_a_file_url_is_written_atomically_and_appended_as_a_local_path(tmp_path,
     storage.append_line(url, '{"step": 2}\n')
     assert replaced == [str(tmp_path / "run" / "metrics.jsonl")]
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1}\n{"step": 2}\n'
+    # A relative file:// URL is where fsspec (and so every reader) puts it.
+    monkeypatch.chdir(tmp_path)
+    storage.write_bytes("file://run/other.jsonl", b"x\n")
+    assert (tmp_path / "run" / "other.jsonl").read_bytes() == b"x\n"
+    assert storage.exists("file://run/other.jsonl")

@@ -287,3 +287,15 @@ def test_a_carried_interval_with_other_metrics_is_dropped_with_one_warning(tmp_p
     step_1, step_2 = interval["sums"]["loss"], resumed[0]["loss"]
     assert resumed[0]["loss"] != straight[0]["loss"]
     assert (step_1 + step_2) / 2 == pytest.approx(straight[0]["loss"], rel=1e-6)
+
+
+def test_an_accepted_change_that_lays_the_state_out_differently_is_one_clear_line(tmp_path):
+    config = _config(train_steps=4)
+    config.optimizer.update(name="adamw", weight_decay=0.01)
+    train.train(config, str(tmp_path), _arrays())
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    config.optimizer.weight_decay_end = 0.05  # a scheduled decay keeps a step count
+    config.train_steps = 8
+    with pytest.raises(checkpoint.CheckpointError, match=r"weight_decay_end.*lays it out differ"):
+        train.train(config, str(tmp_path), _arrays(), allow_config_change=True)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before

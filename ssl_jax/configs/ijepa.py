@@ -142,7 +142,10 @@ def get_config(arg: str | None = None):
                 "b1": 0.9,
                 "b2": 0.999,
                 # The reference's cosine ramp (src/utils/schedulers.py's
-                # CosineWDSchedule, 0.04 -> 0.4 in its configs).
+                # CosineWDSchedule, 0.04 -> 0.4 in its configs). Departs: the
+                # reference stretches its schedules over 1.25x the run
+                # (ipe_scale), so its decay ends near 0.37, and steps the
+                # schedule before its first update (progress 1/T, here 0).
                 "weight_decay": 0.04,
                 "weight_decay_end": 0.4,
             },

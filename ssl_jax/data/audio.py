@@ -199,6 +199,8 @@ def read_wav(data: bytes, where: str) -> np.ndarray:
             f"Cannot read {where} as a WAV file ({e}); convert it to 16-bit PCM WAV, e.g. "
             "ffmpeg -i IN -ac 1 -ar 16000 -c:a pcm_s16le OUT.wav."
         ) from None
+    # A truncated file ends in a partial frame: read the whole frames it has.
+    frames = frames[: len(frames) // (width * channels) * (width * channels)]
     raw = np.frombuffer(frames, np.uint8)
     if width == 1:  # 8-bit WAV is unsigned
         x = (raw.astype(np.float64) - 128.0) / 128.0

@@ -335,6 +335,7 @@ class RecordSource:
         self._labels_entry = info["splits"][self.split].get("labels")
         self._labels: np.ndarray | None = None
         self._source = None  # Opened lazily in each process that reads.
+        self.has_masks = bool(info.get("masks", False))
 
     def stored_labels(self) -> np.ndarray | None:
         """Every record's label (int32, record order) from the split's labels
@@ -596,7 +597,16 @@ def open_source(spec: str, split: str, *, data_dir: str | None = None):
     kind, _, arg = spec.partition(":")
     if kind == "arrayrecord" and arg:
         path = os.path.join(os.path.expanduser(data_dir or ""), os.path.expanduser(arg))
-        return RecordSource(path, split)
+        source = RecordSource(path, split)
+        if source.has_masks:
+            # Every label is 0 there (the classes are per pixel): as images with
+            # labels, any probe would score 100% on nothing.
+            raise DatasetError(
+                f"{spec} holds segmentation records (images with masks, every label 0): "
+                f"read them as evals.segmentation_probe.dataset=segrecords:{arg}, not as "
+                "a labelled image dataset."
+            )
+        return source
     if kind == "tfds" and arg:
         if split not in SPLITS:
             raise DatasetError(f"Unknown split {split!r}: use one of {', '.join(SPLITS)}.")

@@ -14,9 +14,15 @@ images):
    n_mels triangles whose corners are n_mels + 2 points equally spaced in
    mel between fmin and fmax, each rising from 0 at its left corner to 1 at
    its centre and falling to 0 at its right corner, linear in Hz between
-   (peak 1, no area normalisation, as HTK);
+   (peak 1, no area normalisation; as librosa's `htk=True` and torchaudio's
+   `melscale_fbanks` build them; HTK and Kaldi draw the sides linear in mel,
+   which moves a filter weight by at most 0.005 here);
 4. the natural log of the filter energies, floored at `floor` so silence has
    a finite value.
+
+Departures from the Kaldi fbank Audio-MAE feeds its ViT: no pre-emphasis
+(0.97 there), no per-frame DC removal, a periodic instead of a symmetric
+Hann window, and a 60 Hz - 7.8 kHz band instead of 20 Hz - Nyquist.
 
 `mel_filterbank` is numpy, computed once per setting in float64 and cast to
 float32. tests/models/test_audio.py checks all four steps against its own

@@ -118,3 +118,21 @@ def test_a_bucket_path_is_refused_before_anything_runs(tmp_path, kind):
     config = config_lib.get_config("audio", f"runlocal,dataset={kind}:memory://bucket/sounds")
     with pytest.raises(WorkdirError, match=f"{kind} data is read from local files only"):
         experiment.check_paths(config, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("width", [2, 3])
+def test_a_truncated_wav_is_read_to_its_last_whole_frame(tmp_path, width):
+    samples = (np.arange(800) % 200 - 100).astype(np.int32) << (8 * (width - 2))
+    frames = np.stack([samples, samples], 1).astype("<i4").view(np.uint8).reshape(-1, 4)
+    frames = frames[:, 4 - width :]  # little-endian: the low bytes go; 2 rows a frame
+
+    def wav(frame_bytes):
+        path = tmp_path / "clip.wav"
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(2), w.setsampwidth(width), w.setframerate(RATE)
+            w.writeframes(frame_bytes)
+        return path.read_bytes()
+
+    cut = wav(frames.tobytes())[:-1]  # the last frame loses a byte
+    whole_frames = audio.read_wav(wav(frames[: 2 * 799].tobytes()), "clip.wav")
+    np.testing.assert_array_equal(audio.read_wav(cut, "cut.wav"), whole_frames)

@@ -128,6 +128,9 @@ def test_prepare_writes_a_segfolder_that_segrecords_read_back_the_same(tmp_path)
         np.testing.assert_array_equal(again.masks, folder.masks)
         assert again.class_names == folder.class_names and folder.num_classes == 4
         assert again.name == f"segrecords:{out}"
+    # Not a labelled image dataset: every label is 0 there.
+    with pytest.raises(DatasetError, match=r"holds segmentation records .*dataset=segrecords:"):
+        records.open_source(f"arrayrecord:{out}", "train")
 
 
 def test_segrecords_refuse_records_without_masks_and_name_a_damaged_mask(tmp_path):
