@@ -151,12 +151,17 @@ def square(image: Image.Image, size: int) -> np.ndarray:
     in every direction: a rotation pretext task cannot read the image's
     orientation from them.
     """
-    image = to_rgb(image)
+    return central_square(to_rgb(image), size, Image.Resampling.BILINEAR)
+
+
+def central_square(image: Image.Image, size: int, resample: Image.Resampling) -> np.ndarray:
+    """The image's central square resized to `size` px with `resample`, as
+    uint8: the one geometry of `square` (images) and segmentation masks."""
     w, h = image.size
     side = min(w, h)
     box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
     if (w, h) != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+        image = image.resize((size, size), resample, box=box)
     return np.asarray(image, dtype=np.uint8)
 
 

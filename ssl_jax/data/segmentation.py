@@ -42,7 +42,7 @@ from PIL import Image
 
 from ssl_jax import storage
 from ssl_jax.data import decode
-from ssl_jax.data.base import IMAGE_EXTENSIONS, DatasetError, square
+from ssl_jax.data.base import IMAGE_EXTENSIONS, DatasetError, central_square, square
 from ssl_jax.data.digits import load_digits
 from ssl_jax.data.image_folder import resolve_root, visible_entries
 
@@ -154,12 +154,7 @@ def _digit_scenes(arg: str, split: str, image_size: int, data_dir) -> Segmentati
 def square_mask(mask: Image.Image, size: int) -> np.ndarray:
     """The mask's central square at `size` px by nearest-neighbour
     resampling (the geometry of `base.square`): uint8 [size, size]."""
-    w, h = mask.size
-    side = min(w, h)
-    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-    if (w, h) != (size, size):
-        mask = mask.resize((size, size), Image.Resampling.NEAREST, box=box)
-    return np.asarray(mask, dtype=np.uint8)
+    return central_square(mask, size, Image.Resampling.NEAREST)
 
 
 def _image_size(source: str | bytes, where: str) -> tuple[int, int]:
